@@ -1,0 +1,389 @@
+//! Thin, safe wrappers over the raw syscalls the core needs that std does not offer.
+//!
+//! Every wrapper takes borrowed descriptors and C strings and returns `io::Result`; none of
+//! them follows a symlink in the last path component unless the caller passes a flag for it.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `struct open_how` of openat2(2) (include/uapi/linux/openat2.h), version 0 (24 bytes).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Resolution must stay beneath the starting directory (no `..` above it, no absolute
+/// symlinks, no jumps elsewhere).
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// Refuse /proc-style magic links during resolution.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// Refuse every symlink during resolution (the core never asks the host to follow one).
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// The resolve flags used for every name the core opens relative to a parent.
+pub const RESOLVE_CONFINED: u64 = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_ssize(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// openat2(2) with `how.resolve = resolve`; the returned descriptor is owned.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
+        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            u64::from(mode & 0o7777)
+        } else {
+            0
+        },
+        resolve,
+    };
+    loop {
+        // SAFETY: `name` is NUL-terminated, `how` is a valid open_how of the size passed, and
+        // the kernel only reads both during the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        match check_long(ret) {
+            // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            // openat2 returns EAGAIN when a concurrent rename raced the resolution.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Plain openat(2) (used for `/proc/self/fd/N` reopening and for `..`).
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the mode argument is ignored without O_CREAT.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// statx(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink).
+pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
+    // SAFETY: all-zero is a valid statx value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty NUL-terminated string and `stx` is writable for the call.
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    })?;
+    Ok(stx)
+}
+
+/// fstatat(2) of `name` in `dir` without following a symlink.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat64> {
+    // SAFETY: all-zero is a valid stat64.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is writable.
+    check(unsafe {
+        libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    Ok(st)
+}
+
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
+    // SAFETY: all-zero is a valid statvfs64.
+    let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; fstatvfs works on O_PATH descriptors.
+    check(unsafe { libc::fstatvfs64(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// linkat(2) of the inode behind an O_PATH descriptor (AT_EMPTY_PATH needs
+/// CAP_DAC_READ_SEARCH, which the daemon has as root).
+pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated.
+    check(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// readlinkat(2) of an O_PATH descriptor on a symlink.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for its length; the path is empty.
+    let n = check_ssize(unsafe {
+        libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: empty NUL-terminated path, no pointers retained.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    times: &[libc::timespec; 2],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `times` points at two timespecs.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+        .map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain syscall on a valid descriptor.
+    check(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) }).map(drop)
+}
+
+pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
+    // SAFETY: empty NUL-terminated path; faccessat2 with AT_EACCESS checks with the thread's
+    // current fsuid/fsgid, which the caller has switched.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mask,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `buf` is writable for its length.
+    check_ssize(unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: `buf` is readable for its length.
+    check_ssize(unsafe { libc::pwrite64(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) })
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
+    // SAFETY: plain syscall on a valid descriptor.
+    let ret = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain syscall on a valid descriptor.
+    check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: u64,
+    flags: u32,
+) -> io::Result<usize> {
+    let mut off_in = i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_out =
+        i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    // SAFETY: both offsets are valid writable i64s for the duration of the call.
+    check_ssize(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len,
+            flags,
+        )
+    })
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain syscalls on a valid descriptor.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// getdents64(2) into `buf`; returns the number of bytes filled (0 at end of directory).
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    let ret = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    check_long(ret).map(|n| n as usize)
+}
+
+/// Path-based xattr calls; `path` is a `/proc/self/fd/N` path of a regular file or directory.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: strings are NUL-terminated; `buf` is writable for its length (NULL when empty
+    // asks for the size).
+    check_ssize(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() },
+            buf.len(),
+        )
+    })
+}
+
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: as for getxattr.
+    check_ssize(unsafe {
+        libc::listxattr(
+            path.as_ptr(),
+            if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() },
+            buf.len(),
+        )
+    })
+}
+
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: strings are NUL-terminated; `value` is readable for its length.
+    check(unsafe {
+        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+    })
+    .map(drop)
+}
+
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: strings are NUL-terminated.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// Switch this thread's filesystem uid (raw syscall: glibc's wrapper is per-thread too, but
+/// the raw call makes the per-thread intent explicit). Returns the previous value.
+pub fn setfsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid has no memory arguments; it always returns the previous fsuid.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
+}
+
+pub fn setfsgid(gid: u32) -> u32 {
+    // SAFETY: as for setfsuid.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
+}
+
+/// Duplicate-and-close: releases POSIX locks held through this open file like close(2)
+/// would, without closing the handle (FUSE flush semantics).
+pub fn flush_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let dup = fd.try_clone_to_owned()?;
+    // SAFETY: `dup` is a descriptor we own; into_raw_fd hands ownership to close().
+    check(unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(dup)) }).map(drop)
+}

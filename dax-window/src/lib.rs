@@ -1,0 +1,1 @@
+//! The DAX window.
