@@ -7,6 +7,8 @@ set -euo pipefail
 
 ZERODAX=${ZERODAX:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/release/zerodax}
 ZD_TMP=$(mktemp -d /tmp/zerodax-suite.XXXXXX)
+# pjdfstest switches to unprivileged users, who must be able to reach the mount.
+chmod 0755 "$ZD_TMP"
 ZD_BACKING=$ZD_TMP/backing
 ZD_MNT=$ZD_TMP/mnt
 ZD_PID=

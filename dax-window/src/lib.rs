@@ -1,1 +1,81 @@
-//! The DAX window.
+//! The DAX window: a range of address space into which file ranges are mapped so that
+//! their holes read as the kernel's shared zero page (nothing allocated, nothing copied)
+//! and their data as the file's own pages. The first write to a hole of a writable
+//! mapping allocates the block in the file and puts the file page where the zero page
+//! was, in the manner of fsdax's pfn_mkwrite path, through a userfaultfd write-protect
+//! handler. See docs/dax-window.md for the design.
+
+mod extents;
+mod pages;
+pub mod procfs;
+mod sys;
+mod uffd;
+mod window;
+
+pub use extents::{data_extents, hole_extents, Extent};
+pub use pages::{page_states, PageRun, PageState, PageStates, PAGE_SIZE};
+pub use window::{Granule, MappingInfo, Window, WindowOptions, WindowStats, HUGE_SIZE};
+
+use std::fmt;
+use std::io;
+
+/// Errors of window operations.
+#[derive(Debug)]
+pub enum Error {
+    /// A system call failed.
+    Io { op: &'static str, source: io::Error },
+    /// An offset or length is not 4 KiB aligned.
+    Unaligned,
+    /// A range is empty, overflows, or leaves the window.
+    InvalidRange(&'static str),
+    /// The range overlaps a live mapping.
+    Overlap,
+    /// An unmap cuts through a mapping instead of covering it whole.
+    PartialUnmap,
+    /// The file range starts at or past EOF.
+    BeyondEof,
+    /// A writable mapping was asked of a file that cannot be opened for writing.
+    NotWritable,
+    /// Mapping would take the process too close to `vm.max_map_count`.
+    VmaBudget {
+        needed: usize,
+        in_use: usize,
+        headroom: usize,
+        max_map_count: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { op, source } => write!(f, "{op}: {source}"),
+            Error::Unaligned => write!(f, "offset or length not 4 KiB aligned"),
+            Error::InvalidRange(why) => write!(f, "invalid range: {why}"),
+            Error::Overlap => write!(f, "range overlaps a live mapping"),
+            Error::PartialUnmap => write!(f, "unmap must cover whole mappings"),
+            Error::BeyondEof => write!(f, "file range starts at or past end of file"),
+            Error::NotWritable => write!(f, "file is not open for writing"),
+            Error::VmaBudget {
+                needed,
+                in_use,
+                headroom,
+                max_map_count,
+            } => write!(
+                f,
+                "VMA budget exhausted: {needed} more VMAs wanted, {in_use} in use, \
+                 {headroom} kept free, vm.max_map_count = {max_map_count}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

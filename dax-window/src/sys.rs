@@ -34,9 +34,9 @@ pub const UFFD_FEATURE_POISON: u64 = 1 << 14;
 
 pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+pub const UFFDIO_POISON_MODE_DONTWAKE: u64 = 1 << 0;
 
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
 pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
 
 #[repr(C)]
@@ -93,8 +93,7 @@ pub struct UffdMsg {
 pub const UFFDIO_API: u64 = iowr(UFFDIO, 0x3F, std::mem::size_of::<UffdioApi>());
 pub const UFFDIO_REGISTER: u64 = iowr(UFFDIO, 0x00, std::mem::size_of::<UffdioRegister>());
 pub const UFFDIO_WAKE: u64 = ior(UFFDIO, 0x02, std::mem::size_of::<UffdioRange>());
-pub const UFFDIO_WRITEPROTECT: u64 =
-    iowr(UFFDIO, 0x06, std::mem::size_of::<UffdioWriteprotect>());
+pub const UFFDIO_WRITEPROTECT: u64 = iowr(UFFDIO, 0x06, std::mem::size_of::<UffdioWriteprotect>());
 pub const UFFDIO_POISON: u64 = iowr(UFFDIO, 0x08, std::mem::size_of::<UffdioPoison>());
 
 // PAGEMAP_SCAN (fs.h)

@@ -23,7 +23,7 @@ naptime = 0.05
 allow_remount = false
 TOML
     printf 'expected_failures = ['
-    grep -v '^\s*\(#\|$\)' "$here/expected-failures.txt" | awk '{printf "\"%s\", ", $1}'
+    awk '!/^[[:space:]]*(#|$)/ {printf "\"%s\", ", $1}' "$here/expected-failures.txt"
     printf ']\n\n[dummy_auth]\nentries = [["nobody", "nogroup"], ["daemon", "daemon"]]\n'
 } > "$config"
 
@@ -38,7 +38,7 @@ for mode in "${modes[@]}"; do
             > "$ZD_TMP/pjd-$mode.out" 2>&1); then
         status=1
     fi
-    grep -E 'FAILED|PASSED UNEXPECTEDLY' "$ZD_TMP/pjd-$mode.out" || true
+    grep -E "FAILED|PASSED UNEXPECTEDLY" "$ZD_TMP/pjd-$mode.out" || true
     grep -E '^Summary' "$ZD_TMP/pjd-$mode.out" || { tail -20 "$ZD_TMP/pjd-$mode.out"; status=1; }
     stop_zerodax || status=1
 done

@@ -142,6 +142,15 @@ impl InodeTable {
         inode
     }
 
+    /// Add one lookup reference to the node of `key` only if the table already has it.
+    pub fn acquire_existing(&self, key: InodeKey) -> Option<Arc<Inode>> {
+        let mut t = self.lock();
+        let node = *t.by_key.get(&key)?;
+        let slot = t.by_node.get_mut(&node)?;
+        slot.lookups = slot.lookups.saturating_add(1);
+        Some(slot.inode.clone())
+    }
+
     /// Drop `count` lookup references; the node (and its descriptor, once no operation still
     /// holds the Arc) goes away at zero. Unknown nodes are ignored: forget has no reply.
     pub fn forget(&self, node: u64, count: u64) {

@@ -93,7 +93,8 @@ pub fn openat2(
 /// Plain openat(2) (used for `/proc/self/fd/N` reopening and for `..`).
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated; the mode argument is ignored without O_CREAT.
-    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
+    let fd =
+        check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
     // SAFETY: fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -121,7 +122,12 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat64> {
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
     // SAFETY: `name` is NUL-terminated and `st` is writable.
     check(unsafe {
-        libc::fstatat64(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat64(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })?;
     Ok(st)
 }
@@ -195,7 +201,12 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: `buf` is writable for its length; the path is empty.
     let n = check_ssize(unsafe {
-        libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     })?;
     buf.truncate(n);
     Ok(buf)
@@ -260,7 +271,9 @@ pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `buf` is writable for its length.
-    check_ssize(unsafe { libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) })
+    check_ssize(unsafe {
+        libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset)
+    })
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
@@ -294,7 +307,8 @@ pub fn copy_file_range(
     len: u64,
     flags: u32,
 ) -> io::Result<usize> {
-    let mut off_in = i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut off_in =
+        i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut off_out =
         i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
     let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -323,10 +337,22 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     .map(drop)
 }
 
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 /// getdents64(2) into `buf`; returns the number of bytes filled (0 at end of directory).
 pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
-    let ret = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
     check_long(ret).map(|n| n as usize)
 }
 
@@ -338,7 +364,11 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
         libc::getxattr(
             path.as_ptr(),
             name.as_ptr(),
-            if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() },
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
             buf.len(),
         )
     })
@@ -349,7 +379,11 @@ pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     check_ssize(unsafe {
         libc::listxattr(
             path.as_ptr(),
-            if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() },
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
             buf.len(),
         )
     })
@@ -358,7 +392,13 @@ pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
     // SAFETY: strings are NUL-terminated; `value` is readable for its length.
     check(unsafe {
-        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
     })
     .map(drop)
 }

@@ -1,0 +1,1110 @@
+//! The filesystem core: a passthrough filesystem over one shared directory.
+//!
+//! It knows no transport. Its API takes plain values (node ids, `&CStr` names, offsets,
+//! flags, a caller [`Context`]) and returns `io::Result` of its own small types; the
+//! /dev/fuse transport (`fuse_dev`) and the virtio transport convert those to their wire
+//! formats. Every answer (errno included) is decided here.
+//!
+//! Confinement: every name is resolved relative to its parent's O_PATH descriptor with
+//! openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS), names are single
+//! components, and the daemon never follows a symlink (O_NOFOLLOW, AT_SYMLINK_NOFOLLOW,
+//! `/proc/self/fd` reopening only for regular files and directories).
+
+mod creds;
+mod inode;
+mod sys;
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use creds::Credentials;
+use inode::InodeTable;
+pub use inode::{Inode, InodeKey, ROOT_NODE};
+
+/// Who asks: the client's credentials for this request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// Applied to the mode of every node this request creates.
+    pub umask: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// Attributes of a host inode, as statx reported them. `ino` is the host inode number;
+/// transports that identify inodes by node id substitute their own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// Full `st_mode`: file type and permission bits.
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl Attr {
+    fn from_statx(s: &libc::statx) -> Self {
+        let ts = |t: &libc::statx_timestamp| Timespec {
+            sec: t.tv_sec,
+            nsec: t.tv_nsec,
+        };
+        Attr {
+            ino: s.stx_ino,
+            size: s.stx_size,
+            blocks: s.stx_blocks,
+            atime: ts(&s.stx_atime),
+            mtime: ts(&s.stx_mtime),
+            ctime: ts(&s.stx_ctime),
+            mode: u32::from(s.stx_mode),
+            nlink: s.stx_nlink,
+            uid: s.stx_uid,
+            gid: s.stx_gid,
+            rdev: libc::makedev(s.stx_rdev_major, s.stx_rdev_minor) as u32,
+            blksize: s.stx_blksize,
+        }
+    }
+
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+}
+
+/// A node the client now holds one more lookup reference on.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub node: u64,
+    pub generation: u64,
+    pub attr: Attr,
+    pub entry_timeout: Duration,
+    pub attr_timeout: Duration,
+}
+
+/// An open file or directory.
+#[derive(Debug)]
+pub struct Handle {
+    pub node: u64,
+    file: OwnedFd,
+    /// Serialises seek+getdents on directory handles.
+    dir_lock: Mutex<()>,
+}
+
+impl Handle {
+    /// The host descriptor, e.g. for kernel passthrough registration.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Result of open/create.
+#[derive(Debug, Clone)]
+pub struct Open {
+    pub fh: u64,
+    /// The open handle; a transport that can hand the host file to its kernel (FUSE
+    /// passthrough) uses `handle.fd()`. Only set for regular files.
+    pub backing: Option<Arc<Handle>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Host inode number (d_ino).
+    pub ino: u64,
+    /// Opaque cookie: pass it back as `offset` to continue after this entry.
+    pub offset: u64,
+    /// `S_IF*` file type bits (from d_type).
+    pub file_type: u32,
+    pub name: CString,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Now,
+    At(Timespec),
+}
+
+/// Which attributes setattr changes; `None` leaves one alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// Open handle to use for size changes (ftruncate) when the client has one.
+    pub fh: Option<u64>,
+}
+
+/// getxattr/listxattr answer: with a zero-size request only the size is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub read_only: bool,
+    pub entry_timeout: Duration,
+    pub attr_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            read_only: false,
+            entry_timeout: Duration::from_secs(1),
+            attr_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Errors setting the core up (operations return `io::Error` with the host errno).
+#[derive(Debug)]
+pub enum FsError {
+    SharedDir { path: PathBuf, source: io::Error },
+    NotADirectory(PathBuf),
+    ProcFs(io::Error),
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsError::SharedDir { path, source } => {
+                write!(
+                    f,
+                    "cannot open shared directory {}: {source}",
+                    path.display()
+                )
+            }
+            FsError::NotADirectory(path) => {
+                write!(f, "shared directory {} is not a directory", path.display())
+            }
+            FsError::ProcFs(e) => write!(f, "cannot open /proc/self/fd (is /proc mounted?): {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FsError {}
+
+fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+/// Linux limits on one xattr value and on a list of names (include/uapi/linux/limits.h).
+const XATTR_SIZE_MAX: u32 = 65536;
+const XATTR_LIST_MAX: u32 = 65536;
+
+/// Largest single read the core serves in one call.
+pub const MAX_IO: u32 = 1 << 20;
+
+pub struct FileSystem {
+    inodes: InodeTable,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    proc_self_fd: OwnedFd,
+    cfg: Config,
+    switch_creds: bool,
+    fd_budget_logged: AtomicBool,
+}
+
+impl fmt::Debug for FileSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSystem")
+            .field("nodes", &self.inodes.len())
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// A single path component the client may name: not empty, no '/', at most NAME_MAX.
+fn check_name(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b.contains(&b'/') {
+        return Err(err(libc::EINVAL));
+    }
+    if b.len() > 255 {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+/// A name to create, remove or rename: additionally never `.` or `..`.
+fn check_new_name(name: &CStr) -> io::Result<()> {
+    check_name(name)?;
+    match name.to_bytes() {
+        b"." | b".." => Err(err(libc::EINVAL)),
+        _ => Ok(()),
+    }
+}
+
+/// Flags the core passes to open(2): never create (create() does that), never make the
+/// opened descriptor our controlling tty, never follow (reopen is through a magic link,
+/// which O_NOFOLLOW would refuse), and no O_DIRECT (the transport's buffers carry no
+/// alignment guarantee).
+fn open_flags(flags: i32) -> i32 {
+    (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT))
+        | libc::O_CLOEXEC
+}
+
+fn writes(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+fn timespec(t: Option<SetTime>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => libc::timespec {
+            tv_sec: t.sec,
+            tv_nsec: i64::from(t.nsec.min(999_999_999)),
+        },
+    }
+}
+
+fn dtype_to_mode(d_type: u8) -> u32 {
+    match d_type {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_REG => libc::S_IFREG,
+        _ => 0,
+    }
+}
+
+/// Parse one getdents64 buffer into entries (bounds-checked; no alignment assumed).
+fn parse_dirents(buf: &[u8]) -> Vec<(u64, i64, u8, &[u8])> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 19 <= buf.len() {
+        let rec = &buf[pos..];
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+        let off = i64::from_ne_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
+        let reclen = usize::from(u16::from_ne_bytes(rec[16..18].try_into().unwrap_or([0; 2])));
+        let d_type = rec[18];
+        if reclen < 19 || reclen > rec.len() {
+            break;
+        }
+        let name_field = &rec[19..reclen];
+        let name_len = name_field
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(name_field.len());
+        out.push((ino, off, d_type, &name_field[..name_len]));
+        pos += reclen;
+    }
+    out
+}
+
+impl FileSystem {
+    /// Open the shared directory and set the process up for serving it (umask 0: the core
+    /// applies each caller's umask itself).
+    pub fn new(shared_dir: &Path, cfg: Config) -> Result<Self, FsError> {
+        // The operator names the share, so a symlink here is followed (once, at start).
+        let root_fd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(shared_dir)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOTDIR) {
+                    FsError::NotADirectory(shared_dir.to_owned())
+                } else {
+                    FsError::SharedDir {
+                        path: shared_dir.to_owned(),
+                        source: e,
+                    }
+                }
+            })?
+            .into();
+        let stx = sys::statx_fd(root_fd.as_fd()).map_err(|e| FsError::SharedDir {
+            path: shared_dir.to_owned(),
+            source: e,
+        })?;
+        let proc_self_fd = std::fs::File::open("/proc/self/fd")
+            .map(OwnedFd::from)
+            .map_err(FsError::ProcFs)?;
+        // SAFETY: umask has no memory arguments and cannot fail.
+        unsafe { libc::umask(0) };
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let switch_creds = unsafe { libc::geteuid() } == 0;
+        Ok(FileSystem {
+            inodes: InodeTable::new(root_fd, InodeKey::from_statx(&stx)),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            proc_self_fd,
+            cfg,
+            switch_creds,
+            fd_budget_logged: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Number of live nodes (root included).
+    pub fn node_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    fn inode(&self, node: u64) -> io::Result<Arc<Inode>> {
+        self.inodes.get(node).ok_or_else(|| err(libc::ESTALE))
+    }
+
+    fn dir_inode(&self, node: u64) -> io::Result<Arc<Inode>> {
+        let inode = self.inode(node)?;
+        if !inode.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        Ok(inode)
+    }
+
+    /// The open handle `fh`, for transports that move data themselves (e.g. straight
+    /// between the host file and guest memory).
+    pub fn handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    fn writable(&self) -> io::Result<()> {
+        if self.cfg.read_only {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn creds(&self, ctx: &Context) -> io::Result<Option<Credentials>> {
+        if self.switch_creds {
+            Credentials::switch(ctx.uid, ctx.gid).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Descriptor exhaustion is an operator problem (the budget), not the client's: say so
+    /// once, loudly, and pass the errno on.
+    fn fd_error(&self, e: io::Error) -> io::Error {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+            && !self.fd_budget_logged.swap(true, Ordering::Relaxed)
+        {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `lim` is writable for the call.
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            tracing::error!(
+                nodes = self.inodes.len(),
+                limit = lim.rlim_cur,
+                "open-file budget exhausted ({e}); clients get EMFILE until nodes are forgotten; raise --rlimit-nofile"
+            );
+        }
+        e
+    }
+
+    fn proc_name(fd: BorrowedFd<'_>) -> CString {
+        // A decimal number never contains NUL.
+        CString::new(fd.as_raw_fd().to_string()).unwrap_or_default()
+    }
+
+    fn proc_path(fd: BorrowedFd<'_>) -> CString {
+        CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+    }
+
+    /// Open the inode behind an O_PATH descriptor for I/O. Only regular files and
+    /// directories: the magic link is never used on a symlink or special file.
+    fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
+        if !(inode.is_reg() || inode.is_dir()) {
+            return Err(err(if inode.is_symlink() {
+                libc::ELOOP
+            } else {
+                libc::ENXIO
+            }));
+        }
+        sys::openat(
+            self.proc_self_fd.as_fd(),
+            &Self::proc_name(inode.fd()),
+            open_flags(flags),
+        )
+        .map_err(|e| self.fd_error(e))
+    }
+
+    fn entry(&self, fd: OwnedFd) -> io::Result<Entry> {
+        let stx = sys::statx_fd(fd.as_fd())?;
+        let inode = self.inodes.acquire(
+            InodeKey::from_statx(&stx),
+            u32::from(stx.stx_mode) & libc::S_IFMT,
+            fd,
+        );
+        Ok(Entry {
+            node: inode.node,
+            generation: 0,
+            attr: Attr::from_statx(&stx),
+            entry_timeout: self.cfg.entry_timeout,
+            attr_timeout: self.cfg.attr_timeout,
+        })
+    }
+
+    fn lookup_in(&self, parent: &Inode, name: &CStr) -> io::Result<Entry> {
+        match name.to_bytes() {
+            b"." => {
+                let fd = parent
+                    .fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| self.fd_error(e))?;
+                return self.entry(fd);
+            }
+            b".." => {
+                // `..` of the shared directory is the shared directory.
+                if parent.node == ROOT_NODE {
+                    let fd = parent
+                        .fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| self.fd_error(e))?;
+                    return self.entry(fd);
+                }
+                // Elsewhere `..` must be a node the client already holds: the client reached
+                // `parent` through it. A directory a host process moved out of the share has
+                // a `..` outside it, which is not in the table and is refused.
+                let fd = sys::openat(
+                    parent.fd(),
+                    c"..",
+                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
+                )
+                .map_err(|e| self.fd_error(e))?;
+                let stx = sys::statx_fd(fd.as_fd())?;
+                let inode = self
+                    .inodes
+                    .acquire_existing(InodeKey::from_statx(&stx))
+                    .ok_or_else(|| err(libc::ENOENT))?;
+                return Ok(Entry {
+                    node: inode.node,
+                    generation: 0,
+                    attr: Attr::from_statx(&stx),
+                    entry_timeout: self.cfg.entry_timeout,
+                    attr_timeout: self.cfg.attr_timeout,
+                });
+            }
+            _ => {}
+        }
+        check_name(name)?;
+        let fd = sys::openat2(
+            parent.fd(),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_CONFINED,
+        )
+        .map_err(|e| self.fd_error(e))?;
+        self.entry(fd)
+    }
+
+    pub fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let parent = self.dir_inode(parent)?;
+        self.lookup_in(&parent, name)
+    }
+
+    pub fn forget(&self, node: u64, count: u64) {
+        self.inodes.forget(node, count);
+    }
+
+    pub fn batch_forget(&self, nodes: &[(u64, u64)]) {
+        for &(node, count) in nodes {
+            self.inodes.forget(node, count);
+        }
+    }
+
+    pub fn getattr(&self, _ctx: &Context, node: u64, fh: Option<u64>) -> io::Result<Attr> {
+        let stx = match fh.and_then(|fh| self.handle(fh).ok()) {
+            Some(h) if h.node == node => sys::statx_fd(h.fd())?,
+            _ => sys::statx_fd(self.inode(node)?.fd())?,
+        };
+        Ok(Attr::from_statx(&stx))
+    }
+
+    /// Change attributes in the order chown, chmod, truncate, times: a root chown clears
+    /// set-id bits on the host, so an explicit mode in the same request must come after it.
+    pub fn setattr(&self, _ctx: &Context, node: u64, set: &SetAttr) -> io::Result<Attr> {
+        self.writable()?;
+        let inode = self.inode(node)?;
+        let handle = match set.fh {
+            Some(fh) => self.handle(fh).ok().filter(|h| h.node == node),
+            None => None,
+        };
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchownat_fd(
+                inode.fd(),
+                set.uid.unwrap_or(u32::MAX),
+                set.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = set.mode {
+            let mode = mode & 0o7777;
+            match &handle {
+                Some(h) => sys::fchmod(h.fd(), mode)?,
+                None if inode.is_symlink() => return Err(err(libc::EOPNOTSUPP)),
+                None => sys::fchmodat(
+                    self.proc_self_fd.as_fd(),
+                    &Self::proc_name(inode.fd()),
+                    mode,
+                )?,
+            }
+        }
+        if let Some(size) = set.size {
+            if inode.is_dir() {
+                return Err(err(libc::EISDIR));
+            }
+            if !inode.is_reg() {
+                return Err(err(libc::EINVAL));
+            }
+            match &handle {
+                Some(h) => sys::ftruncate(h.fd(), size)?,
+                None => {
+                    let fd = self.reopen(&inode, libc::O_WRONLY | libc::O_NONBLOCK)?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = [timespec(set.atime), timespec(set.mtime)];
+            if inode.is_symlink() {
+                sys::utimensat(
+                    inode.fd(),
+                    c"",
+                    &times,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )?;
+            } else {
+                sys::utimensat(
+                    self.proc_self_fd.as_fd(),
+                    &Self::proc_name(inode.fd()),
+                    &times,
+                    0,
+                )?;
+            }
+        }
+        Ok(Attr::from_statx(&sys::statx_fd(inode.fd())?))
+    }
+
+    pub fn readlink(&self, _ctx: &Context, node: u64) -> io::Result<Vec<u8>> {
+        let inode = self.inode(node)?;
+        if !inode.is_symlink() {
+            return Err(err(libc::EINVAL));
+        }
+        sys::readlink_fd(inode.fd())
+    }
+
+    pub fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u64,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        {
+            let _creds = self.creds(ctx)?;
+            sys::mknodat(p.fd(), name, mode & !(ctx.umask & 0o7777), rdev)?;
+        }
+        self.lookup_in(&p, name)
+    }
+
+    pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32) -> io::Result<Entry> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        {
+            let _creds = self.creds(ctx)?;
+            sys::mkdirat(p.fd(), name, mode & 0o7777 & !ctx.umask)?;
+        }
+        self.lookup_in(&p, name)
+    }
+
+    pub fn symlink(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        target: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        {
+            let _creds = self.creds(ctx)?;
+            sys::symlinkat(target, p.fd(), name)?;
+        }
+        self.lookup_in(&p, name)
+    }
+
+    pub fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        sys::unlinkat(p.fd(), name, 0)
+    }
+
+    pub fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        sys::unlinkat(p.fd(), name, libc::AT_REMOVEDIR)
+    }
+
+    /// renameat2 between two parents' descriptors: both ends are single names inside the
+    /// tree, so nothing can be moved in or out of it.
+    pub fn rename(
+        &self,
+        _ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        new_parent: u64,
+        new_name: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        const KNOWN: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        if flags & !KNOWN != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let p = self.dir_inode(parent)?;
+        let np = self.dir_inode(new_parent)?;
+        check_new_name(name)?;
+        check_new_name(new_name)?;
+        sys::renameat2(p.fd(), name, np.fd(), new_name, flags)
+    }
+
+    pub fn link(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        new_parent: u64,
+        new_name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        let inode = self.inode(node)?;
+        if inode.is_dir() {
+            return Err(err(libc::EPERM));
+        }
+        let np = self.dir_inode(new_parent)?;
+        check_new_name(new_name)?;
+        sys::link_fd(inode.fd(), np.fd(), new_name)?;
+        self.lookup_in(&np, new_name)
+    }
+
+    fn insert_handle(&self, node: u64, file: OwnedFd) -> (u64, Arc<Handle>) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle {
+            node,
+            file,
+            dir_lock: Mutex::new(()),
+        });
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, handle.clone());
+        (fh, handle)
+    }
+
+    fn remove_handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    pub fn open(&self, _ctx: &Context, node: u64, flags: i32) -> io::Result<Open> {
+        if writes(flags) {
+            self.writable()?;
+        }
+        let inode = self.inode(node)?;
+        if inode.is_dir() {
+            return Err(err(libc::EISDIR));
+        }
+        let file = self.reopen(&inode, flags)?;
+        let (fh, handle) = self.insert_handle(node, file);
+        Ok(Open {
+            fh,
+            backing: Some(handle),
+        })
+    }
+
+    /// Create and open a regular file as the caller. O_EXCL is the host's; without it an
+    /// existing regular file is opened (and truncated with O_TRUNC); a symlink in the way is
+    /// refused (ELOOP), never followed.
+    pub fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        flags: i32,
+    ) -> io::Result<(Entry, Open)> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        check_new_name(name)?;
+        let oflags = (flags
+            & !(libc::O_NOCTTY | libc::O_DIRECT | libc::O_DIRECTORY | libc::O_PATH | libc::O_TMPFILE))
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            // Never block opening a FIFO that a hostile client names here.
+            | libc::O_NONBLOCK;
+        let file = {
+            let _creds = self.creds(ctx)?;
+            sys::openat2(
+                p.fd(),
+                name,
+                oflags,
+                mode & 0o7777 & !ctx.umask,
+                sys::RESOLVE_CONFINED,
+            )
+            .map_err(|e| self.fd_error(e))?
+        };
+        let stx = sys::statx_fd(file.as_fd())?;
+        if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
+            return Err(err(
+                if u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR {
+                    libc::EISDIR
+                } else {
+                    libc::ENXIO
+                },
+            ));
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory arguments.
+            unsafe {
+                let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+                if fl >= 0 {
+                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+                }
+            }
+        }
+        // The node's O_PATH descriptor names the very inode just opened (no second lookup
+        // by name that a concurrent rename could redirect).
+        let path_fd = sys::openat(
+            self.proc_self_fd.as_fd(),
+            &Self::proc_name(file.as_fd()),
+            libc::O_PATH,
+        )
+        .map_err(|e| self.fd_error(e))?;
+        let entry = self.entry(path_fd)?;
+        let (fh, handle) = self.insert_handle(entry.node, file);
+        Ok((
+            entry,
+            Open {
+                fh,
+                backing: Some(handle),
+            },
+        ))
+    }
+
+    /// Read into `buf` at `offset`; short only at end of file.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let h = self.handle(fh)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = sys::pread(h.fd(), &mut buf[done..], offset.saturating_add(done as u64))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Write all of `data` at `offset` (O_APPEND handles append at the host). Set-id bits
+    /// are left to the client kernel, which clears them before a non-owner's write
+    /// (HANDLE_KILLPRIV_V2 is not negotiated).
+    pub fn write(&self, _ctx: &Context, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
+        self.writable()?;
+        let h = self.handle(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            let n = sys::pwrite(h.fd(), &data[done..], offset.saturating_add(done as u64))?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    pub fn flush(&self, fh: u64) -> io::Result<()> {
+        sys::flush_fd(self.handle(fh)?.fd())
+    }
+
+    pub fn release(&self, fh: u64) -> io::Result<()> {
+        self.remove_handle(fh).map(drop)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        sys::fsync(self.handle(fh)?.fd(), datasync)
+    }
+
+    pub fn opendir(&self, _ctx: &Context, node: u64) -> io::Result<u64> {
+        let inode = self.dir_inode(node)?;
+        let file = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(self.insert_handle(node, file).0)
+    }
+
+    pub fn releasedir(&self, fh: u64) -> io::Result<()> {
+        self.remove_handle(fh).map(drop)
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        sys::fsync(self.handle(fh)?.fd(), datasync)
+    }
+
+    /// Entries from `offset` (0 = start, else a cookie from an earlier entry) until `emit`
+    /// returns false (the transport's buffer is full) or the directory ends.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(&DirEntry) -> bool,
+    ) -> io::Result<()> {
+        let h = self.handle(fh)?;
+        let _guard = h.dir_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = sys::getdents64(h.fd(), &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for (ino, off, d_type, name) in parse_dirents(&buf[..n]) {
+                let mut file_type = dtype_to_mode(d_type);
+                let Ok(name) = CString::new(name) else {
+                    continue;
+                };
+                if file_type == 0 {
+                    file_type = sys::stat_at(h.fd(), &name)
+                        .map(|st| st.st_mode & libc::S_IFMT)
+                        .unwrap_or(libc::S_IFREG);
+                }
+                let entry = DirEntry {
+                    ino,
+                    offset: off as u64,
+                    file_type,
+                    name,
+                };
+                if !emit(&entry) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// As readdir, with a lookup per entry. `.` and `..` come with `None` (no lookup
+    /// reference is taken for them). An entry `emit` refuses is forgotten again, so the
+    /// lookup count matches what the client received.
+    pub fn readdirplus(
+        &self,
+        _ctx: &Context,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(&DirEntry, Option<&Entry>) -> bool,
+    ) -> io::Result<()> {
+        let h = self.handle(fh)?;
+        let dir = self.dir_inode(h.node)?;
+        self.readdir(fh, offset, |d| {
+            if matches!(d.name.to_bytes(), b"." | b"..") {
+                return emit(d, None);
+            }
+            match self.lookup_in(&dir, &d.name) {
+                Ok(entry) => {
+                    if emit(d, Some(&entry)) {
+                        true
+                    } else {
+                        self.forget(entry.node, 1);
+                        false
+                    }
+                }
+                // Removed since getdents, or a name the core refuses: skip it.
+                Err(_) => true,
+            }
+        })
+    }
+
+    pub fn statfs(&self, _ctx: &Context, node: u64) -> io::Result<StatFs> {
+        let st = sys::fstatfs(self.inode(node)?.fd())?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    /// access(2) as the caller (faccessat2 with AT_EACCESS under the caller's fsuid/fsgid).
+    pub fn access(&self, ctx: &Context, node: u64, mask: i32) -> io::Result<()> {
+        let inode = self.inode(node)?;
+        if mask & libc::W_OK != 0 && self.cfg.read_only {
+            return Err(err(libc::EROFS));
+        }
+        let _creds = self.creds(ctx)?;
+        sys::faccessat_fd(inode.fd(), mask & (libc::R_OK | libc::W_OK | libc::X_OK))
+    }
+
+    /// Xattrs go through `/proc/self/fd/N` for regular files and directories only; symlinks
+    /// and special files have none here (the host refuses user.* on them anyway).
+    fn xattr_path(&self, inode: &Inode) -> Option<CString> {
+        (inode.is_reg() || inode.is_dir()).then(|| Self::proc_path(inode.fd()))
+    }
+
+    pub fn getxattr(&self, _ctx: &Context, node: u64, name: &CStr, size: u32) -> io::Result<Xattr> {
+        let inode = self.inode(node)?;
+        let Some(path) = self.xattr_path(&inode) else {
+            return Err(err(libc::ENODATA));
+        };
+        if size == 0 {
+            let n = sys::getxattr(&path, name, &mut [])?;
+            return Ok(Xattr::Size(n as u32));
+        }
+        let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
+        let n = sys::getxattr(&path, name, &mut buf)?;
+        buf.truncate(n);
+        Ok(Xattr::Data(buf))
+    }
+
+    pub fn listxattr(&self, _ctx: &Context, node: u64, size: u32) -> io::Result<Xattr> {
+        let inode = self.inode(node)?;
+        let Some(path) = self.xattr_path(&inode) else {
+            return Ok(if size == 0 {
+                Xattr::Size(0)
+            } else {
+                Xattr::Data(Vec::new())
+            });
+        };
+        if size == 0 {
+            return Ok(Xattr::Size(sys::listxattr(&path, &mut [])? as u32));
+        }
+        let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
+        let n = sys::listxattr(&path, &mut buf)?;
+        buf.truncate(n);
+        Ok(Xattr::Data(buf))
+    }
+
+    pub fn setxattr(
+        &self,
+        _ctx: &Context,
+        node: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        let inode = self.inode(node)?;
+        let path = self.xattr_path(&inode).ok_or_else(|| err(libc::EPERM))?;
+        sys::setxattr(&path, name, value, flags)
+    }
+
+    pub fn removexattr(&self, _ctx: &Context, node: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        let inode = self.inode(node)?;
+        let path = self.xattr_path(&inode).ok_or_else(|| err(libc::EPERM))?;
+        sys::removexattr(&path, name)
+    }
+
+    /// fallocate(2) on the backing file: plain, KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE (and any
+    /// other mode the host filesystem accepts).
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        self.writable()?;
+        sys::fallocate(self.handle(fh)?.fd(), mode, offset, len)
+    }
+
+    /// lseek answered from the backing file; SEEK_DATA/SEEK_HOLE report its real holes.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<u64> {
+        match whence {
+            libc::SEEK_SET | libc::SEEK_END | libc::SEEK_DATA | libc::SEEK_HOLE => {}
+            _ => return Err(err(libc::EINVAL)),
+        }
+        sys::lseek(self.handle(fh)?.fd(), offset, whence).map(|o| o as u64)
+    }
+
+    /// syncfs(2) of the filesystem holding `node` (FUSE_SYNCFS).
+    pub fn syncfs(&self, node: u64) -> io::Result<()> {
+        let mut inode = self.inode(node)?;
+        // syncfs needs a real descriptor, not O_PATH: reopen the node (or, for a symlink or
+        // special file, the root) read-only.
+        if !(inode.is_dir() || inode.is_reg()) {
+            inode = self.inode(ROOT_NODE)?;
+        }
+        let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
+        sys::syncfs(fd.as_fd())
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        let h_in = self.handle(fh_in)?;
+        let h_out = self.handle(fh_out)?;
+        sys::copy_file_range(h_in.fd(), off_in, h_out.fd(), off_out, len, flags)
+    }
+}
+
+#[cfg(test)]
+mod tests;

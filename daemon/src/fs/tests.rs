@@ -1,0 +1,329 @@
+//! Core tests against a plain temporary directory (no mount, no transport).
+
+use std::ffi::CString;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+
+struct Tmp(PathBuf);
+
+impl Tmp {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "zerodax-core-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.join("share")).expect("tmp");
+        Tmp(p)
+    }
+
+    fn share(&self) -> PathBuf {
+        self.0.join("share")
+    }
+}
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn core(t: &Tmp, read_only: bool) -> FileSystem {
+    FileSystem::new(
+        &t.share(),
+        Config {
+            read_only,
+            ..Config::default()
+        },
+    )
+    .expect("core")
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("name")
+}
+
+fn errno<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(0)
+}
+
+fn ctx() -> Context {
+    // SAFETY: getuid/getgid have no arguments.
+    unsafe {
+        Context {
+            uid: libc::getuid(),
+            gid: libc::getgid(),
+            pid: 0,
+            umask: 0o022,
+        }
+    }
+}
+
+#[test]
+fn dotdot_at_root_is_root_and_names_are_single_components() {
+    let t = Tmp::new();
+    std::fs::write(t.0.join("outside"), b"secret").expect("outside");
+    let fs = core(&t, false);
+    let e = fs.lookup(&ctx(), ROOT_NODE, &c("..")).expect("..");
+    assert_eq!(e.node, ROOT_NODE);
+    assert_eq!(
+        fs.lookup(&ctx(), ROOT_NODE, &c(".")).expect(".").node,
+        ROOT_NODE
+    );
+    assert_eq!(
+        errno(fs.lookup(&ctx(), ROOT_NODE, &c("../outside"))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.lookup(&ctx(), ROOT_NODE, &c("/etc"))),
+        libc::EINVAL
+    );
+    assert_eq!(errno(fs.lookup(&ctx(), ROOT_NODE, &c(""))), libc::EINVAL);
+    assert_eq!(
+        errno(fs.lookup(&ctx(), ROOT_NODE, &c(&"n".repeat(256)))),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(fs.mkdir(&ctx(), ROOT_NODE, &c(".."), 0o755)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(fs.rename(&ctx(), ROOT_NODE, &c(".."), ROOT_NODE, &c("x"), 0)),
+        libc::EINVAL
+    );
+    assert_eq!(errno(fs.lookup(&ctx(), 999, &c("x"))), libc::ESTALE);
+}
+
+#[test]
+fn symlinks_are_never_followed_by_the_daemon() {
+    let t = Tmp::new();
+    std::fs::create_dir(t.0.join("outdir")).expect("outdir");
+    std::fs::write(t.0.join("outdir/file"), b"secret").expect("file");
+    symlink(t.0.join("outdir"), t.share().join("abs")).expect("symlink");
+    symlink("../outdir", t.share().join("rel")).expect("symlink");
+    let fs = core(&t, false);
+    for name in ["abs", "rel"] {
+        let link = fs.lookup(&ctx(), ROOT_NODE, &c(name)).expect("lookup link");
+        assert_eq!(link.attr.file_type(), libc::S_IFLNK);
+        // Using the symlink as a directory, opening it, or creating through it all fail.
+        assert_eq!(
+            errno(fs.lookup(&ctx(), link.node, &c("file"))),
+            libc::ENOTDIR
+        );
+        assert_eq!(
+            errno(fs.open(&ctx(), link.node, libc::O_RDONLY)),
+            libc::ELOOP
+        );
+        assert_eq!(
+            errno(fs.create(&ctx(), link.node, &c("new"), 0o644, libc::O_RDWR)),
+            libc::ENOTDIR
+        );
+        assert_eq!(errno(fs.opendir(&ctx(), link.node)), libc::ENOTDIR);
+        // create over an existing symlink refuses rather than writing its target.
+        assert_eq!(
+            errno(fs.create(&ctx(), ROOT_NODE, &c(name), 0o644, libc::O_RDWR)),
+            libc::ELOOP
+        );
+    }
+    assert_eq!(
+        fs.readlink(
+            &ctx(),
+            fs.lookup(&ctx(), ROOT_NODE, &c("rel")).expect("rel").node
+        )
+        .expect("readlink"),
+        b"../outdir"
+    );
+    assert!(!t.0.join("outdir/new").exists());
+    assert_eq!(
+        std::fs::read(t.0.join("outdir/file")).expect("file"),
+        b"secret"
+    );
+}
+
+#[test]
+fn hard_links_share_a_node_and_forget_releases_it() {
+    let t = Tmp::new();
+    std::fs::write(t.share().join("a"), b"x").expect("a");
+    std::fs::hard_link(t.share().join("a"), t.share().join("b")).expect("link");
+    let fs = core(&t, false);
+    let a = fs.lookup(&ctx(), ROOT_NODE, &c("a")).expect("a");
+    let b = fs.lookup(&ctx(), ROOT_NODE, &c("b")).expect("b");
+    assert_eq!(a.node, b.node);
+    assert_eq!(fs.node_count(), 2);
+    fs.forget(a.node, 1);
+    assert!(
+        fs.getattr(&ctx(), a.node, None).is_ok(),
+        "one reference left"
+    );
+    fs.batch_forget(&[(a.node, 1)]);
+    assert_eq!(errno(fs.getattr(&ctx(), a.node, None)), libc::ESTALE);
+    assert_eq!(fs.node_count(), 1);
+    // The root survives any forget.
+    fs.forget(ROOT_NODE, u64::MAX);
+    assert!(fs.getattr(&ctx(), ROOT_NODE, None).is_ok());
+    // A later lookup makes a fresh node.
+    let again = fs.lookup(&ctx(), ROOT_NODE, &c("a")).expect("a");
+    assert_ne!(again.node, a.node);
+}
+
+#[test]
+fn create_write_read_seek_and_readdirplus() {
+    let t = Tmp::new();
+    let fs = core(&t, false);
+    let (e, open) = fs
+        .create(
+            &ctx(),
+            ROOT_NODE,
+            &c("f"),
+            0o666,
+            libc::O_RDWR | libc::O_EXCL,
+        )
+        .expect("create");
+    assert_eq!(e.attr.mode & 0o777, 0o644, "umask applied");
+    assert_eq!(
+        errno(fs.create(
+            &ctx(),
+            ROOT_NODE,
+            &c("f"),
+            0o644,
+            libc::O_RDWR | libc::O_EXCL
+        )),
+        libc::EEXIST
+    );
+    assert_eq!(
+        fs.write(&ctx(), open.fh, 1 << 20, b"tail").expect("write"),
+        4
+    );
+    let mut buf = [1u8; 8];
+    assert_eq!(fs.read(open.fh, (1 << 20) - 4, &mut buf).expect("read"), 8);
+    assert_eq!(&buf, b"\0\0\0\0tail");
+    assert_eq!(
+        fs.lseek(open.fh, 0, libc::SEEK_DATA).expect("data"),
+        1 << 20
+    );
+    assert_eq!(fs.lseek(open.fh, 0, libc::SEEK_HOLE).expect("hole"), 0);
+    assert_eq!(errno(fs.lseek(open.fh, 0, 77)), libc::EINVAL);
+    fs.release(open.fh).expect("release");
+    assert_eq!(errno(fs.read(open.fh, 0, &mut buf)), libc::EBADF);
+
+    for i in 0..50 {
+        std::fs::write(t.share().join(format!("n{i}")), b"").expect("file");
+    }
+    let dir = fs.opendir(&ctx(), ROOT_NODE).expect("opendir");
+    // A client buffer that takes three entries at a time: refused entries are forgotten.
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut batch = 0;
+        let mut last = None;
+        fs.readdirplus(&ctx(), dir, offset, |d, e| {
+            if batch == 3 {
+                return false;
+            }
+            batch += 1;
+            last = Some(d.offset);
+            if let Some(e) = e {
+                seen.push((d.name.clone(), e.node));
+            }
+            true
+        })
+        .expect("readdirplus");
+        match last {
+            Some(o) => offset = o,
+            None => break,
+        }
+    }
+    fs.releasedir(dir).expect("releasedir");
+    assert_eq!(seen.len(), 51, "50 files and f, each once");
+    // Exactly one reference per entry handed out: forgetting once each empties the table
+    // (plus the earlier lookup of f from create).
+    for (_, node) in &seen {
+        fs.forget(*node, 1);
+    }
+    fs.forget(e.node, 1);
+    assert_eq!(fs.node_count(), 1);
+}
+
+#[test]
+fn read_only_refuses_every_modification() {
+    let t = Tmp::new();
+    std::fs::write(t.share().join("f"), b"x").expect("f");
+    let fs = core(&t, true);
+    let f = fs.lookup(&ctx(), ROOT_NODE, &c("f")).expect("f");
+    assert_eq!(
+        errno(fs.mkdir(&ctx(), ROOT_NODE, &c("d"), 0o755)),
+        libc::EROFS
+    );
+    assert_eq!(errno(fs.unlink(&ctx(), ROOT_NODE, &c("f"))), libc::EROFS);
+    assert_eq!(errno(fs.open(&ctx(), f.node, libc::O_WRONLY)), libc::EROFS);
+    assert_eq!(
+        errno(fs.open(&ctx(), f.node, libc::O_RDONLY | libc::O_TRUNC)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs.setattr(
+            &ctx(),
+            f.node,
+            &SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            }
+        )),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs.setxattr(&ctx(), f.node, &c("user.a"), b"b", 0)),
+        libc::EROFS
+    );
+    let open = fs
+        .open(&ctx(), f.node, libc::O_RDONLY)
+        .expect("read-only open");
+    assert_eq!(errno(fs.write(&ctx(), open.fh, 0, b"y")), libc::EROFS);
+    assert_eq!(errno(fs.fallocate(open.fh, 0, 0, 4096)), libc::EROFS);
+    assert_eq!(std::fs::read(t.share().join("f")).expect("f"), b"x");
+}
+
+#[test]
+fn parse_dirents_never_reads_out_of_bounds() {
+    // Truncated, zero-length and oversized records end parsing instead of panicking.
+    let mut rec = vec![0u8; 24];
+    rec[16..18].copy_from_slice(&24u16.to_ne_bytes());
+    rec[19] = b'a';
+    assert_eq!(parse_dirents(&rec).len(), 1);
+    rec[16..18].copy_from_slice(&200u16.to_ne_bytes());
+    assert!(parse_dirents(&rec).is_empty());
+    rec[16..18].copy_from_slice(&0u16.to_ne_bytes());
+    assert!(parse_dirents(&rec).is_empty());
+    assert!(parse_dirents(&rec[..10]).is_empty());
+}
+
+#[test]
+fn dotdot_of_a_directory_moved_out_of_the_share_is_refused() {
+    let t = Tmp::new();
+    std::fs::create_dir_all(t.share().join("d/e")).expect("dirs");
+    let fs = core(&t, false);
+    let d = fs.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
+    let e = fs.lookup(&ctx(), d.node, &c("e")).expect("e");
+    assert_eq!(
+        fs.lookup(&ctx(), e.node, &c("..")).expect("..").node,
+        d.node
+    );
+    assert_eq!(
+        fs.lookup(&ctx(), d.node, &c("..")).expect("..").node,
+        ROOT_NODE
+    );
+    // A host process moves d out of the share: its `..` is now outside.
+    std::fs::rename(t.share().join("d"), t.0.join("moved")).expect("move out");
+    assert_eq!(errno(fs.lookup(&ctx(), d.node, &c(".."))), libc::ENOENT);
+    assert_eq!(
+        fs.lookup(&ctx(), e.node, &c("..")).expect("..").node,
+        d.node
+    );
+}

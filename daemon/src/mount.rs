@@ -1,0 +1,310 @@
+//! `zerodax mount`: serve a directory through /dev/fuse in the foreground until SIGINT or
+//! SIGTERM, then unmount and exit 0.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fs::{self, FileSystem};
+use crate::fuse_dev::{FuseFs, Passthrough};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Directory to serve.
+    pub shared_dir: PathBuf,
+    /// Where to mount it (an existing directory).
+    pub mountpoint: PathBuf,
+    /// Kernel FUSE passthrough of reads, writes and mmap to the backing files.
+    #[arg(long, value_enum, default_value_t = Passthrough::Auto)]
+    pub passthrough: Passthrough,
+    /// Refuse every modification (EROFS) and mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let users other than root use the mount (needed for multi-user test suites).
+    #[arg(long)]
+    pub allow_other: bool,
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    /// Open-file limit to raise RLIMIT_NOFILE to at start (default: the hard limit). Every
+    /// node the client holds costs one descriptor.
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+    /// Worker threads reading /dev/fuse (default: 2 per CPU, at most 16).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Why a mount could not be made or kept; each prints as one line.
+#[derive(Debug)]
+pub enum MountError {
+    MountpointMissing(PathBuf),
+    MountpointNotDir(PathBuf),
+    Mountpoint(PathBuf, io::Error),
+    DevFuseAbsent,
+    NotPermitted(String),
+    Rlimit(u64, io::Error),
+    Fs(fs::FsError),
+    Mount(PathBuf, io::Error),
+    Signals(io::Error),
+}
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountError::MountpointMissing(p) => {
+                write!(f, "mountpoint {} does not exist", p.display())
+            }
+            MountError::MountpointNotDir(p) => {
+                write!(f, "mountpoint {} is not a directory", p.display())
+            }
+            MountError::Mountpoint(p, e) => write!(f, "mountpoint {}: {e}", p.display()),
+            MountError::DevFuseAbsent => {
+                write!(f, "/dev/fuse is absent (is the fuse module loaded?)")
+            }
+            MountError::NotPermitted(what) => write!(f, "not permitted: {what}"),
+            MountError::Rlimit(n, e) => write!(f, "cannot raise RLIMIT_NOFILE to {n}: {e}"),
+            MountError::Fs(e) => write!(f, "{e}"),
+            MountError::Mount(p, e) => write!(f, "cannot mount on {}: {e}", p.display()),
+            MountError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MountError {}
+
+fn init_logging(level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Raise the soft (and if asked, hard) descriptor limit: the inode table keeps one O_PATH
+/// descriptor per node the client holds.
+fn raise_nofile(want: Option<u64>) -> Result<u64, MountError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is writable for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(MountError::Rlimit(0, io::Error::last_os_error()));
+    }
+    let target = want.unwrap_or(lim.rlim_max);
+    let new = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max.max(target),
+    };
+    // SAFETY: `new` is a valid rlimit read by the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        return Err(MountError::Rlimit(target, io::Error::last_os_error()));
+    }
+    Ok(target)
+}
+
+fn preflight(mountpoint: &Path) -> Result<(), MountError> {
+    match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(MountError::MountpointNotDir(mountpoint.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(MountError::MountpointMissing(mountpoint.to_owned()))
+        }
+        Err(e) => return Err(MountError::Mountpoint(mountpoint.to_owned(), e)),
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(MountError::DevFuseAbsent),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(MountError::NotPermitted(
+            format!("cannot open /dev/fuse: {e}"),
+        )),
+        Err(e) => Err(MountError::Mount(mountpoint.to_owned(), e)),
+    }
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and modify a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        // A closed terminal should unmount too, not leave a dead mount behind.
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Is `mountpoint` (canonical) still a mount point of ours?
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == want && l.contains(" - fuse")
+    })
+}
+
+pub fn run(args: MountArgs) -> ExitCode {
+    init_logging(args.log_level);
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zerodax mount: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &MountArgs) -> Result<(), MountError> {
+    preflight(&args.mountpoint)?;
+    let nofile = raise_nofile(args.rlimit_nofile)?;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| MountError::Mountpoint(args.mountpoint.clone(), e))?;
+    let fs = FileSystem::new(
+        &args.shared_dir,
+        fs::Config {
+            read_only: args.read_only,
+            ..fs::Config::default()
+        },
+    )
+    .map_err(MountError::Fs)?;
+
+    // Block SIGINT/SIGTERM before any thread exists, so every worker inherits the mask and
+    // only the main thread takes them (with sigtimedwait below).
+    let signals = termination_signals();
+    // SAFETY: `signals` is an initialised set; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(MountError::Signals(io::Error::from_raw_os_error(rc)));
+    }
+
+    let mut options = vec![
+        // A fixed source name: a path with ',' or spaces would corrupt the option string.
+        MountOption::FSName("zerodax".into()),
+        MountOption::Subtype("zerodax".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Suid,
+        MountOption::Dev,
+    ];
+    options.push(if args.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() * 2)
+            .unwrap_or(2)
+            .min(16)
+    });
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+
+    let fs = Arc::new(fs);
+    let mut session = Session::new(FuseFs::new(fs, args.passthrough), &mountpoint, &config)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                MountError::NotPermitted(format!("mounting on {}: {e}", mountpoint.display()))
+            }
+            _ => MountError::Mount(mountpoint.clone(), e),
+        })?;
+    tracing::info!(
+        shared_dir = %args.shared_dir.display(),
+        mountpoint = %mountpoint.display(),
+        threads,
+        rlimit_nofile = nofile,
+        "mounted"
+    );
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(r);
+        })
+        .map_err(MountError::Signals)?;
+
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    loop {
+        match done_rx.try_recv() {
+            Ok(r) => {
+                // Unmounted from outside (umount, fusermount -u): the session ended.
+                return match r {
+                    Ok(()) => {
+                        tracing::info!("unmounted externally; exiting");
+                        Ok(())
+                    }
+                    Err(e) => Err(MountError::Mount(mountpoint, e)),
+                };
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        // SAFETY: `signals` is initialised; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigtimedwait(&signals, std::ptr::null_mut(), &timeout) };
+        if sig > 0 {
+            tracing::info!(signal = sig, "unmounting");
+            break;
+        }
+    }
+
+    if let Err(e) = unmounter.unmount() {
+        tracing::warn!("unmount: {e}");
+    }
+    if is_mounted(&mountpoint) {
+        let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+            return Ok(());
+        };
+        // SAFETY: `c` is a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    // A lazily detached mount with files still open keeps the connection until they close.
+    // Give in-flight requests a moment, then exit: closing /dev/fuse aborts the connection.
+    match done_rx.recv_timeout(Duration::from_secs(1)) {
+        Ok(Err(e)) => tracing::debug!("session ended: {e}"),
+        Ok(Ok(())) => {}
+        Err(_) => tracing::info!("files still open on the detached mount; aborting the connection"),
+    }
+    Ok(())
+}

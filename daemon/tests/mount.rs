@@ -1,0 +1,906 @@
+//! Real mounts of `zerodax mount` over a loop-mounted ext4 image (run as root).
+//!
+//! Every test builds its own image so allocation results (holes, st_blocks) do not depend
+//! on the filesystem the repository sits on. Guards unmount and reap everything on panic.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+fn zerodax() -> &'static str {
+    env!("CARGO_BIN_EXE_zerodax")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "zerodax-test-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&p).expect("create tempdir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where `path` is mounted, with its filesystem type, per /proc/self/mountinfo.
+fn mount_type(path: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|&x| x == "-")?;
+        (f.get(4) == Some(&want.as_ref())).then(|| f.get(dash + 1).unwrap_or(&"").to_string())
+    })
+}
+
+fn is_fuse_mounted(path: &Path) -> bool {
+    mount_type(path).is_some_and(|t| t.starts_with("fuse"))
+}
+
+/// A loop-mounted ext4 image; unmounted on drop.
+struct Ext4 {
+    dir: PathBuf,
+}
+
+impl Ext4 {
+    fn new(tmp: &Path) -> Self {
+        assert_eq!(
+            // SAFETY: geteuid has no arguments.
+            unsafe { libc::geteuid() },
+            0,
+            "mount tests need root (loop devices and FUSE mounts)"
+        );
+        let img = tmp.join("ext4.img");
+        File::create(&img)
+            .and_then(|f| f.set_len(512 * MIB))
+            .expect("image");
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
+        let dir = tmp.join("backing");
+        fs::create_dir(&dir).expect("backing dir");
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&dir));
+        Ext4 { dir }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// A running `zerodax mount` over a fresh ext4 image. Field order is drop order: the
+/// daemon is stopped in `Drop::drop`, then the image unmounted, then the tempdir removed.
+struct Mounted {
+    child: Option<Child>,
+    mnt: PathBuf,
+    log: PathBuf,
+    ext4: Ext4,
+    tmp: TempDir,
+}
+
+impl Mounted {
+    fn start(args: &[&str]) -> Self {
+        let tmp = TempDir::new();
+        let ext4 = Ext4::new(&tmp.0);
+        // The mountpoint sits one level deeper than the backing dir so client-side and
+        // host-side resolution of `..` reach different directories.
+        let mnt = tmp.0.join("client").join("mnt");
+        fs::create_dir_all(&mnt).expect("mountpoint");
+        let log = tmp.0.join("zerodax.log");
+        let child = Command::new(zerodax())
+            .arg("mount")
+            .arg(&ext4.dir)
+            .arg(&mnt)
+            .args(["--allow-other", "--log-level", "info"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn zerodax");
+        let mut m = Mounted {
+            child: Some(child),
+            mnt,
+            log,
+            ext4,
+            tmp,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if is_fuse_mounted(&self.mnt) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("zerodax exited early ({status}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear: {}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    fn backing(&self, name: &str) -> PathBuf {
+        self.ext4.dir.join(name)
+    }
+
+    /// SIGTERM and wait for the exit status (None on timeout).
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Send `sig` and wait for the exit status (None on timeout).
+    fn signal(&mut self, sig: i32) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let clean = self.child.is_none() || self.terminate().is_some();
+        if !clean || is_fuse_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_encoded_bytes()).expect("path")
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn seek(f: &File, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: lseek on an open descriptor.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn fallocate(f: &File, mode: i32, off: u64, len: u64) {
+    // SAFETY: fallocate on an open descriptor.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    assert_eq!(r, 0, "fallocate mode {mode:#x}: errno {}", errno());
+}
+
+fn rw(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn blocks_bytes(path: &Path) -> u64 {
+    fs::metadata(path).expect("stat").blocks() * 512
+}
+
+const MODES: [&str; 2] = ["on", "off"];
+
+fn for_each_mode(test: impl Fn(&Mounted)) {
+    for mode in MODES {
+        let m = Mounted::start(&["--passthrough", mode]);
+        test(&m);
+        if mode == "on" {
+            assert!(
+                m.log_text().contains("passthrough enabled"),
+                "passthrough on did not enable passthrough: {}",
+                m.log_text()
+            );
+        }
+    }
+}
+
+#[test]
+fn sparse_write_keeps_holes_in_backing_file() {
+    for_each_mode(|m| {
+        let f = rw(&m.path("sparse"));
+        f.write_all_at(&[0xa5; 4096], 0).expect("write at 0");
+        f.write_all_at(&[0x5a; 4096], 100 * MIB)
+            .expect("write at 100 MiB");
+        f.sync_all().expect("fsync");
+        drop(f);
+
+        let b = File::open(m.backing("sparse")).expect("backing");
+        assert_eq!(b.metadata().expect("stat").len(), 100 * MIB + 4096);
+        assert_eq!(
+            seek(&b, 0, libc::SEEK_HOLE),
+            Ok(4096),
+            "hole after first block"
+        );
+        assert_eq!(seek(&b, 4096, libc::SEEK_DATA), Ok(100 * MIB as i64));
+        let allocated = blocks_bytes(&m.backing("sparse"));
+        assert!(
+            allocated <= 1024 * 1024,
+            "backing file allocated {allocated} bytes"
+        );
+        let mut tail = [0u8; 4096];
+        b.read_exact_at(&mut tail, 100 * MIB).expect("read tail");
+        assert!(tail.iter().all(|&x| x == 0x5a));
+    });
+}
+
+#[test]
+fn seek_data_and_hole_through_mount_match_backing_file() {
+    for_each_mode(|m| {
+        // Laid out on the backing side: data at 0, 1 MiB, 50 MiB; holes between; a
+        // trailing hole up to 64 MiB.
+        let b = rw(&m.backing("layout"));
+        b.set_len(64 * MIB).expect("size");
+        for off in [0, MIB, MIB + 8192, 50 * MIB] {
+            b.write_all_at(&[1; 4096], off).expect("data");
+        }
+        b.sync_all().expect("sync");
+        let f = File::open(m.path("layout")).expect("open through mount");
+        let probes = [
+            0,
+            4095,
+            4096,
+            MIB - 1,
+            MIB,
+            MIB + 4096,
+            2 * MIB,
+            50 * MIB,
+            60 * MIB,
+            64 * MIB - 1,
+            64 * MIB,
+            65 * MIB,
+        ];
+        for off in probes {
+            for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+                assert_eq!(
+                    seek(&f, off as i64, whence),
+                    seek(&b, off as i64, whence),
+                    "offset {off} whence {whence}"
+                );
+            }
+        }
+        assert_eq!(seek(&f, 64 * MIB as i64, libc::SEEK_DATA), Err(libc::ENXIO));
+    });
+}
+
+#[test]
+fn punch_hole_through_mount_is_a_hole_in_backing_file() {
+    for_each_mode(|m| {
+        let f = rw(&m.path("punch"));
+        f.write_all_at(&vec![7u8; MIB as usize], 0).expect("fill");
+        f.sync_all().expect("sync");
+        let before = blocks_bytes(&m.backing("punch"));
+        fallocate(
+            &f,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            256 * 1024,
+            256 * 1024,
+        );
+        let b = File::open(m.backing("punch")).expect("backing");
+        assert_eq!(seek(&b, 0, libc::SEEK_HOLE), Ok(256 * 1024));
+        assert_eq!(seek(&b, 256 * 1024, libc::SEEK_DATA), Ok(512 * 1024));
+        assert_eq!(
+            b.metadata().expect("stat").len(),
+            MIB,
+            "KEEP_SIZE keeps the size"
+        );
+        assert!(blocks_bytes(&m.backing("punch")) <= before - 256 * 1024);
+        let mut buf = vec![1u8; MIB as usize];
+        f.read_exact_at(&mut buf, 0).expect("read back");
+        assert!(buf[..256 * 1024].iter().all(|&x| x == 7));
+        assert!(
+            buf[256 * 1024..512 * 1024].iter().all(|&x| x == 0),
+            "punched range reads zero"
+        );
+        assert!(buf[512 * 1024..].iter().all(|&x| x == 7));
+    });
+}
+
+#[test]
+fn zero_range_keep_size_and_plain_fallocate() {
+    for_each_mode(|m| {
+        let f = rw(&m.path("falloc"));
+        f.write_all_at(&vec![9u8; 256 * 1024], 0).expect("fill");
+        fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 64 * 1024, 64 * 1024);
+        let mut buf = vec![1u8; 256 * 1024];
+        f.read_exact_at(&mut buf, 0).expect("read");
+        assert!(
+            buf[64 * 1024..128 * 1024].iter().all(|&x| x == 0),
+            "zeroed range"
+        );
+        assert!(buf[128 * 1024..].iter().all(|&x| x == 9));
+        let mut bbuf = vec![1u8; 64 * 1024];
+        File::open(m.backing("falloc"))
+            .and_then(|b| b.read_exact_at(&mut bbuf, 64 * 1024))
+            .expect("backing read");
+        assert!(bbuf.iter().all(|&x| x == 0), "zeroed in backing file");
+
+        // KEEP_SIZE past EOF allocates without changing the size.
+        let before = blocks_bytes(&m.backing("falloc"));
+        fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, MIB, MIB);
+        assert_eq!(
+            fs::metadata(m.backing("falloc")).expect("stat").len(),
+            256 * 1024
+        );
+        assert_eq!(f.metadata().expect("stat").len(), 256 * 1024);
+        assert!(blocks_bytes(&m.backing("falloc")) >= before + MIB);
+
+        // Plain fallocate extends the size.
+        fallocate(&f, 0, 4 * MIB, MIB);
+        assert_eq!(
+            fs::metadata(m.backing("falloc")).expect("stat").len(),
+            5 * MIB
+        );
+        assert_eq!(f.metadata().expect("stat").len(), 5 * MIB);
+    });
+}
+
+#[test]
+fn mmap_read_and_write_through_mount() {
+    for_each_mode(|m| {
+        let len = 64 * 1024usize;
+        let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        fs::write(m.backing("mapped"), &pattern).expect("backing content");
+        let f = rw(&m.path("mapped"));
+        // SAFETY: a fresh shared mapping of an open file; unmapped below before `f` drops.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: errno {}", errno());
+        // SAFETY: `p` maps `len` bytes, readable and writable, until munmap below.
+        let map = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        assert_eq!(&map[..], &pattern[..], "mmap read sees the backing data");
+        map[..4096].fill(0xee);
+        map[len - 10..].fill(0x11);
+        // SAFETY: `p` is the mapping made above.
+        assert_eq!(unsafe { libc::msync(p, len, libc::MS_SYNC) }, 0, "msync");
+        // SAFETY: as above; `map` is not used after this.
+        assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+        drop(f);
+        let back = fs::read(m.backing("mapped")).expect("backing read");
+        assert!(
+            back[..4096].iter().all(|&x| x == 0xee),
+            "mmap write reached the backing file"
+        );
+        assert_eq!(&back[4096..len - 10], &pattern[4096..len - 10]);
+        assert!(back[len - 10..].iter().all(|&x| x == 0x11));
+    });
+}
+
+#[test]
+fn escapes_are_refused_or_resolved_on_the_client_side() {
+    let m = Mounted::start(&["--passthrough", "off"]);
+    // A relative symlink in the backing dir pointing above it. The daemon never follows it:
+    // the client resolves it against the *client's* path of the mountpoint.
+    let host_side = m.tmp.0.join("secret");
+    let client_side = m.tmp.0.join("client").join("secret");
+    fs::write(&host_side, b"host").expect("host file");
+    fs::write(&client_side, b"client").expect("client file");
+    std::os::unix::fs::symlink("../secret", m.backing("up")).expect("symlink");
+    assert_eq!(
+        fs::read_link(m.path("up")).expect("readlink"),
+        Path::new("../secret")
+    );
+    assert_eq!(
+        fs::read(m.path("up")).expect("read through link"),
+        b"client"
+    );
+
+    // An absolute symlink resolves in the client's root, not the shared dir's host root.
+    std::os::unix::fs::symlink("/nonexistent-zerodax-target", m.backing("abs")).expect("symlink");
+    assert_eq!(
+        fs::read(m.path("abs")).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOENT))
+    );
+
+    // `..` of the mount root is the client's parent directory, never the backing's parent.
+    let names: Vec<_> = fs::read_dir(m.path(".."))
+        .expect("readdir ..")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(names.iter().any(|n| n == "secret") && names.iter().any(|n| n == "mnt"));
+
+    // Links and renames out of the mount cross a filesystem boundary.
+    fs::write(m.path("inside"), b"x").expect("file");
+    let out = m.tmp.0.join("outside-link");
+    assert_eq!(
+        fs::hard_link(m.path("inside"), &out).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EXDEV))
+    );
+    assert_eq!(
+        fs::rename(m.path("inside"), &out).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EXDEV))
+    );
+    assert_eq!(
+        fs::rename(&host_side, m.path("moved-in")).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EXDEV))
+    );
+    // A directory symlink inside the share is not a path the daemon walks: creating
+    // through it lands where the client resolves it.
+    std::os::unix::fs::symlink("/nonexistent-zerodax-dir", m.backing("dirlink")).expect("symlink");
+    assert!(fs::write(m.path("dirlink/x"), b"x").is_err());
+    assert!(!Path::new("/nonexistent-zerodax-dir").exists());
+}
+
+#[test]
+fn several_clients_at_once() {
+    for_each_mode(|m| {
+        let workers: Vec<_> = (0..6u8)
+            .map(|t| {
+                let dir = m.path(&format!("w{t}"));
+                thread::spawn(move || {
+                    fs::create_dir(&dir).expect("mkdir");
+                    for i in 0..20u8 {
+                        let p = dir.join(format!("f{i}"));
+                        let data = vec![t ^ i; 8192 + usize::from(i) * 100];
+                        fs::write(&p, &data).expect("write");
+                        assert_eq!(fs::read(&p).expect("read"), data);
+                        if i % 3 == 0 {
+                            fs::rename(&p, dir.join(format!("r{i}"))).expect("rename");
+                        }
+                    }
+                    assert_eq!(fs::read_dir(&dir).expect("readdir").count(), 20);
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        for t in 0..6u8 {
+            let data = fs::read(m.backing(&format!("w{t}/f1"))).expect("backing");
+            assert_eq!(data, vec![t ^ 1; 8192 + 100]);
+            assert!(m.backing(&format!("w{t}/r3")).exists());
+        }
+    });
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> Result<(), i32> {
+    let (a, b) = (cpath(from), cpath(to));
+    // SAFETY: two NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let m = Mounted::start(&[]);
+    fs::write(m.path("a"), b"AAA").expect("a");
+    fs::write(m.path("b"), b"BBB").expect("b");
+    assert_eq!(
+        renameat2(&m.path("a"), &m.path("b"), libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
+    renameat2(&m.path("a"), &m.path("c"), libc::RENAME_NOREPLACE).expect("noreplace to new name");
+    renameat2(&m.path("c"), &m.path("b"), libc::RENAME_EXCHANGE).expect("exchange");
+    assert_eq!(fs::read(m.backing("b")).expect("b"), b"AAA");
+    assert_eq!(fs::read(m.backing("c")).expect("c"), b"BBB");
+    assert_eq!(fs::read(m.path("c")).expect("c"), b"BBB");
+    assert_eq!(
+        renameat2(&m.path("c"), &m.path("missing"), libc::RENAME_EXCHANGE),
+        Err(libc::ENOENT)
+    );
+}
+
+fn xattr_get(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (p, n) = (cpath(path), CString::new(name).expect("name"));
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a writable buffer of the length passed.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let (p, n) = (cpath(path), CString::new(name).expect("name"));
+    // SAFETY: NUL-terminated strings and a readable value buffer.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+fn xattr_list(path: &Path) -> Vec<u8> {
+    let p = cpath(path);
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: NUL-terminated path and a writable buffer.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(r >= 0, "listxattr: errno {}", errno());
+    buf.truncate(r as usize);
+    buf
+}
+
+#[test]
+fn xattrs_get_set_list_remove() {
+    let m = Mounted::start(&[]);
+    fs::write(m.path("x"), b"x").expect("file");
+    xattr_set(&m.path("x"), "user.color", b"blue", 0).expect("set");
+    assert_eq!(xattr_get(&m.path("x"), "user.color"), Ok(b"blue".to_vec()));
+    assert_eq!(
+        xattr_get(&m.backing("x"), "user.color"),
+        Ok(b"blue".to_vec())
+    );
+    assert_eq!(
+        xattr_set(&m.path("x"), "user.color", b"red", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert!(xattr_list(&m.path("x"))
+        .windows(11)
+        .any(|w| w == b"user.color\0"));
+    let p = cpath(&m.path("x"));
+    // SAFETY: NUL-terminated strings.
+    assert_eq!(
+        unsafe { libc::lremovexattr(p.as_ptr(), c"user.color".as_ptr()) },
+        0
+    );
+    assert_eq!(xattr_get(&m.path("x"), "user.color"), Err(libc::ENODATA));
+    fs::create_dir(m.path("d")).expect("dir");
+    xattr_set(&m.path("d"), "user.k", b"v", 0).expect("dir xattr");
+    assert_eq!(xattr_get(&m.backing("d"), "user.k"), Ok(b"v".to_vec()));
+    // Symlinks carry no user xattrs here (as on the host).
+    std::os::unix::fs::symlink("x", m.path("l")).expect("symlink");
+    assert_eq!(xattr_get(&m.path("l"), "user.k"), Err(libc::ENODATA));
+    assert!(xattr_set(&m.path("l"), "user.k", b"v", 0).is_err());
+}
+
+#[test]
+fn copy_file_range_through_mount() {
+    for_each_mode(|m| {
+        let data: Vec<u8> = (0..2 * MIB as usize).map(|i| (i * 7 % 256) as u8).collect();
+        fs::write(m.path("src"), &data).expect("src");
+        let src = File::open(m.path("src")).expect("open src");
+        let dst = rw(&m.path("dst"));
+        let mut off_in: i64 = 4096;
+        let mut off_out: i64 = 8192;
+        let mut left = MIB as usize;
+        while left > 0 {
+            // SAFETY: open descriptors and valid offset pointers.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    left,
+                    0,
+                )
+            };
+            assert!(n > 0, "copy_file_range: {n} errno {}", errno());
+            left -= n as usize;
+        }
+        drop(dst);
+        let back = fs::read(m.backing("dst")).expect("backing dst");
+        assert_eq!(back.len(), 8192 + MIB as usize);
+        assert!(back[..8192].iter().all(|&x| x == 0));
+        assert_eq!(&back[8192..], &data[4096..4096 + MIB as usize]);
+    });
+}
+
+fn statvfs(p: &Path) -> libc::statvfs {
+    let c = cpath(p);
+    // SAFETY: all-zero statvfs is valid; the call fills it.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: NUL-terminated path and writable struct.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s
+}
+
+#[test]
+fn statfs_reports_the_backing_filesystem() {
+    let m = Mounted::start(&[]);
+    let (a, b) = (statvfs(&m.mnt), statvfs(&m.ext4.dir));
+    assert_eq!(a.f_blocks * a.f_frsize, b.f_blocks * b.f_frsize);
+    assert_eq!(a.f_files, b.f_files);
+    assert_eq!(a.f_namemax, b.f_namemax);
+}
+
+#[test]
+fn files_are_created_as_the_caller() {
+    let m = Mounted::start(&[]);
+    fs::create_dir(m.path("pub")).expect("dir");
+    fs::set_permissions(m.path("pub"), fs::Permissions::from_mode(0o777)).expect("chmod");
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "umask 022; touch \"$1/f\" && mkdir \"$1/d\" && ln -s f \"$1/s\"",
+            "sh",
+        ])
+        .arg(m.path("pub"))
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .expect("sh");
+    assert!(status.success());
+    for name in ["f", "d", "s"] {
+        let md = fs::symlink_metadata(m.backing(&format!("pub/{name}"))).expect("backing");
+        assert_eq!(
+            (md.uid(), md.gid()),
+            (65534, 65534),
+            "{name} owned by the caller"
+        );
+    }
+    assert_eq!(
+        fs::metadata(m.backing("pub/f")).expect("f").mode() & 0o777,
+        0o644
+    );
+    assert_eq!(
+        fs::metadata(m.backing("pub/d")).expect("d").mode() & 0o777,
+        0o755
+    );
+    // Permission checks are the caller's: nobody cannot write into a root-owned 0755 dir.
+    let denied = Command::new("touch")
+        .arg(m.path("nope"))
+        .uid(65534)
+        .gid(65534)
+        .stderr(Stdio::null())
+        .status()
+        .expect("touch");
+    assert!(!denied.success());
+    assert!(!m.backing("nope").exists());
+}
+
+#[test]
+fn read_only_refuses_modifications() {
+    let m = Mounted::start(&["--read-only"]);
+    fs::write(m.backing("seed"), b"data").expect("seed");
+    assert_eq!(fs::read(m.path("seed")).expect("read"), b"data");
+    let e = |r: std::io::Result<()>| r.map_err(|e| e.raw_os_error());
+    assert_eq!(e(fs::write(m.path("new"), b"x")), Err(Some(libc::EROFS)));
+    assert_eq!(e(fs::create_dir(m.path("dir"))), Err(Some(libc::EROFS)));
+    assert_eq!(
+        e(OpenOptions::new()
+            .write(true)
+            .open(m.path("seed"))
+            .map(drop)),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(e(fs::remove_file(m.path("seed"))), Err(Some(libc::EROFS)));
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_and_exit_zero() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut m = Mounted::start(&[]);
+        // An open file must not keep the daemon from exiting.
+        let mut f = File::create(m.path("open")).expect("file");
+        f.write_all(b"x").expect("write");
+        let status = m.signal(sig).expect("zerodax exits after the signal");
+        assert!(
+            status.success(),
+            "signal {sig}: exit status {status}: {}",
+            m.log_text()
+        );
+        assert!(
+            !is_fuse_mounted(&m.mnt),
+            "mount left behind after signal {sig}"
+        );
+        drop(f);
+    }
+}
+
+#[test]
+fn missing_mountpoint_is_a_one_line_error() {
+    let tmp = TempDir::new();
+    let out = Command::new(zerodax())
+        .arg("mount")
+        .arg(&tmp.0)
+        .arg(tmp.0.join("does-not-exist"))
+        .output()
+        .expect("run zerodax");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "stderr: {err}");
+
+    fs::write(tmp.0.join("file"), b"").expect("file");
+    let out = Command::new(zerodax())
+        .arg("mount")
+        .arg(&tmp.0)
+        .arg(tmp.0.join("file"))
+        .output()
+        .expect("run zerodax");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+
+    let mnt = tmp.0.join("mnt");
+    fs::create_dir(&mnt).expect("mnt");
+    let out = Command::new(zerodax())
+        .arg("mount")
+        .arg(tmp.0.join("no-such-share"))
+        .arg(&mnt)
+        .output()
+        .expect("run zerodax");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open shared directory"),
+        "stderr: {err}"
+    );
+    assert!(!is_fuse_mounted(&mnt));
+}
+
+#[test]
+fn hard_links_share_one_inode_and_readdir_sees_everything() {
+    let m = Mounted::start(&[]);
+    fs::write(m.path("one"), b"1").expect("one");
+    fs::hard_link(m.path("one"), m.path("two")).expect("link");
+    let (a, b) = (
+        fs::metadata(m.path("one")).expect("one"),
+        fs::metadata(m.path("two")).expect("two"),
+    );
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(a.nlink(), 2);
+    let mut names: Vec<_> = fs::read_dir(&m.mnt)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["lost+found", "one", "two"]);
+    let mut s = String::new();
+    File::open(m.path("two"))
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .expect("read");
+    assert_eq!(s, "1");
+}
+
+/// Lazily unmounts a bind mount made inside the backing directory.
+struct BindGuard(PathBuf);
+
+impl Drop for BindGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn bind_mounts_inside_the_share_are_distinct_inodes() {
+    let m = Mounted::start(&[]);
+    fs::create_dir(m.backing("a")).expect("a");
+    fs::create_dir(m.backing("b")).expect("b");
+    fs::write(m.backing("a/f"), b"one").expect("f");
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(m.backing("a"))
+        .arg(m.backing("b")));
+    let _bind = BindGuard(m.backing("b"));
+    let (x, y) = (
+        fs::metadata(m.path("a/f")).expect("a/f"),
+        fs::metadata(m.path("b/f")).expect("b/f"),
+    );
+    // Same host (st_dev, st_ino), different mounts: two nodes, not one aliased inode.
+    assert_ne!(x.ino(), y.ino());
+    fs::write(m.path("b/f"), b"two").expect("write via b");
+    assert_eq!(fs::read(m.path("a/f")).expect("read via a"), b"two");
+}
+
+#[test]
+fn exhausted_fd_budget_is_emfile_and_logged_once() {
+    let m = Mounted::start(&["--rlimit-nofile", "48", "--threads", "2"]);
+    for i in 0..120 {
+        fs::write(m.backing(&format!("n{i}")), b"").expect("file");
+    }
+    let mut emfile = 0;
+    for i in 0..120 {
+        match fs::metadata(m.path(&format!("n{i}"))) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => emfile += 1,
+            Err(e) => panic!("n{i}: unexpected {e}"),
+        }
+    }
+    assert!(emfile > 0, "48 descriptors cannot hold 120 nodes");
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("open-file budget exhausted").count(),
+        1,
+        "{log}"
+    );
+    // The daemon keeps serving what fits.
+    statvfs(&m.mnt);
+}

@@ -1,0 +1,943 @@
+//! The window: a reserved range whose unmapped parts read as the zero page, file ranges
+//! mapped into it, and the userfaultfd handler that upgrades hole pages on first write.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::extents::{data_extents, Extent};
+use crate::pages::{page_states, PageStates, PAGE_SIZE};
+use crate::uffd::Uffd;
+use crate::{procfs, sys, Error, Result};
+
+/// 2 MiB: the huge zero page, the largest page-cache folio, the window's alignment.
+pub const HUGE_SIZE: usize = 2 << 20;
+
+/// Allocation granule of a write upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granule {
+    /// 4 KiB while the VMA budget is comfortable, 2 MiB once the process uses more than
+    /// half of its budget, `vm.max_map_count` less the headroom (each isolated 4 KiB
+    /// upgrade costs up to two VMAs).
+    Adaptive,
+    /// Always 4 KiB.
+    Page,
+    /// Always 2 MiB (clipped to the hole and EOF).
+    Huge,
+}
+
+/// Tunables of a window.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowOptions {
+    pub granule: Granule,
+    /// VMAs kept free below `vm.max_map_count` for the handler's own splits; `None` picks
+    /// max(256, max_map_count / 16).
+    pub vma_headroom: Option<usize>,
+}
+
+impl Default for WindowOptions {
+    fn default() -> Self {
+        WindowOptions {
+            granule: Granule::Adaptive,
+            vma_headroom: None,
+        }
+    }
+}
+
+/// Counters kept by the fault handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Write faults resolved by mapping file pages.
+    pub upgrades: u64,
+    /// Write faults resolved by poisoning (allocation or mapping failed, or past EOF).
+    pub failed: u64,
+    /// Messages for pages already resolved, or outside any writable hole: only woken.
+    pub stale: u64,
+}
+
+/// One live mapping of a file range in the window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingInfo {
+    pub window_offset: usize,
+    /// Mapped length: the requested length clipped to EOF rounded up to a page.
+    pub len: usize,
+    pub file_offset: u64,
+    pub writable: bool,
+    /// Window-offset ranges mapped as file pages (data extents and upgraded granules).
+    pub file_backed: Vec<(usize, usize)>,
+    /// Window offsets of pages poisoned by a failed upgrade.
+    pub poisoned: Vec<usize>,
+}
+
+struct Mapping {
+    len: usize,
+    file: Arc<File>,
+    file_offset: u64,
+    writable: bool,
+    /// File-backed window-offset intervals, start -> end, disjoint and merged.
+    backed: BTreeMap<usize, usize>,
+    poisoned: Vec<usize>,
+}
+
+impl Mapping {
+    fn backed_contains(&self, off: usize) -> bool {
+        self.backed
+            .range(..=off)
+            .next_back()
+            .is_some_and(|(_, &e)| off < e)
+    }
+
+    /// The zero-reading interval around `off`, bounded by file-backed intervals.
+    fn hole_around(&self, start: usize, off: usize) -> (usize, usize) {
+        let lo = self
+            .backed
+            .range(..=off)
+            .next_back()
+            .map(|(_, &e)| e)
+            .unwrap_or(start)
+            .max(start);
+        let hi = self
+            .backed
+            .range(off..)
+            .next()
+            .map(|(&s, _)| s)
+            .unwrap_or(start + self.len)
+            .min(start + self.len);
+        (lo, hi)
+    }
+
+    fn insert_backed(&mut self, mut s: usize, mut e: usize) {
+        if let Some((&ps, &pe)) = self.backed.range(..=s).next_back() {
+            if pe >= s {
+                s = ps;
+                e = e.max(pe);
+            }
+        }
+        let later: Vec<(usize, usize)> = self.backed.range(s..=e).map(|(&a, &b)| (a, b)).collect();
+        for (a, b) in later {
+            self.backed.remove(&a);
+            e = e.max(b);
+        }
+        self.backed.insert(s, e);
+    }
+}
+
+struct State {
+    /// Window offset -> mapping.
+    mappings: BTreeMap<usize, Mapping>,
+}
+
+struct Inner {
+    base: usize,
+    len: usize,
+    uffd: Uffd,
+    state: Mutex<State>,
+    granule: Granule,
+    max_map_count: usize,
+    headroom: usize,
+    /// Process VMAs as last counted plus two for every upgrade since.
+    vma_estimate: AtomicUsize,
+    upgrades: AtomicU64,
+    failed: AtomicU64,
+    stale: AtomicU64,
+}
+
+/// A window of address space that reads as zeros, with file ranges mapped into it.
+///
+/// Unmapped ranges are anonymous private `PROT_READ` memory: reads map the (huge) zero
+/// page, writes fault as on any read-only mapping (SIGSEGV, EFAULT for syscalls).
+pub struct Window {
+    inner: Arc<Inner>,
+    stop: OwnedFd,
+    handler: Option<JoinHandle<()>>,
+}
+
+fn round_up(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+fn os_err(op: &'static str) -> Error {
+    Error::Io {
+        op,
+        source: io::Error::last_os_error(),
+    }
+}
+
+fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+/// Replaces `[addr, addr+len)` with fresh anonymous private read-only memory.
+///
+/// # Safety
+/// The range must lie inside a window this process owns; whatever was mapped there goes.
+unsafe fn map_zero_readonly(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: MAP_FIXED replaces exactly the caller's window range, which no Rust
+    // reference points into (windows are only accessed through raw pointers).
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_err("mmap anonymous"));
+    }
+    // SAFETY: advice on memory we just mapped; MADV_HUGEPAGE changes no contents.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    dont_fork(addr, len);
+    Ok(())
+}
+
+/// Keeps a window range out of forked children. A child's copy of a write-protected hole
+/// would not be registered with our userfaultfd, so its writes would make silent private
+/// copies; without the range the child faults instead (SIGSEGV).
+fn dont_fork(addr: usize, len: usize) {
+    // SAFETY: advice on a range of our own window; changes no contents.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTFORK) };
+}
+
+impl Window {
+    /// Reserves a window of `len` bytes (rounded up to 2 MiB), 2 MiB aligned.
+    pub fn new(len: usize) -> Result<Window> {
+        Window::with_options(len, WindowOptions::default())
+    }
+
+    pub fn with_options(len: usize, options: WindowOptions) -> Result<Window> {
+        if len == 0 {
+            return Err(Error::InvalidRange("empty window"));
+        }
+        let len = len
+            .checked_next_multiple_of(HUGE_SIZE)
+            .ok_or(Error::InvalidRange("window too large"))?;
+        let reserve = len
+            .checked_add(HUGE_SIZE)
+            .ok_or(Error::InvalidRange("window too large"))?;
+        // SAFETY: a fresh anonymous reservation at an address of the kernel's choosing.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserve,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(os_err("mmap reserve"));
+        }
+        let raw = raw as usize;
+        let base = raw.next_multiple_of(HUGE_SIZE);
+        // SAFETY: trims the unaligned head and tail of the reservation we own.
+        unsafe {
+            if base > raw {
+                libc::munmap(raw as *mut libc::c_void, base - raw);
+            }
+            let tail = base + len;
+            if raw + reserve > tail {
+                libc::munmap(tail as *mut libc::c_void, raw + reserve - tail);
+            }
+        }
+        // SAFETY: the aligned range is ours; nothing references it yet.
+        if let Err(e) = unsafe { map_zero_readonly(base, len) } {
+            // SAFETY: releasing our own reservation.
+            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+            return Err(e);
+        }
+        let unmap_on_err = |e: Error| {
+            // SAFETY: releasing our own reservation.
+            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+            e
+        };
+        let uffd = Uffd::open()
+            .map_err(io_err("userfaultfd"))
+            .map_err(unmap_on_err)?;
+        let max_map_count = procfs::max_map_count()
+            .map_err(io_err("read vm.max_map_count"))
+            .map_err(unmap_on_err)?;
+        let headroom = options
+            .vma_headroom
+            .unwrap_or_else(|| (max_map_count / 16).max(256));
+        let (vmas, _) = procfs::vma_counts(0, 0).unwrap_or((0, 0));
+        // SAFETY: eventfd(2) returns a new descriptor or -1.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if stop < 0 {
+            return Err(unmap_on_err(os_err("eventfd")));
+        }
+        // SAFETY: eventfd just returned this descriptor; we own it.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let inner = Arc::new(Inner {
+            base,
+            len,
+            uffd,
+            state: Mutex::new(State {
+                mappings: BTreeMap::new(),
+            }),
+            granule: options.granule,
+            max_map_count,
+            headroom,
+            vma_estimate: AtomicUsize::new(vmas),
+            upgrades: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+        });
+        let stop_fd = stop.try_clone().map_err(io_err("dup eventfd"));
+        let stop_fd = match stop_fd {
+            Ok(fd) => fd,
+            Err(e) => return Err(unmap_on_err(e)),
+        };
+        let thread_inner = Arc::clone(&inner);
+        let handler = std::thread::Builder::new()
+            .name("dax-window-uffd".into())
+            .spawn(move || thread_inner.run_handler(stop_fd))
+            .map_err(io_err("spawn handler"));
+        let handler = match handler {
+            Ok(h) => h,
+            Err(e) => return Err(unmap_on_err(e)),
+        };
+        Ok(Window {
+            inner,
+            stop,
+            handler: Some(handler),
+        })
+    }
+
+    /// Start of the window.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.base as *mut u8
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// Whether kernel-mode writers (O_DIRECT reads, process_vm_writev, io_uring) get the
+    /// write upgrade; without it (unprivileged, UFFD_USER_MODE_ONLY) they get EFAULT.
+    pub fn kernel_faults(&self) -> bool {
+        self.inner.uffd.kernel_faults()
+    }
+
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            upgrades: self.inner.upgrades.load(Ordering::Relaxed),
+            failed: self.inner.failed.load(Ordering::Relaxed),
+            stale: self.inner.stale.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
+        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned);
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or(Error::InvalidRange("offset + len overflows"))?;
+        if end > self.inner.len {
+            return Err(Error::InvalidRange("range outside the window"));
+        }
+        Ok(end)
+    }
+
+    /// Copies window bytes out. A concurrent writer of the same bytes is a race the caller
+    /// owns, as with any shared mapping; pages past a file's EOF raise SIGBUS.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let end = offset
+            .checked_add(buf.len())
+            .ok_or(Error::InvalidRange("offset + len overflows"))?;
+        if end > self.inner.len {
+            return Err(Error::InvalidRange("range outside the window"));
+        }
+        // SAFETY: the source lies inside the window mapping (checked above) and the
+        // destination is a distinct Rust buffer of the same length.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.inner.base + offset) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies bytes into the window. A hole of a writable mapping is upgraded on the way;
+    /// an unmapped or read-only range raises SIGSEGV, as a read-only mmap does.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        let end = offset
+            .checked_add(data.len())
+            .ok_or(Error::InvalidRange("offset + len overflows"))?;
+        if end > self.inner.len {
+            return Err(Error::InvalidRange("range outside the window"));
+        }
+        // SAFETY: the destination lies inside the window mapping (checked above); it is
+        // never the source buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.inner.base + offset) as *mut u8,
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Page states of `[offset, offset+len)` of the window (PAGEMAP_SCAN).
+    pub fn page_states(&self, offset: usize, len: usize) -> Result<PageStates> {
+        self.check_range(offset, len)?;
+        page_states(self.inner.base + offset, len).map_err(io_err("PAGEMAP_SCAN"))
+    }
+
+    /// VMAs of the whole process and of the window (from /proc/self/maps).
+    pub fn vma_counts(&self) -> Result<(usize, usize)> {
+        procfs::vma_counts(self.inner.base, self.inner.base + self.inner.len)
+            .map_err(io_err("read /proc/self/maps"))
+    }
+
+    /// The live mappings, in window order.
+    pub fn mappings(&self) -> Vec<MappingInfo> {
+        let st = self.inner.lock();
+        st.mappings
+            .iter()
+            .map(|(&off, m)| MappingInfo {
+                window_offset: off,
+                len: m.len,
+                file_offset: m.file_offset,
+                writable: m.writable,
+                file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+                poisoned: m.poisoned.clone(),
+            })
+            .collect()
+    }
+
+    /// Maps `[file_offset, file_offset+len)` of `file` at `window_offset`: its data extents
+    /// as shared file pages, its holes left reading as the zero page. A writable mapping
+    /// write-protects its holes so that the first write to one allocates the block and maps
+    /// the file page there. Never maps past EOF: the mapped length is clipped to EOF
+    /// rounded up to a page, and the rest stays unmapped (read-only zeros).
+    ///
+    /// All of `window_offset`, `len`, `file_offset` must be 4 KiB aligned. Returns the
+    /// mapping as set up.
+    pub fn map_file(
+        &self,
+        window_offset: usize,
+        len: usize,
+        file: &File,
+        file_offset: u64,
+        writable: bool,
+    ) -> Result<MappingInfo> {
+        let end = self.check_range(window_offset, len)?;
+        if len == 0 {
+            return Err(Error::InvalidRange("empty mapping"));
+        }
+        if file_offset % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Unaligned);
+        }
+        let mut st = self.inner.lock();
+        if st
+            .mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&o, m)| o + m.len > window_offset)
+        {
+            return Err(Error::Overlap);
+        }
+        let own = Arc::new(reopen(file, writable)?);
+        let size = own.metadata().map_err(io_err("fstat"))?.len();
+        let eof_page = round_up(size, PAGE_SIZE as u64);
+        let file_end = eof_page.min(file_offset.saturating_add(len as u64));
+        if file_end <= file_offset {
+            return Err(Error::BeyondEof);
+        }
+        let map_len = (file_end - file_offset) as usize;
+        let wstart = self.inner.base + window_offset;
+
+        // Page-rounded data extents, merged, as window offsets.
+        let mut data: Vec<(usize, usize)> = Vec::new();
+        for Extent { start, end } in
+            data_extents(&own, file_offset, file_end).map_err(io_err("SEEK_DATA"))?
+        {
+            let s = (start / PAGE_SIZE as u64 * PAGE_SIZE as u64 - file_offset) as usize;
+            let e = (round_up(end, PAGE_SIZE as u64).min(file_end) - file_offset) as usize;
+            match data.last_mut() {
+                Some(last) if last.1 >= s => last.1 = last.1.max(e),
+                _ => data.push((s, e)),
+            }
+        }
+        let mut holes = Vec::new();
+        let mut pos = 0;
+        for &(s, e) in &data {
+            if s > pos {
+                holes.push((pos, s));
+            }
+            pos = e;
+        }
+        if pos < map_len {
+            holes.push((pos, map_len));
+        }
+
+        let (vmas, _) = procfs::vma_counts(0, 0).map_err(io_err("read /proc/self/maps"))?;
+        let needed = data.len() + holes.len() + 2;
+        if vmas + needed + self.inner.headroom > self.inner.max_map_count {
+            return Err(Error::VmaBudget {
+                needed,
+                in_use: vmas,
+                headroom: self.inner.headroom,
+                max_map_count: self.inner.max_map_count,
+            });
+        }
+
+        let result =
+            self.inner
+                .setup_mapping(wstart, map_len, &own, file_offset, writable, &data, &holes);
+        if let Err(e) = result {
+            // Back to the unmapped state, whatever got half done.
+            // SAFETY: the range is inside our window and not yet recorded as mapped.
+            let _ = unsafe { map_zero_readonly(wstart, map_len) };
+            return Err(e);
+        }
+        let mut m = Mapping {
+            len: map_len,
+            file: own,
+            file_offset,
+            writable,
+            backed: BTreeMap::new(),
+            poisoned: Vec::new(),
+        };
+        for &(s, e) in &data {
+            m.insert_backed(window_offset + s, window_offset + e);
+        }
+        let info = MappingInfo {
+            window_offset,
+            len: map_len,
+            file_offset,
+            writable,
+            file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+            poisoned: Vec::new(),
+        };
+        st.mappings.insert(window_offset, m);
+        self.inner.recount_vmas();
+        Ok(info)
+    }
+
+    /// Returns `[offset, offset+len)` to the unmapped state (read-only zeros). The range
+    /// must cover whole mappings. The replacement is one atomic MAP_FIXED of read-only
+    /// anonymous memory, so no instant exists in which a write could make a private copy;
+    /// threads parked on a write fault there are woken and then fault as on a read-only
+    /// mapping.
+    pub fn unmap(&self, offset: usize, len: usize) -> Result<()> {
+        let end = self.check_range(offset, len)?;
+        let mut st = self.inner.lock();
+        let hit: Vec<usize> = st
+            .mappings
+            .range(..end)
+            .filter(|(&o, m)| o + m.len > offset)
+            .map(|(&o, _)| o)
+            .collect();
+        for &o in &hit {
+            let m = &st.mappings[&o];
+            if o < offset || o + m.len > end {
+                return Err(Error::PartialUnmap);
+            }
+        }
+        let addr = self.inner.base + offset;
+        // SAFETY: the range is inside our window.
+        unsafe { map_zero_readonly(addr, len)? };
+        for o in hit {
+            st.mappings.remove(&o);
+        }
+        let _ = self.inner.uffd.wake(addr, len);
+        drop(st);
+        self.inner.recount_vmas();
+        Ok(())
+    }
+}
+
+fn reopen(file: &File, writable: bool) -> Result<File> {
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let own = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(&path)
+        .or_else(|_| file.try_clone())
+        .map_err(io_err("reopen file"))?;
+    if writable {
+        // SAFETY: F_GETFL on a descriptor we own.
+        let fl = unsafe { libc::fcntl(own.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 || fl & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(Error::NotWritable);
+        }
+    }
+    // Random access advice keeps read(2) priming of one page to one order-0 folio, so a
+    // write through the window dirties (and allocates) exactly that page.
+    // SAFETY: advice on a descriptor we own; affects only its own open file description.
+    unsafe { libc::posix_fadvise(own.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    Ok(own)
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state itself stays consistent
+        // because every mutation is completed before the guard is dropped.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recount_vmas(&self) {
+        if let Ok((n, _)) = procfs::vma_counts(0, 0) {
+            self.vma_estimate.store(n, Ordering::Relaxed);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setup_mapping(
+        &self,
+        wstart: usize,
+        map_len: usize,
+        file: &File,
+        file_offset: u64,
+        writable: bool,
+        data: &[(usize, usize)],
+        holes: &[(usize, usize)],
+    ) -> Result<()> {
+        if writable {
+            // Holes first become huge zero pages (no memory used) while still read-only,
+            // then get registered and write-protected, and only then become writable: no
+            // instant exists in which a write to a hole could copy silently.
+            for &(s, e) in holes {
+                // SAFETY: populating (read-faulting) anonymous memory of our window.
+                unsafe {
+                    libc::madvise(
+                        (wstart + s) as *mut libc::c_void,
+                        e - s,
+                        sys::MADV_POPULATE_READ,
+                    )
+                };
+            }
+            self.uffd
+                .register_wp(wstart, map_len)
+                .map_err(io_err("UFFDIO_REGISTER"))?;
+            self.uffd
+                .writeprotect(wstart, map_len)
+                .map_err(io_err("UFFDIO_WRITEPROTECT"))?;
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        for &(s, e) in data {
+            // SAFETY: maps file pages over our own window range (MAP_FIXED), never past
+            // EOF (extents are clipped to it).
+            let p = unsafe {
+                libc::mmap(
+                    (wstart + s) as *mut libc::c_void,
+                    e - s,
+                    prot,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    (file_offset + s as u64) as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(os_err("mmap file extent"));
+            }
+            dont_fork(wstart + s, e - s);
+        }
+        if writable {
+            // SAFETY: changes protection of our own window range only.
+            if unsafe { libc::mprotect(wstart as *mut libc::c_void, map_len, prot) } != 0 {
+                return Err(os_err("mprotect"));
+            }
+        }
+        Ok(())
+    }
+
+    fn run_handler(&self, stop: OwnedFd) {
+        let mut msgs = [sys::UffdMsg::default(); 64];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a live array of two pollfd entries.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                break;
+            }
+            if fds[1].revents != 0 {
+                break;
+            }
+            loop {
+                match self.uffd.read_msgs(&mut msgs) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        for msg in &msgs[..n] {
+                            if msg.event == sys::UFFD_EVENT_PAGEFAULT {
+                                self.handle_fault(msg.pf_address as usize, msg.pf_flags);
+                            }
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn granule_size(&self) -> usize {
+        match self.granule {
+            Granule::Page => PAGE_SIZE,
+            Granule::Huge => HUGE_SIZE,
+            Granule::Adaptive => {
+                let budget = self.max_map_count.saturating_sub(self.headroom);
+                if self.vma_estimate.load(Ordering::Relaxed) > budget / 2 {
+                    HUGE_SIZE
+                } else {
+                    PAGE_SIZE
+                }
+            }
+        }
+    }
+
+    /// Resolves one write-protect fault. Every path ends with the faulting page woken.
+    fn handle_fault(&self, addr: usize, flags: u64) {
+        let page = addr & !(PAGE_SIZE - 1);
+        if page < self.base || page >= self.base + self.len {
+            let _ = self.uffd.wake(page, PAGE_SIZE);
+            return;
+        }
+        let off = page - self.base;
+        let is_wp_write = flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0;
+        let mut st = self.lock();
+        let found = st
+            .mappings
+            .range_mut(..=off)
+            .next_back()
+            .filter(|(&o, m)| off < o + m.len);
+        let Some((&mstart, m)) = found else {
+            drop(st);
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            let _ = self.uffd.wake(page, PAGE_SIZE);
+            return;
+        };
+        if !is_wp_write || !m.writable || m.backed_contains(off) || m.poisoned.contains(&off) {
+            drop(st);
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            let _ = self.uffd.wake(page, PAGE_SIZE);
+            return;
+        }
+        let (hs, he) = m.hole_around(mstart, off);
+        let g = self.granule_size();
+        let gbase = off & !(g - 1);
+        let gs = gbase.max(hs);
+        let mut ge = (gbase + g).min(he);
+
+        // Never past EOF: a hole page past a (shrunk) EOF fails like any mmap past EOF.
+        let eof_page = match m.file.metadata() {
+            Ok(md) => round_up(md.len(), PAGE_SIZE as u64),
+            Err(_) => 0,
+        };
+        let file_of = |w: usize| m.file_offset + (w - mstart) as u64;
+        if file_of(off) >= eof_page {
+            self.fail(m, off);
+            return;
+        }
+        if file_of(ge) > eof_page {
+            ge = mstart + (eof_page - m.file_offset) as usize;
+        }
+        let glen = ge - gs;
+        let foff = file_of(gs);
+        match self.upgrade(m, gs, glen, foff) {
+            Ok(()) => {
+                m.insert_backed(gs, ge);
+                self.upgrades.fetch_add(1, Ordering::Relaxed);
+                self.vma_estimate.fetch_add(2, Ordering::Relaxed);
+                let _ = self.uffd.wake(self.base + gs, glen);
+            }
+            Err(_) => self.fail(m, off),
+        }
+    }
+
+    /// Allocates `[foff, foff+glen)` in the file and maps it over the zero pages.
+    fn upgrade(&self, m: &Mapping, gs: usize, glen: usize, foff: u64) -> io::Result<()> {
+        let fd = m.file.as_raw_fd();
+        // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
+        let rc = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_KEEP_SIZE,
+                foff as libc::off_t,
+                glen as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if glen == PAGE_SIZE {
+            // Put an order-0 folio in the page cache (the descriptor reads with
+            // POSIX_FADV_RANDOM) so the writer's fault finds it instead of reading ahead
+            // a large folio whose whole extent the write would then allocate.
+            let mut buf = [0u8; PAGE_SIZE];
+            let _ = m.file.read_at(&mut buf, foff);
+        }
+        // SAFETY: maps file pages over our own window range; the range is a hole of a
+        // writable mapping, inside EOF, with no Rust reference into it.
+        let p = unsafe {
+            libc::mmap(
+                (self.base + gs) as *mut libc::c_void,
+                glen,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                foff as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        dont_fork(self.base + gs, glen);
+        Ok(())
+    }
+
+    /// Poisons the page at window offset `off` so its writer gets SIGBUS (CPU store) or
+    /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it.
+    fn fail(&self, m: &mut Mapping, off: usize) {
+        let addr = self.base + off;
+        let a = addr as *mut libc::c_void;
+        // Read-only while the page is empty: a write arriving between the discard and the
+        // poison faults instead of allocating an anonymous page. The VMA budget keeps
+        // headroom for this split.
+        // SAFETY: protection and discard of one page of our own window; the page holds
+        // the zero page (nothing to lose) and is write-protected.
+        unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ) };
+        // SAFETY: as above.
+        unsafe { libc::madvise(a, PAGE_SIZE, libc::MADV_DONTNEED) };
+        let mut poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
+        // Write permission back, so that a write reaches the poison marker (SIGBUS) rather
+        // than stopping at the protection check; poison once more if the kernel wanted it.
+        // SAFETY: as above.
+        unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+        if !poisoned {
+            poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
+        }
+        if !poisoned {
+            // Last resort: writes must still fault rather than copy. Read-only if we can,
+            // else a fresh write-protect marker (the writer then faults here again).
+            // SAFETY: as above.
+            let still_ro = unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ) } == 0;
+            if !still_ro {
+                let _ = self.uffd.writeprotect(addr, PAGE_SIZE);
+            }
+        }
+        m.poisoned.push(off);
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let _ = self.uffd.wake(addr, PAGE_SIZE);
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.stop.as_fd().as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+        if let Some(h) = self.handler.take() {
+            let _ = h.join();
+        }
+        let (base, len) = (self.inner.base, self.inner.len);
+        // Make every page inaccessible first, then wake whoever is parked: they retry and
+        // fault as on unmapped memory instead of sleeping forever. Closing the userfaultfd
+        // (when `inner` drops) wakes anything left as well.
+        // SAFETY: replaces our own window; nobody may use it after drop.
+        unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+        }
+        let _ = self.inner.uffd.wake(base, len);
+        // SAFETY: releases our own window mapping.
+        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(len: usize) -> Mapping {
+        Mapping {
+            len,
+            file: Arc::new(File::open("/proc/self/exe").unwrap()),
+            file_offset: 0,
+            writable: true,
+            backed: BTreeMap::new(),
+            poisoned: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn backed_intervals_merge_and_bound_holes() {
+        let base = 0x10000;
+        let mut m = mapping(0x100000);
+        m.insert_backed(base + 0x3000, base + 0x4000);
+        m.insert_backed(base + 0x8000, base + 0x9000);
+        assert_eq!(
+            m.hole_around(base, base + 0x5000),
+            (base + 0x4000, base + 0x8000)
+        );
+        assert_eq!(m.hole_around(base, base), (base, base + 0x3000));
+        assert_eq!(
+            m.hole_around(base, base + 0xA000),
+            (base + 0x9000, base + 0x100000)
+        );
+        assert!(m.backed_contains(base + 0x3000));
+        assert!(!m.backed_contains(base + 0x4000));
+        // Adjacent and overlapping inserts merge into one interval.
+        m.insert_backed(base + 0x4000, base + 0x5000);
+        m.insert_backed(base + 0x2000, base + 0x3000);
+        m.insert_backed(base + 0x5000, base + 0x8800);
+        assert_eq!(
+            m.backed.iter().map(|(&a, &b)| (a, b)).collect::<Vec<_>>(),
+            vec![(base + 0x2000, base + 0x9000)]
+        );
+        m.insert_backed(base + 0x20000, base + 0x21000);
+        assert_eq!(m.backed.len(), 2);
+        assert_eq!(
+            m.hole_around(base, base + 0x10000),
+            (base + 0x9000, base + 0x20000)
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Scenarios whose outcome is a signal (SIGBUS, SIGSEGV) or a privilege change, each run
+//! in a forked child. This binary has its own main (harness = false) so that it forks
+//! while still single-threaded: the child may then create windows and threads freely.
+//! The parent only waits, with a deadline, and kills a child that overstays.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dax_window::{PageState, Window, PAGE_SIZE};
+
+enum Outcome {
+    Exit(i32),
+    Signal(i32),
+}
+
+/// Runs `body` in a child process; a panic there exits 101.
+fn in_child(name: &str, body: impl FnOnce()) -> Outcome {
+    // SAFETY: this process is single-threaded here (harness = false, no threads spawned
+    // by the parent), so the child may allocate and spawn threads after fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        // SAFETY: leave the child without running the parent's destructors (the mount
+        // guard belongs to the parent).
+        unsafe { libc::_exit(if r.is_ok() { 0 } else { 101 }) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFSIGNALED(status) {
+                return Outcome::Signal(libc::WTERMSIG(status));
+            }
+            return Outcome::Exit(libc::WEXITSTATUS(status));
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kills and reaps our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("{name}: child hung (a parked fault?) and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn expect_signal(name: &str, want: i32, body: impl FnOnce()) {
+    match in_child(name, body) {
+        Outcome::Signal(s) if s == want => eprintln!("{name}: ok (signal {s})"),
+        Outcome::Signal(s) => panic!("{name}: signal {s}, wanted {want}"),
+        Outcome::Exit(c) => panic!("{name}: exited {c}, wanted signal {want}"),
+    }
+}
+
+fn expect_success(name: &str, body: impl FnOnce()) {
+    match in_child(name, body) {
+        Outcome::Exit(0) => eprintln!("{name}: ok"),
+        Outcome::Exit(c) => panic!("{name}: exited {c}"),
+        Outcome::Signal(s) => panic!("{name}: killed by signal {s}"),
+    }
+}
+
+fn write_byte(w: &Window, off: usize) {
+    // SAFETY: a volatile store into the window; the signal it may raise is the point.
+    unsafe { std::ptr::write_volatile(w.as_ptr().add(off), 0x42) };
+}
+
+fn read_byte(w: &Window, off: usize) -> u8 {
+    // SAFETY: a volatile load from the window.
+    unsafe { std::ptr::read_volatile(w.as_ptr().add(off)) }
+}
+
+/// Fills the filesystem until ENOSPC.
+fn fill(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x11u8; MIB];
+    let mut off = 0u64;
+    while f.write_all_at(&chunk, off).is_ok() {
+        off += MIB as u64;
+    }
+    let small = vec![0x11u8; 4096];
+    while f.write_all_at(&small, off).is_ok() {
+        off += 4096;
+    }
+    let _ = f.sync_all();
+    while f.write_all_at(&small, off).is_ok() {
+        off += 4096;
+        let _ = f.sync_all();
+    }
+}
+
+fn enospc(fs: &Ext4) {
+    let path = fs.path("sparse");
+    let f = sparse_file(&path, 64 * MIB as u64, &[]);
+    let src = fs.path("src");
+    sparse_file(&src, 4096, &[(0, &[b's'; 4096])]);
+    fill(&fs.path("filler"));
+    drop(f);
+    // A kernel-mode writer (O_DIRECT read into a hole) gets EFAULT; nothing lands.
+    expect_success("enospc_kernel_writer_efault", || {
+        let f = open_rw(&path);
+        let w = Window::new(64 * MIB).unwrap();
+        w.map_file(0, 64 * MIB, &f, 0, true).unwrap();
+        let s = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&src)
+            .unwrap();
+        // SAFETY: reads into a window page, which stays mapped.
+        let n = unsafe {
+            libc::pread(
+                s.as_raw_fd(),
+                w.as_ptr().add(MIB) as *mut libc::c_void,
+                4096,
+                0,
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        assert_eq!(w.stats().failed, 1);
+        assert_eq!(w.mappings()[0].poisoned, vec![MIB]);
+        assert_eq!(w.page_states(0, 64 * MIB).unwrap().private_anon, 0);
+    });
+    // A CPU store gets SIGBUS at the fault.
+    expect_signal("enospc_store_sigbus", libc::SIGBUS, || {
+        let f = open_rw(&path);
+        let w = Window::new(64 * MIB).unwrap();
+        w.map_file(0, 64 * MIB, &f, 0, true).unwrap();
+        write_byte(&w, 5 * MIB + 17);
+    });
+    // Nothing silently reached (or vanished from) the file.
+    assert!(data_of(&path).is_empty());
+}
+
+fn truncation(fs: &Ext4) {
+    let path = fs.path("trunc");
+    sparse_file(&path, 8 * MIB as u64, &[(7 * MIB as u64, &[b'e'; 4096])]);
+    let setup = |p: &Path| {
+        let f = open_rw(p);
+        let w = Window::new(8 * MIB).unwrap();
+        w.map_file(0, 8 * MIB, &f, 0, true).unwrap();
+        open_rw(p).set_len(4 * MIB as u64).unwrap();
+        // The handler survives the truncation: writes below EOF still upgrade.
+        w.write_at(MIB, b"alive").unwrap();
+        assert_eq!(read_file(p, MIB as u64, 5), b"alive");
+        w
+    };
+    expect_signal("truncated_file_page_sigbus", libc::SIGBUS, || {
+        let w = setup(&path);
+        read_byte(&w, 7 * MIB);
+    });
+    sparse_file(&path, 8 * MIB as u64, &[(7 * MIB as u64, &[b'e'; 4096])]);
+    expect_signal("write_to_hole_past_new_eof_sigbus", libc::SIGBUS, || {
+        let w = setup(&path);
+        // A hole past EOF still reads as zeros (never a file page)...
+        assert_eq!(read_byte(&w, 6 * MIB), 0);
+        // ...and a write there fails like any mmap write past EOF.
+        write_byte(&w, 6 * MIB);
+    });
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * MIB as u64);
+    assert!(data_of(&path).iter().all(|e| e.end <= 4 * MIB as u64));
+}
+
+fn read_only(fs: &Ext4) {
+    let path = fs.path("ro");
+    sparse_file(&path, 4 * MIB as u64, &[]);
+    expect_signal("read_only_hole_write_sigsegv", libc::SIGSEGV, || {
+        let f = std::fs::File::open(&path).unwrap();
+        let w = Window::new(4 * MIB).unwrap();
+        w.map_file(0, 4 * MIB, &f, 0, false).unwrap();
+        assert_eq!(read_byte(&w, MIB), 0);
+        write_byte(&w, MIB);
+    });
+    expect_signal("unmapped_window_write_sigsegv", libc::SIGSEGV, || {
+        let w = Window::new(4 * MIB).unwrap();
+        write_byte(&w, 0);
+    });
+    assert!(data_of(&path).is_empty());
+}
+
+fn unprivileged(fs: &Ext4) {
+    let path = fs.path("nobody");
+    sparse_file(&path, 8 * MIB as u64, &[]);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let src = fs.path("nobody-src");
+    sparse_file(&src, 4096, &[(0, &[b'k'; 4096])]);
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+    expect_success("unprivileged_user_mode_only", || {
+        // SAFETY: plain credential changes in the child (nobody/nogroup).
+        unsafe {
+            assert_eq!(libc::setgid(65534), 0);
+            assert_eq!(libc::setuid(65534), 0);
+            // setuid cleared "dumpable", which makes /proc/self/* root's; a process
+            // started as nobody has it set.
+            assert_eq!(libc::prctl(libc::PR_SET_DUMPABLE, 1), 0);
+        }
+        let f = open_rw(&path);
+        let w = Window::new(8 * MIB).unwrap();
+        assert!(!w.kernel_faults(), "unprivileged: UFFD_USER_MODE_ONLY");
+        w.map_file(0, 8 * MIB, &f, 0, true).unwrap();
+        // User-mode writes upgrade as usual.
+        w.write_at(MIB, b"user mode").unwrap();
+        assert_eq!(read_file(&path, MIB as u64, 9), b"user mode");
+        // Kernel-mode writers into holes get EFAULT: O_DIRECT read...
+        let s = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&src)
+            .unwrap();
+        // SAFETY: reads into a window page, which stays mapped.
+        let n = unsafe {
+            libc::pread(
+                s.as_raw_fd(),
+                w.as_ptr().add(3 * MIB) as *mut libc::c_void,
+                4096,
+                0,
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        // ...and process_vm_writev.
+        let data = b"pvw";
+        let local = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: 3,
+        };
+        let remote = libc::iovec {
+            // SAFETY: in-bounds pointer into the window.
+            iov_base: unsafe { w.as_ptr().add(4 * MIB) } as *mut libc::c_void,
+            iov_len: 3,
+        };
+        // SAFETY: writes into our own window.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        // The failed kernel accesses left the pages zero, nothing private, no upgrade.
+        assert!(matches!(
+            w.page_states(3 * MIB, PAGE_SIZE).unwrap().runs[0].state,
+            PageState::Zero | PageState::HugeZero
+        ));
+        assert_eq!(w.page_states(0, 8 * MIB).unwrap().private_anon, 0);
+        assert_eq!(w.stats().upgrades, 1);
+        // PAGEMAP_SCAN works without privilege.
+        assert!(w.page_states(0, 8 * MIB).unwrap().zero_total() > 0);
+    });
+    assert_eq!(
+        data_of(&path),
+        vec![dax_window::Extent {
+            start: MIB as u64,
+            end: (MIB + PAGE_SIZE) as u64
+        }]
+    );
+}
+
+/// Uses up vm.max_map_count with split anonymous mappings; returns how many were made.
+fn exhaust_vmas() -> usize {
+    let pages = 70_000;
+    // SAFETY: a fresh anonymous mapping, deliberately leaked (the child exits).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            pages * 2 * PAGE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    } as usize;
+    assert_ne!(p as *mut libc::c_void, libc::MAP_FAILED);
+    let mut made = 0;
+    for i in 0..pages {
+        // SAFETY: changes protection of one page of our own mapping, splitting it.
+        let rc = unsafe {
+            libc::mprotect(
+                (p + i * 2 * PAGE_SIZE) as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ,
+            )
+        };
+        if rc != 0 {
+            break;
+        }
+        made += 1;
+    }
+    made
+}
+
+fn vma_exhaustion(fs: &Ext4) {
+    let path = fs.path("vmas");
+    sparse_file(&path, 8 * MIB as u64, &[]);
+    expect_signal("max_map_count_reached_sigbus", libc::SIGBUS, || {
+        let f = open_rw(&path);
+        let w = Window::new(16 * MIB).unwrap();
+        w.map_file(0, 8 * MIB, &f, 0, true).unwrap();
+        assert!(exhaust_vmas() > 1000);
+        // A new mapping is refused with a clear error...
+        let err = w.map_file(8 * MIB, 8 * MIB, &f, 0, true).unwrap_err();
+        assert!(matches!(err, dax_window::Error::VmaBudget { .. }), "{err}");
+        // ...and a write that needs a VMA split gets SIGBUS, never a hang.
+        write_byte(&w, 3 * MIB + 5 * PAGE_SIZE);
+    });
+    // The granule was allocated before the mmap failed: at most that 4 KiB is allocated
+    // (zeros, as the hole read); the byte itself never landed.
+    let data = data_of(&path);
+    assert!(
+        data.iter().map(|e| e.len()).sum::<u64>() <= PAGE_SIZE as u64,
+        "{data:?}"
+    );
+    assert!(read_file(&path, 0, 8 * MIB).iter().all(|&b| b == 0));
+}
+
+fn fork_child(fs: &Ext4) {
+    let path = fs.path("forked");
+    sparse_file(&path, 4 * MIB as u64, &[]);
+    expect_success("forked_child_has_no_window", || {
+        let f = open_rw(&path);
+        let w = Window::new(4 * MIB).unwrap();
+        w.map_file(0, 4 * MIB, &f, 0, true).unwrap();
+        w.write_at(0, b"parent").unwrap();
+        // SAFETY: the grandchild only performs one store and _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            write_byte(&w, MIB);
+            // SAFETY: leave without running anything else.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV);
+        // The parent's window is untouched and keeps working.
+        w.write_at(2 * MIB, b"still").unwrap();
+        assert_eq!(read_file(&path, 2 * MIB as u64, 5), b"still");
+        assert_eq!(read_file(&path, MIB as u64, 1), [0]);
+        assert_eq!(w.page_states(0, 4 * MIB).unwrap().private_anon, 0);
+    });
+}
+
+fn drop_while_writing(fs: &Ext4) {
+    let path = fs.path("dropped");
+    sparse_file(&path, 16 * MIB as u64, &[]);
+    expect_signal("drop_while_writing_sigsegv", libc::SIGSEGV, || {
+        let f = open_rw(&path);
+        let w = Window::new(16 * MIB).unwrap();
+        w.map_file(0, 16 * MIB, &f, 0, true).unwrap();
+        let (base, len) = (w.as_ptr() as usize, w.len());
+        std::thread::spawn(move || {
+            // Upgrade after upgrade until the window disappears under this thread.
+            for i in 0.. {
+                let p = (base + (i * PAGE_SIZE) % len) as *mut u8;
+                // SAFETY: a store into the window, which the main thread drops meanwhile:
+                // the fault that follows is the point of the test.
+                unsafe { std::ptr::write_volatile(p, 1) };
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        // Dropping stops the handler, makes the window inaccessible and wakes the writer:
+        // it must fault, not sleep forever (a hang is caught by the parent's deadline).
+        drop(w);
+        // Keep the range unusable so the writer cannot land in memory reused by malloc.
+        // SAFETY: reserves the freed address range; MAP_FIXED_NOREPLACE never replaces.
+        unsafe {
+            libc::mmap(
+                base as *mut libc::c_void,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        std::thread::sleep(Duration::from_secs(5));
+    });
+}
+
+fn main() {
+    // `cargo test -- --list` and filters: this binary has no per-test filtering.
+    if std::env::args().any(|a| a == "--list") {
+        println!("signals: test");
+        return;
+    }
+    {
+        let fs = Ext4::new(256);
+        truncation(&fs);
+        read_only(&fs);
+        unprivileged(&fs);
+        vma_exhaustion(&fs);
+        fork_child(&fs);
+        drop_while_writing(&fs);
+    }
+    {
+        let fs = Ext4::new(32);
+        enospc(&fs);
+    }
+    eprintln!("signals: all scenarios passed");
+}
