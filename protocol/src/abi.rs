@@ -28,7 +28,8 @@ pub const FUSE_COMPAT_INIT_IN_SIZE: usize = 16;
 pub const FUSE_UNIQUE_RESEND: u64 = 1 << 63;
 /// uid/gid the kernel sends when an idmapped mount cannot map the caller.
 pub const FUSE_INVALID_UIDGID: u32 = u32::MAX;
-/// Largest directory-entry name the kernel accepts in a READDIR reply.
+/// Largest directory-entry name every 6.x kernel accepts in a READDIR reply (newer kernels
+/// accept up to 4095 once max_pages > 1; host filesystems stop at 255 anyway).
 pub const FUSE_NAME_MAX: usize = 1024;
 /// Kernel's limit on REMOVEMAPPING entries per request (one 4 KiB page of entries).
 pub const FUSE_REMOVEMAPPING_MAX_ENTRY: usize = 4096 / FuseRemovemappingOne::SIZE;
@@ -231,7 +232,7 @@ pub const FUSE_EXT_GROUPS: u32 = 32;
 /// Implemented for the integer types and arrays the ABI uses and for every ABI struct.
 /// `get`/`put` require `bytes.len() >= at + SIZE`; the public entry points
 /// ([`Wire::decode`], [`Wire::encode`]) check that once, so the field accessors need not.
-pub trait Wire: Sized + Copy {
+pub trait Wire: Sized + Copy + 'static {
     /// Size on the wire, equal to the kernel's `sizeof`.
     const SIZE: usize;
 
@@ -1304,6 +1305,33 @@ impl FuseInitIn {
 }
 
 impl FuseInitOut {
+    /// The version and flag part of an INIT reply: our major, the smaller minor, the kernel's
+    /// readahead, and the flags in `wanted` that the kernel offered (a server must never
+    /// claim a flag the kernel did not offer). The sizing fields (`max_write`, `max_pages`,
+    /// `map_alignment`, `time_gran`, `max_background`, ...) are the transport's decision and
+    /// stay zero here.
+    ///
+    /// A kernel with a newer major gets only our major back (it then resends INIT in ours);
+    /// a kernel with an older major, or a 7.x older than [`FUSE_MIN_MINOR_VERSION`], cannot
+    /// be served and the caller should reply EPROTO: that is the `Err`.
+    pub fn negotiate(kernel: &FuseInitIn, wanted: u64) -> Result<FuseInitOut, FuseInitOut> {
+        let mut out = FuseInitOut {
+            major: FUSE_KERNEL_VERSION,
+            minor: FUSE_KERNEL_MINOR_VERSION,
+            ..Default::default()
+        };
+        if kernel.major > FUSE_KERNEL_VERSION {
+            return Ok(out);
+        }
+        if kernel.major < FUSE_KERNEL_VERSION || kernel.minor < FUSE_MIN_MINOR_VERSION {
+            return Err(out);
+        }
+        out.minor = kernel.minor.min(FUSE_KERNEL_MINOR_VERSION);
+        out.max_readahead = kernel.max_readahead;
+        out.set_flags64(wanted & kernel.flags64());
+        Ok(out)
+    }
+
     /// Stores a 64-bit flag set into `flags`/`flags2`, adding FUSE_INIT_EXT when high bits
     /// are present, because the kernel ignores `flags2` without it.
     pub fn set_flags64(&mut self, flags: u64) {
@@ -1474,7 +1502,7 @@ mod tests {
             flags: FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE,
             moffset: 0x1234_5000,
         };
-        let mut buf = vec![0u8; FuseSetupmappingIn::SIZE + 3];
+        let mut buf = [0u8; FuseSetupmappingIn::SIZE + 3];
         v.encode(&mut buf[3..]).unwrap();
         assert_eq!(FuseSetupmappingIn::decode(&buf[3..]), Some(v));
         assert_eq!(FuseSetupmappingIn::decode(&buf[4..]), None);
@@ -1504,6 +1532,43 @@ mod tests {
             ..no_ext
         };
         assert_eq!(no_ext.flags64(), FUSE_ASYNC_READ);
+    }
+
+    #[test]
+    fn negotiate_intersects_flags_and_versions() {
+        let kernel = FuseInitIn {
+            major: 7,
+            minor: 45,
+            max_readahead: 1 << 17,
+            flags: (FUSE_INIT_EXT | FUSE_ASYNC_READ | FUSE_MAP_ALIGNMENT) as u32,
+            flags2: (FUSE_HAS_INODE_DAX >> 32) as u32,
+            unused: [0; 11],
+        };
+        let out = FuseInitOut::negotiate(
+            &kernel,
+            FUSE_ASYNC_READ | FUSE_HAS_INODE_DAX | FUSE_PASSTHROUGH | FUSE_DO_READDIRPLUS,
+        )
+        .unwrap();
+        assert_eq!((out.major, out.minor, out.max_readahead), (7, 45, 1 << 17));
+        assert_eq!(
+            out.flags64(),
+            FUSE_ASYNC_READ | FUSE_HAS_INODE_DAX | FUSE_INIT_EXT
+        );
+        let old = FuseInitIn {
+            minor: 31,
+            flags: FUSE_ASYNC_READ as u32,
+            flags2: u32::MAX,
+            ..kernel
+        };
+        let out = FuseInitOut::negotiate(&old, u64::MAX).unwrap();
+        assert_eq!((out.minor, out.flags64()), (31, FUSE_ASYNC_READ));
+        let newer = FuseInitIn { major: 8, ..kernel };
+        assert_eq!(FuseInitOut::negotiate(&newer, u64::MAX).unwrap().flags, 0);
+        let too_old = FuseInitIn {
+            minor: 30,
+            ..kernel
+        };
+        assert!(FuseInitOut::negotiate(&too_old, 0).is_err());
     }
 
     #[test]
