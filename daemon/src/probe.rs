@@ -100,7 +100,7 @@ fn extents_json(e: &Extents) -> serde_json::Value {
 fn pages_json(p: &PageStates) -> serde_json::Value {
     serde_json::json!({
         "total": p.total(),
-        "zero": p.zero,
+        "zero": p.zero_total(),
         "huge_zero": p.huge_zero,
         "file": p.file,
         "not_populated": p.not_populated,

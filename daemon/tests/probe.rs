@@ -1,0 +1,124 @@
+//! `zerodax probe` on a real sparse file on a loop-mounted ext4 image (run as root): the
+//! JSON report's page states must agree with the file's own extents, and a write through
+//! the window must land in the file and nowhere else.
+
+mod common;
+use common::*;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+const PAGE: u64 = 4096;
+
+fn probe(args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zerodax"))
+        .arg("probe")
+        .args(args)
+        .output()
+        .expect("run zerodax probe");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json, stderr)
+}
+
+/// Bytes of data in [0, size) per SEEK_DATA/SEEK_HOLE, counted independently of the probe.
+fn data_bytes(path: &Path) -> u64 {
+    let f = File::open(path).expect("open");
+    let size = f.metadata().expect("stat").len() as i64;
+    let mut total = 0;
+    let mut off = 0i64;
+    while off < size {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        total += (hole - data) as u64;
+        off = hole;
+    }
+    total
+}
+
+fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = v;
+    for k in path {
+        v = &v[*k];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}
+
+#[test]
+fn probe_reports_holes_as_zero_pages_and_writes_reach_the_file() {
+    let tmp = TempDir::new();
+    let ext4 = Ext4::new(&tmp.0);
+    let path = ext4.dir.join("sparse");
+    let size = 256 * MIB;
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        f.set_len(size).expect("size");
+        for i in 0..8u64 {
+            f.write_all_at(&[0x11 + i as u8; 64 * 1024], i * 29 * MIB + 8192)
+                .expect("data");
+        }
+        f.sync_all().expect("sync");
+    }
+    let data_before = data_bytes(&path);
+    assert_eq!(data_before, 8 * 64 * 1024, "ext4 allocates what was written");
+    let p = path.to_str().expect("utf-8 path");
+
+    let (ok, report, stderr) = probe(&[p, "--json", "--write", "100M:4K"]);
+    assert!(ok, "probe failed: {stderr}");
+    let total = size / PAGE;
+    let data_pages = data_before / PAGE;
+    assert_eq!(n(&report, &["pages_after_read", "total"]), total);
+    assert_eq!(
+        n(&report, &["pages_after_read", "zero"]),
+        total - data_pages,
+        "every hole page reads as the zero page: {report}"
+    );
+    assert_eq!(n(&report, &["pages_after_read", "file"]), data_pages);
+    assert_eq!(n(&report, &["pages_after_read", "private_anon"]), 0);
+    assert_eq!(n(&report, &["pages", "zero"]), total - data_pages - 1);
+    assert_eq!(n(&report, &["pages", "file"]), data_pages + 1);
+    assert_eq!(n(&report, &["pages", "private_anon"]), 0);
+    assert_eq!(n(&report, &["upgrades"]), 1);
+    assert_eq!(n(&report, &["extents_before", "data_bytes"]), data_before);
+    assert_eq!(n(&report, &["extents_after", "data_bytes"]), data_before + PAGE);
+
+    // The write is in the file, and only that page left the hole.
+    assert_eq!(data_bytes(&path), data_before + PAGE);
+    let f = File::open(&path).expect("open");
+    let mut page = vec![0u8; PAGE as usize];
+    f.read_exact_at(&mut page, 100 * MIB).expect("read");
+    assert!(page.iter().all(|&b| b == 0xA5), "written bytes reach the file");
+    f.read_exact_at(&mut page, 100 * MIB + PAGE).expect("read");
+    assert!(page.iter().all(|&b| b == 0), "the rest of the hole is zeros");
+}
+
+#[test]
+fn probe_errors_are_one_line_and_nonzero() {
+    let tmp = TempDir::new();
+    let missing = tmp.0.join("missing");
+    let (ok, _, stderr) = probe(&[missing.to_str().expect("utf-8")]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+
+    let small = tmp.0.join("small");
+    std::fs::write(&small, [1u8; 100]).expect("write");
+    let (ok, _, stderr) = probe(&[small.to_str().expect("utf-8"), "--write", "1M:4K"]);
+    assert!(!ok, "a write past EOF is refused");
+    assert!(!stderr.is_empty());
+    assert_eq!(std::fs::read(&small).expect("read"), vec![1u8; 100]);
+}
