@@ -24,9 +24,15 @@ suite() {
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 suite build cargo build --workspace --release --quiet
+# The frontend tests drive every vhost-user-fs backend named here through the same socket
+# protocol; zerodax is the release binary built above.
+export ZERODAX_FRONTEND_BACKENDS=${ZERODAX_FRONTEND_BACKENDS:-zerodax,c-virtiofsd,virtiofsd}
+export ZERODAX_BIN=$PWD/target/release/zerodax
 suite cargo-test cargo test --workspace --release -- --test-threads=2
 suite pjdfstest tests/pjdfstest/run.sh off on
 suite fsx tests/fsx/run.sh off on
+# A real Linux guest mounting `zerodax serve`, against the C virtiofsd as the reference.
+suite guest tests/guest/compare.sh --no-prepare --modes auto,always zerodax c-virtiofsd
 
 echo
 echo "suites: $passed passed, $failed failed"

@@ -4,3 +4,6 @@
 pub mod fs;
 pub mod fuse_dev;
 pub mod mount;
+pub mod serve;
+pub mod server;
+pub mod vhost_user;

@@ -5,7 +5,7 @@ mod probe;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use zerodax::mount;
+use zerodax::{mount, serve};
 
 #[derive(Debug, Parser)]
 #[command(name = "zerodax", version, about)]
@@ -20,11 +20,14 @@ enum Command {
     Mount(mount::MountArgs),
     /// Map FILE through a DAX window in this process and report how its pages are backed.
     Probe(probe::ProbeArgs),
+    /// Serve SHARED_DIR as a vhost-user virtio-fs device backend (in place of virtiofsd).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Mount(args) => mount::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

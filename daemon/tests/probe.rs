@@ -75,7 +75,11 @@ fn probe_reports_holes_as_zero_pages_and_writes_reach_the_file() {
         f.sync_all().expect("sync");
     }
     let data_before = data_bytes(&path);
-    assert_eq!(data_before, 8 * 64 * 1024, "ext4 allocates what was written");
+    assert_eq!(
+        data_before,
+        8 * 64 * 1024,
+        "ext4 allocates what was written"
+    );
     let p = path.to_str().expect("utf-8 path");
 
     let (ok, report, stderr) = probe(&[p, "--json", "--write", "100M:4K"]);
@@ -95,16 +99,25 @@ fn probe_reports_holes_as_zero_pages_and_writes_reach_the_file() {
     assert_eq!(n(&report, &["pages", "private_anon"]), 0);
     assert_eq!(n(&report, &["upgrades"]), 1);
     assert_eq!(n(&report, &["extents_before", "data_bytes"]), data_before);
-    assert_eq!(n(&report, &["extents_after", "data_bytes"]), data_before + PAGE);
+    assert_eq!(
+        n(&report, &["extents_after", "data_bytes"]),
+        data_before + PAGE
+    );
 
     // The write is in the file, and only that page left the hole.
     assert_eq!(data_bytes(&path), data_before + PAGE);
     let f = File::open(&path).expect("open");
     let mut page = vec![0u8; PAGE as usize];
     f.read_exact_at(&mut page, 100 * MIB).expect("read");
-    assert!(page.iter().all(|&b| b == 0xA5), "written bytes reach the file");
+    assert!(
+        page.iter().all(|&b| b == 0xA5),
+        "written bytes reach the file"
+    );
     f.read_exact_at(&mut page, 100 * MIB + PAGE).expect("read");
-    assert!(page.iter().all(|&b| b == 0), "the rest of the hole is zeros");
+    assert!(
+        page.iter().all(|&b| b == 0),
+        "the rest of the hole is zeros"
+    );
 }
 
 #[test]

@@ -454,10 +454,6 @@ impl FileSystem {
         CString::new(fd.as_raw_fd().to_string()).unwrap_or_default()
     }
 
-    fn proc_path(fd: BorrowedFd<'_>) -> CString {
-        CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-    }
-
     /// Open the inode behind an O_PATH descriptor for I/O. Only regular files and
     /// directories: the magic link is never used on a symlink or special file.
     fn reopen(&self, inode: &Inode, flags: i32) -> io::Result<OwnedFd> {
@@ -1002,41 +998,45 @@ impl FileSystem {
         sys::faccessat_fd(inode.fd(), mask & (libc::R_OK | libc::W_OK | libc::X_OK))
     }
 
-    /// Xattrs go through `/proc/self/fd/N` for regular files and directories only; symlinks
-    /// and special files have none here (the host refuses user.* on them anyway).
-    fn xattr_path(&self, inode: &Inode) -> Option<CString> {
-        (inode.is_reg() || inode.is_dir()).then(|| Self::proc_path(inode.fd()))
+    /// Xattrs go through a descriptor reopened via `/proc/self/fd/N`, for regular files and
+    /// directories only; symlinks and special files have none here (the host refuses
+    /// user.* on them anyway). No path is used, so this works after a chroot.
+    fn xattr_fd(&self, inode: &Inode) -> Option<io::Result<OwnedFd>> {
+        (inode.is_reg() || inode.is_dir())
+            .then(|| self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK))
     }
 
     pub fn getxattr(&self, _ctx: &Context, node: u64, name: &CStr, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
-        let Some(path) = self.xattr_path(&inode) else {
+        let Some(fd) = self.xattr_fd(&inode) else {
             return Err(err(libc::ENODATA));
         };
+        let fd = fd?;
         if size == 0 {
-            let n = sys::getxattr(&path, name, &mut [])?;
+            let n = sys::getxattr(fd.as_fd(), name, &mut [])?;
             return Ok(Xattr::Size(n as u32));
         }
         let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
-        let n = sys::getxattr(&path, name, &mut buf)?;
+        let n = sys::getxattr(fd.as_fd(), name, &mut buf)?;
         buf.truncate(n);
         Ok(Xattr::Data(buf))
     }
 
     pub fn listxattr(&self, _ctx: &Context, node: u64, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
-        let Some(path) = self.xattr_path(&inode) else {
+        let Some(fd) = self.xattr_fd(&inode) else {
             return Ok(if size == 0 {
                 Xattr::Size(0)
             } else {
                 Xattr::Data(Vec::new())
             });
         };
+        let fd = fd?;
         if size == 0 {
-            return Ok(Xattr::Size(sys::listxattr(&path, &mut [])? as u32));
+            return Ok(Xattr::Size(sys::listxattr(fd.as_fd(), &mut [])? as u32));
         }
         let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
-        let n = sys::listxattr(&path, &mut buf)?;
+        let n = sys::listxattr(fd.as_fd(), &mut buf)?;
         buf.truncate(n);
         Ok(Xattr::Data(buf))
     }
@@ -1051,15 +1051,15 @@ impl FileSystem {
     ) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
-        let path = self.xattr_path(&inode).ok_or_else(|| err(libc::EPERM))?;
-        sys::setxattr(&path, name, value, flags)
+        let fd = self.xattr_fd(&inode).ok_or_else(|| err(libc::EPERM))??;
+        sys::setxattr(fd.as_fd(), name, value, flags)
     }
 
     pub fn removexattr(&self, _ctx: &Context, node: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
-        let path = self.xattr_path(&inode).ok_or_else(|| err(libc::EPERM))?;
-        sys::removexattr(&path, name)
+        let fd = self.xattr_fd(&inode).ok_or_else(|| err(libc::EPERM))??;
+        sys::removexattr(fd.as_fd(), name)
     }
 
     /// fallocate(2) on the backing file: plain, KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE (and any

@@ -356,13 +356,14 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     check_long(ret).map(|n| n as usize)
 }
 
-/// Path-based xattr calls; `path` is a `/proc/self/fd/N` path of a regular file or directory.
-pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: strings are NUL-terminated; `buf` is writable for its length (NULL when empty
+/// Descriptor-based xattr calls on a regular file or directory reopened through
+/// `/proc/self/fd` (no path, so they keep working after the daemon chroots into the share).
+pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `name` is NUL-terminated; `buf` is writable for its length (NULL when empty
     // asks for the size).
     check_ssize(unsafe {
-        libc::getxattr(
-            path.as_ptr(),
+        libc::fgetxattr(
+            fd.as_raw_fd(),
             name.as_ptr(),
             if buf.is_empty() {
                 std::ptr::null_mut()
@@ -374,11 +375,11 @@ pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
-pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: as for getxattr.
     check_ssize(unsafe {
-        libc::listxattr(
-            path.as_ptr(),
+        libc::flistxattr(
+            fd.as_raw_fd(),
             if buf.is_empty() {
                 std::ptr::null_mut()
             } else {
@@ -389,11 +390,16 @@ pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
-pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: strings are NUL-terminated; `value` is readable for its length.
+pub fn setxattr(
+    fd: BorrowedFd<'_>,
+    name: &CStr,
+    value: &[u8],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `value` is readable for its length.
     check(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
+        libc::fsetxattr(
+            fd.as_raw_fd(),
             name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
@@ -403,9 +409,9 @@ pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> i
     .map(drop)
 }
 
-pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
-    // SAFETY: strings are NUL-terminated.
-    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
 /// Switch this thread's filesystem uid (raw syscall: glibc's wrapper is per-thread too, but

@@ -103,4 +103,3 @@ impl Drop for Ext4 {
         }
     }
 }
-

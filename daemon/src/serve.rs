@@ -1,0 +1,443 @@
+//! `zerodax serve`: the vhost-user virtio-fs backend, in the foreground, for one frontend
+//! connection. Exits 0 when the frontend disconnects or on SIGTERM/SIGINT/SIGHUP.
+//!
+//! Flags follow virtiofsd where they overlap; see docs/serve.md.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::fs::{FileSystem, FsError};
+use crate::mount::LogLevel;
+use crate::server::{CachePolicy, Server, ServerOptions};
+use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
+
+/// `--sandbox`: how the daemon confines itself after opening the shared directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sandbox {
+    /// No process-level confinement (the core still resolves every name beneath the share).
+    None,
+    /// chroot(2) into the shared directory once it and /proc/self/fd are open.
+    Chroot,
+    /// A private mount namespace whose root is the shared directory (pivot_root), so no
+    /// other mount of the host is reachable even by `..` from the root.
+    Namespace,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// vhost-user socket to create and listen on (an existing file is replaced).
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["fd", "print_capabilities"])]
+    pub socket_path: Option<PathBuf>,
+    /// Use this already-listening socket descriptor instead of --socket-path.
+    #[arg(long, value_name = "N", conflicts_with = "socket_path")]
+    pub fd: Option<RawFd>,
+    /// Directory to share with the guest.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "print_capabilities"
+    )]
+    pub shared_dir: Option<PathBuf>,
+    /// Guest caching: entry/attribute timeouts and per-open cache flags, as virtiofsd.
+    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
+    pub cache: CachePolicy,
+    /// Threads serving requests; 0 serves them on each queue's own thread.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub thread_pool_size: usize,
+    /// Request queues offered to the frontend (one worker thread each).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_REQUEST_QUEUES)))]
+    pub request_queues: u16,
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    /// Process confinement after start.
+    #[arg(long, value_enum, default_value_t = Sandbox::None)]
+    pub sandbox: Sandbox,
+    /// Print the vhost-user backend capabilities (JSON) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// Refuse every modification with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Open-file limit to raise RLIMIT_NOFILE to at start (default: the hard limit).
+    #[arg(long, value_name = "N")]
+    pub rlimit_nofile: Option<u64>,
+    /// virtio-fs tag reported in the device config space (for frontends that ask the
+    /// backend; QEMU takes the tag from its own command line).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Accepted for virtiofsd compatibility: extended attributes are always served.
+    #[arg(long, hide = true)]
+    pub xattr: bool,
+}
+
+/// Why the backend could not start; each prints as one line.
+#[derive(Debug)]
+pub enum ServeError {
+    Usage(String),
+    Rlimit(u64, io::Error),
+    Fs(FsError),
+    Listen(String, vhost::vhost_user::Error),
+    Fd(RawFd, io::Error),
+    Sandbox(PathBuf, io::Error),
+    Device(String),
+    Signals(io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Usage(m) => write!(f, "{m}"),
+            ServeError::Rlimit(n, e) => write!(f, "cannot raise RLIMIT_NOFILE to {n}: {e}"),
+            ServeError::Fs(e) => write!(f, "{e}"),
+            ServeError::Listen(p, e) => write!(f, "cannot listen on {p}: {e}"),
+            ServeError::Fd(fd, e) => write!(f, "--fd {fd} is not a listening socket: {e}"),
+            ServeError::Sandbox(p, e) => write!(f, "cannot confine to {}: {e}", p.display()),
+            ServeError::Device(m) => write!(f, "vhost-user device: {m}"),
+            ServeError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// The backend description QEMU/libvirt read (docs/interop/vhost-user.json): a virtio-fs
+/// backend that takes its options as separate arguments.
+pub fn capabilities() -> serde_json::Value {
+    serde_json::json!({
+        "type": "fs",
+        "features": ["separate-options"],
+    })
+}
+
+fn init_logging(level: LogLevel) {
+    let level = match level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn raise_nofile(want: Option<u64>) -> Result<(), ServeError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is writable for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(ServeError::Rlimit(0, io::Error::last_os_error()));
+    }
+    let target = want.unwrap_or(lim.rlim_max);
+    let new = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max.max(target),
+    };
+    // SAFETY: `new` is a valid rlimit read by the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        return Err(ServeError::Rlimit(target, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and modify a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+fn chroot_into(dir: &Path) -> Result<(), ServeError> {
+    let err = |e| ServeError::Sandbox(dir.to_owned(), e);
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    if unsafe { libc::chroot(path.as_ptr()) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: a static NUL-terminated string.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn check_rc(rc: libc::c_int, dir: &Path) -> Result<(), ServeError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ServeError::Sandbox(
+            dir.to_owned(),
+            io::Error::last_os_error(),
+        ))
+    }
+}
+
+/// `--sandbox namespace`: a new mount namespace (propagation from the host kept one-way),
+/// the share bind-mounted onto itself and made the root with pivot_root; the old root is
+/// detached. The share's descriptors and /proc/self/fd were opened before and stay valid.
+fn pivot_into(dir: &Path) -> Result<(), ServeError> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| ServeError::Sandbox(dir.to_owned(), io::ErrorKind::InvalidInput.into()))?;
+    let dot = c".";
+    // SAFETY: unshare has no memory arguments.
+    check_rc(unsafe { libc::unshare(libc::CLONE_NEWNS) }, dir)?;
+    // SAFETY: NUL-terminated static strings and null pointers where mount(2) allows them.
+    check_rc(
+        unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            )
+        },
+        dir,
+    )?;
+    // SAFETY: `path` is NUL-terminated and outlives the call; other pointers may be null.
+    check_rc(
+        unsafe {
+            libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        },
+        dir,
+    )?;
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    check_rc(unsafe { libc::chdir(path.as_ptr()) }, dir)?;
+    // pivot_root(".", "."): the old root ends up mounted on top of the new one, and the
+    // detach below removes it (pivot_root(2), NOTES).
+    // SAFETY: two NUL-terminated static strings.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    check_rc(rc as libc::c_int, dir)?;
+    // SAFETY: a NUL-terminated static string.
+    check_rc(
+        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
+        dir,
+    )?;
+    // SAFETY: a NUL-terminated static string.
+    check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
+}
+
+/// Takes ownership of `--fd N` after checking that it is a socket.
+fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
+    // SAFETY: fstat writes into a local stat buffer; an invalid fd is reported as EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(ServeError::Fd(fd, io::Error::last_os_error()));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(ServeError::Fd(
+            fd,
+            io::Error::from_raw_os_error(libc::ENOTSOCK),
+        ));
+    }
+    // SAFETY: the operator hands this descriptor to zerodax with --fd; it is open (fstat
+    // succeeded), a socket, and nothing else in the process owns it.
+    Ok(unsafe { Listener::from_raw_fd(fd) })
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    if args.print_capabilities {
+        println!("{:#}", capabilities());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_level);
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zerodax serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the signal thread needs: the live connection, once there is one.
+#[derive(Default)]
+struct Shutdown {
+    connection: Option<ShutdownHandle>,
+    requested: bool,
+}
+
+fn serve(args: &ServeArgs) -> Result<(), ServeError> {
+    let shared_dir = args
+        .shared_dir
+        .as_deref()
+        .ok_or_else(|| ServeError::Usage("--shared-dir is required".into()))?;
+    if let Some(tag) = &args.tag {
+        if tag.is_empty() || tag.len() > TAG_LEN {
+            return Err(ServeError::Usage(format!(
+                "--tag must be 1 to {TAG_LEN} bytes"
+            )));
+        }
+    }
+    // Block the termination signals before any thread starts, so that every thread inherits
+    // the mask and only the signal thread's sigwait sees them.
+    let signals = termination_signals();
+    // SAFETY: `signals` is an initialised set; no old mask is asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(ServeError::Signals(io::Error::from_raw_os_error(rc)));
+    }
+    raise_nofile(args.rlimit_nofile)?;
+    let fs = FileSystem::new(shared_dir, args.cache.fs_config(args.read_only))
+        .map_err(ServeError::Fs)?;
+    let mut listener = match (args.fd, &args.socket_path) {
+        (Some(fd), _) => listener_from_fd(fd)?,
+        (None, Some(path)) => Listener::new(path, true)
+            .map_err(|e| ServeError::Listen(path.display().to_string(), e))?,
+        (None, None) => {
+            return Err(ServeError::Usage(
+                "--socket-path or --fd is required".into(),
+            ))
+        }
+    };
+    // Before any thread exists: unshare(CLONE_NEWNS) refuses a multi-threaded process.
+    match args.sandbox {
+        Sandbox::None => {}
+        Sandbox::Chroot => chroot_into(shared_dir)?,
+        Sandbox::Namespace => pivot_into(shared_dir)?,
+    }
+    let server = Arc::new(Server::new(
+        Arc::new(fs),
+        ServerOptions { cache: args.cache },
+    ));
+    let backend = Arc::new(
+        FsBackend::new(
+            server,
+            DeviceOptions {
+                request_queues: args.request_queues,
+                thread_pool_size: args.thread_pool_size,
+                tag: args.tag.clone(),
+            },
+        )
+        .map_err(|e| ServeError::Device(e.to_string()))?,
+    );
+    let mut daemon = VhostUserDaemon::new(
+        "zerodax-vhost-user".into(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Device(e.to_string()))?;
+
+    let shutdown = Arc::new(Mutex::new(Shutdown::default()));
+    // Only a socket we created is ours to remove when a signal ends us before a frontend
+    // came (the framework's listener removes it otherwise).
+    let socket = args
+        .fd
+        .is_none()
+        .then(|| args.socket_path.clone())
+        .flatten();
+    spawn_signal_thread(signals, shutdown.clone(), socket)?;
+
+    tracing::info!(
+        "serving {} on {}",
+        shared_dir.display(),
+        args.socket_path.as_ref().map_or_else(
+            || format!("fd {}", args.fd.unwrap_or(-1)),
+            |p| p.display().to_string()
+        )
+    );
+    daemon
+        .start(&mut listener)
+        .map_err(|e| ServeError::Device(e.to_string()))?;
+    // One frontend per daemon, as virtiofsd: stop listening (this removes the socket file).
+    drop(listener);
+    {
+        let mut s = shutdown.lock().unwrap_or_else(|e| e.into_inner());
+        s.connection = daemon.shutdown_handle();
+        if s.requested {
+            if let Some(c) = &s.connection {
+                c.shutdown();
+            }
+        }
+    }
+    tracing::info!("frontend connected");
+    let result = daemon.wait();
+    match &result {
+        Ok(()) => tracing::info!("frontend disconnected"),
+        Err(e) => tracing::info!("connection ended: {e}"),
+    }
+    // Stop every queue worker (exit_event), and make sure an unresponsive one cannot keep
+    // the process alive.
+    for handler in daemon.get_epoll_handlers() {
+        handler.send_exit_event();
+    }
+    spawn_exit_watchdog();
+    drop(daemon);
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT/SIGHUP. With a frontend connected it shuts the connection
+/// down, which ends `serve` cleanly; before one connects there is nothing to finish, so it
+/// removes the socket and exits 0 at once.
+fn spawn_signal_thread(
+    signals: libc::sigset_t,
+    shutdown: Arc<Mutex<Shutdown>>,
+    socket: Option<PathBuf>,
+) -> Result<(), ServeError> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `signals` is an initialised set and `sig` a valid out-pointer.
+            if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                continue;
+            }
+            tracing::info!("signal {sig}: shutting down");
+            let mut s = shutdown.lock().unwrap_or_else(|e| e.into_inner());
+            s.requested = true;
+            match &s.connection {
+                Some(c) => c.shutdown(),
+                None => {
+                    if let Some(p) = &socket {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    std::process::exit(0);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(ServeError::Signals)
+}
+
+/// Ends the process if joining the workers takes longer than this after the connection
+/// ended (a request stuck in a host syscall): shutdown never hangs.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn spawn_exit_watchdog() {
+    let _ = std::thread::Builder::new()
+        .name("exit-watchdog".into())
+        .spawn(|| {
+            std::thread::sleep(EXIT_GRACE);
+            tracing::warn!("workers still busy {EXIT_GRACE:?} after disconnect; exiting");
+            std::process::exit(0);
+        });
+}

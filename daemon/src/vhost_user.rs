@@ -1,0 +1,661 @@
+//! The vhost-user virtio-fs device: queues, descriptor chains, and the worker threads, on
+//! vhost-user-backend 0.24 (vhost 0.18, virtio-queue 0.18, vm-memory 0.18).
+//!
+//! Queue 0 is the high-priority queue (FORGET, BATCH_FORGET, INTERRUPT), queues 1.. carry
+//! requests. Each queue has its own vring worker thread (the framework's epoll loop). A worker
+//! pops every available chain while holding its vring lock, releases the lock, and then serves
+//! the chains itself (`--thread-pool-size 0`) or hands them to the pool. Completing a chain
+//! (used ring + call eventfd) takes the vring lock again for just that. So no thread holds a
+//! vring lock while a request runs, in particular not while it waits on the frontend (the DAX
+//! step's backend requests wait for an ack).
+//!
+//! A chain is checked before its request is served ([`GuestChain::new`]): every buffer must
+//! lie in guest memory and every device-readable buffer must come before the device-writable
+//! ones. A chain that fails gets an EIO reply when it has reply room, otherwise it is
+//! returned with 0 bytes used; either way the daemon keeps serving.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread;
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{
+    VhostUserBackend, VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT,
+};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Error as QueueError, QueueOwnedT, QueueT};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
+    GuestMemoryMmap, VolatileSlice,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::server::{Chain, Server};
+
+/// Guest memory as the backend maps it (no dirty-page bitmap: no live migration).
+pub type GuestMem = GuestMemoryMmap<()>;
+/// The framework's shared, replaceable view of guest memory.
+pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
+type MemGuard = GuestMemoryLoadGuard<GuestMem>;
+
+/// Largest queue the device accepts (QEMU's VIRTQUEUE_MAX_SIZE).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// The high-priority queue's index.
+pub const HIPRIO_QUEUE: usize = 0;
+/// Most request queues `--request-queues` may ask for (one worker thread each).
+pub const MAX_REQUEST_QUEUES: u16 = 63;
+/// Bytes of the virtio-fs config space tag (`struct virtio_fs_config`).
+pub const TAG_LEN: usize = 36;
+/// Iovecs per preadv/pwritev call (the kernel's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
+
+/// The buffers of one descriptor chain, checked against guest memory.
+pub struct GuestChain<'m> {
+    readable: Vec<VolatileSlice<'m, ()>>,
+    writable: Vec<VolatileSlice<'m, ()>>,
+    readable_len: usize,
+    writable_len: usize,
+}
+
+impl<'m> GuestChain<'m> {
+    /// Collects the chain's buffers. The second value is true when the chain is malformed:
+    /// a buffer outside guest memory, a readable buffer after a writable one, or more bytes
+    /// than fit a usize. Each area keeps only its buffers up to the first bad one, so the
+    /// bytes it holds are at their true offsets: a request whose header was readable still
+    /// gets an error reply in a valid reply buffer.
+    pub fn new(mem: &'m GuestMem, descriptors: impl Iterator<Item = Descriptor>) -> (Self, bool) {
+        let mut chain = GuestChain {
+            readable: Vec::new(),
+            writable: Vec::new(),
+            readable_len: 0,
+            writable_len: 0,
+        };
+        let (mut readable_ok, mut writable_ok) = (true, true);
+        let mut seen_writable = false;
+        for d in descriptors {
+            let len = d.len() as usize;
+            let write = d.is_write_only();
+            seen_writable |= write;
+            if !write && seen_writable {
+                readable_ok = false;
+                continue;
+            }
+            let ok = if write {
+                &mut writable_ok
+            } else {
+                &mut readable_ok
+            };
+            if !*ok || len == 0 {
+                continue;
+            }
+            let slices: Result<Vec<_>, _> =
+                GuestMemoryBackend::get_slices(mem, d.addr(), len).collect();
+            let (list, total) = if write {
+                (&mut chain.writable, &mut chain.writable_len)
+            } else {
+                (&mut chain.readable, &mut chain.readable_len)
+            };
+            match (slices, total.checked_add(len)) {
+                (Ok(slices), Some(t)) => {
+                    *total = t;
+                    list.extend(slices);
+                }
+                _ => *ok = false,
+            }
+        }
+        (chain, !(readable_ok && writable_ok))
+    }
+}
+
+/// Calls `f` for each piece of `slices` that lies in `[off, off + len)`, with the offset of
+/// that piece relative to `off`. Fails with EFAULT if the range does not fit.
+fn for_range<'m>(
+    slices: &[VolatileSlice<'m, ()>],
+    total: usize,
+    off: usize,
+    len: usize,
+    mut f: impl FnMut(usize, VolatileSlice<'m, ()>) -> io::Result<()>,
+) -> io::Result<()> {
+    if off.checked_add(len).is_none_or(|end| end > total) {
+        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    let (mut skip, mut left, mut done) = (off, len, 0);
+    for s in slices {
+        if left == 0 {
+            break;
+        }
+        if skip >= s.len() {
+            skip -= s.len();
+            continue;
+        }
+        let n = (s.len() - skip).min(left);
+        let piece = s
+            .subslice(skip, n)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+        f(done, piece)?;
+        skip = 0;
+        left -= n;
+        done += n;
+    }
+    Ok(())
+}
+
+fn iovecs(
+    slices: &[VolatileSlice<'_, ()>],
+    total: usize,
+    off: usize,
+    len: usize,
+) -> io::Result<Vec<libc::iovec>> {
+    let mut iov = Vec::new();
+    for_range(slices, total, off, len, |_, piece| {
+        if iov.len() < IOV_MAX {
+            iov.push(libc::iovec {
+                iov_base: piece.ptr_guard_mut().as_ptr().cast(),
+                iov_len: piece.len(),
+            });
+        }
+        Ok(())
+    })?;
+    Ok(iov)
+}
+
+impl Chain for GuestChain<'_> {
+    fn request_len(&self) -> usize {
+        self.readable_len
+    }
+
+    fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        for_range(
+            &self.readable,
+            self.readable_len,
+            off,
+            buf.len(),
+            |at, piece| {
+                piece.copy_to(&mut buf[at..at + piece.len()]);
+                Ok(())
+            },
+        )
+    }
+
+    fn write_request_to_file(
+        &self,
+        off: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> io::Result<usize> {
+        let len = self
+            .readable_len
+            .checked_sub(off)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+        let mut done = 0;
+        while done < len {
+            let iov = iovecs(&self.readable, self.readable_len, off + done, len - done)?;
+            let pos = file_off.saturating_add(done as u64) as libc::off_t;
+            // SAFETY: every iovec points into guest memory that `self.readable` keeps mapped
+            // (the memory guard outlives this chain) and was bounds-checked when the chain
+            // was built; pwritev only reads through them. The guest may change the bytes
+            // concurrently, which only changes what is written.
+            let n = unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        Ok(done)
+    }
+
+    fn reply_room(&self) -> usize {
+        self.writable_len
+    }
+
+    fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()> {
+        for_range(
+            &self.writable,
+            self.writable_len,
+            at,
+            data.len(),
+            |from, piece| {
+                piece.copy_from(&data[from..from + piece.len()]);
+                Ok(())
+            },
+        )
+    }
+
+    fn read_file_to_reply(
+        &mut self,
+        at: usize,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> io::Result<usize> {
+        let mut done = 0;
+        while done < len {
+            let iov = iovecs(&self.writable, self.writable_len, at + done, len - done)?;
+            let pos = file_off.saturating_add(done as u64) as libc::off_t;
+            // SAFETY: every iovec points into device-writable guest memory that
+            // `self.writable` keeps mapped and that was bounds-checked when the chain was
+            // built; the guest gave these buffers to the device until the chain is used.
+            let n = unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
+            if n == 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        Ok(done)
+    }
+}
+
+/// A vring as the framework keeps it, plus the frontend's error eventfd, which the framework
+/// stores but does not expose: a chain that cannot be returned (its head index is not a
+/// descriptor of the queue) is reported there as a device error instead of vanishing.
+#[derive(Clone)]
+pub struct Vring {
+    inner: VringRwLock<GuestMemAtomic>,
+    err: Arc<Mutex<Option<File>>>,
+}
+
+impl Vring {
+    /// Signals the frontend that this queue hit a device error.
+    fn signal_error(&self) {
+        let err = self.err.lock().unwrap_or_else(|e| e.into_inner());
+        match err.as_ref() {
+            Some(mut f) => {
+                if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
+                    tracing::warn!("signalling a device error: {e}");
+                }
+            }
+            None => tracing::warn!("device error, but the frontend gave no error eventfd"),
+        }
+    }
+}
+
+impl<'a> VringStateGuard<'a, GuestMemAtomic> for Vring {
+    type G = RwLockReadGuard<'a, VringState<GuestMemAtomic>>;
+}
+
+impl<'a> VringStateMutGuard<'a, GuestMemAtomic> for Vring {
+    type G = RwLockWriteGuard<'a, VringState<GuestMemAtomic>>;
+}
+
+impl VringT<GuestMemAtomic> for Vring {
+    fn new(mem: GuestMemAtomic, max_queue_size: u16) -> Result<Self, QueueError> {
+        Ok(Self {
+            inner: VringRwLock::new(mem, max_queue_size)?,
+            err: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMemAtomic>>::G {
+        self.inner.get_ref()
+    }
+
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMemAtomic>>::G {
+        self.inner.get_mut()
+    }
+
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), QueueError> {
+        self.inner.add_used(desc_index, len)
+    }
+
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.inner.signal_used_queue()
+    }
+
+    fn enable_notification(&self) -> Result<bool, QueueError> {
+        self.inner.enable_notification()
+    }
+
+    fn disable_notification(&self) -> Result<(), QueueError> {
+        self.inner.disable_notification()
+    }
+
+    fn needs_notification(&self) -> Result<bool, QueueError> {
+        self.inner.needs_notification()
+    }
+
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled)
+    }
+
+    fn set_queue_info(&self, desc: u64, avail: u64, used: u64) -> Result<(), QueueError> {
+        self.inner.set_queue_info(desc, avail, used)
+    }
+
+    fn queue_next_avail(&self) -> u16 {
+        self.inner.queue_next_avail()
+    }
+
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base)
+    }
+
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx)
+    }
+
+    fn queue_used_idx(&self) -> Result<u16, QueueError> {
+        self.inner.queue_used_idx()
+    }
+
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num)
+    }
+
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled)
+    }
+
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready)
+    }
+
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file)
+    }
+
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+
+    fn set_call(&self, file: Option<File>) {
+        self.inner.set_call(file)
+    }
+
+    fn set_err(&self, file: Option<File>) {
+        let mine = file.as_ref().and_then(|f| match f.try_clone() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("cannot keep the error eventfd: {e}");
+                None
+            }
+        });
+        *self.err.lock().unwrap_or_else(|e| e.into_inner()) = mine;
+        self.inner.set_err(file)
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// `--thread-pool-size N`: N threads that serve chains popped by the queue workers.
+struct WorkPool {
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl WorkPool {
+    fn new(threads: usize) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            thread::Builder::new()
+                .name(format!("fs-pool-{i}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })?;
+        }
+        Ok(Self { tx: Mutex::new(tx) })
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.send(job).map_err(|e| e.0)
+    }
+}
+
+/// How the device is set up.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Request queues offered (the hiprio queue comes on top).
+    pub request_queues: u16,
+    /// Pool threads; 0 serves requests on the queue's own worker thread.
+    pub thread_pool_size: usize,
+    /// The virtio-fs tag for the config space, if the frontend asks the backend for it.
+    pub tag: Option<String>,
+}
+
+/// The virtio-fs device as a vhost-user backend.
+pub struct FsBackend {
+    server: Arc<Server>,
+    opts: DeviceOptions,
+    event_idx: std::sync::atomic::AtomicBool,
+    mem: RwLock<Option<GuestMemAtomic>>,
+    pool: Option<WorkPool>,
+}
+
+impl FsBackend {
+    pub fn new(server: Arc<Server>, opts: DeviceOptions) -> io::Result<Self> {
+        let pool = match opts.thread_pool_size {
+            0 => None,
+            n => Some(WorkPool::new(n)?),
+        };
+        Ok(Self {
+            server,
+            opts,
+            event_idx: Default::default(),
+            mem: RwLock::new(None),
+            pool,
+        })
+    }
+
+    fn memory(&self) -> Option<MemGuard> {
+        let mem = self.mem.read().unwrap_or_else(|e| e.into_inner());
+        mem.as_ref().map(|m| m.memory())
+    }
+
+    /// Takes every available chain off the queue, holding the vring lock only for that. An
+    /// available index more than a queue's worth ahead is a broken driver: a device error,
+    /// and `None` so that the caller stops (re-enabling notifications would find the same
+    /// bogus index and loop forever).
+    fn pop_all(vring: &Vring, mem: &MemGuard) -> Option<Vec<DescriptorChain<MemGuard>>> {
+        let mut state = vring.get_mut();
+        let queue = state.get_queue_mut();
+        match queue.iter(mem.clone()) {
+            Ok(chains) => Some(chains.collect()),
+            Err(QueueError::QueueNotReady) => None,
+            Err(e) => {
+                drop(state);
+                tracing::debug!("available ring: {e}");
+                vring.signal_error();
+                None
+            }
+        }
+    }
+
+    fn serve_queue(&self, vring: &Vring, queue: usize) {
+        let Some(mem) = self.memory() else {
+            tracing::warn!("queue {queue} kicked before the memory table was set");
+            return;
+        };
+        if queue != HIPRIO_QUEUE {
+            self.server
+                .set_queue_size(vring.get_ref().get_queue().size());
+        }
+        let event_idx = self.event_idx.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            if event_idx {
+                if let Err(e) = vring.disable_notification() {
+                    tracing::warn!("queue {queue}: disabling notifications: {e}");
+                }
+            }
+            let Some(chains) = Self::pop_all(vring, &mem) else {
+                break;
+            };
+            for chain in chains {
+                let server = self.server.clone();
+                let vring2 = vring.clone();
+                let mem2 = mem.clone();
+                let job: Job =
+                    Box::new(move || serve_chain(&server, &vring2, mem2, chain, event_idx));
+                match &self.pool {
+                    Some(pool) if queue != HIPRIO_QUEUE => {
+                        if let Err(job) = pool.submit(job) {
+                            job();
+                        }
+                    }
+                    _ => job(),
+                }
+            }
+            if !event_idx {
+                break;
+            }
+            // Re-enable notifications; if the driver added chains meanwhile, go again.
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!("queue {queue}: enabling notifications: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one chain and returns it to the driver. Runs without any vring lock held except
+/// for the used-ring update at the end.
+fn serve_chain(
+    server: &Server,
+    vring: &Vring,
+    mem: MemGuard,
+    chain: DescriptorChain<MemGuard>,
+    event_idx: bool,
+) {
+    let head = chain.head_index();
+    let used = {
+        let (mut guest, broken) = GuestChain::new(&mem, chain);
+        server.handle(&mut guest, broken)
+    };
+    // A head that is no descriptor of the queue cannot go into the used ring: a device error.
+    if head >= vring.get_ref().get_queue().size() {
+        tracing::debug!("chain head {head} is outside the queue");
+        vring.signal_error();
+        return;
+    }
+    if let Err(e) = vring.add_used(head, used) {
+        tracing::debug!("cannot return chain {head}: {e}");
+        vring.signal_error();
+        return;
+    }
+    let notify = !event_idx || vring.needs_notification().unwrap_or(true);
+    if notify {
+        if let Err(e) = vring.signal_used_queue() {
+            tracing::warn!("signalling the guest: {e}");
+        }
+    }
+}
+
+impl VhostUserBackend for FsBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        1 + usize::from(self.opts.request_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.opts.tag.is_some() {
+            f | VhostUserProtocolFeatures::CONFIG
+        } else {
+            f
+        }
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let Some(tag) = &self.opts.tag else {
+            return Vec::new();
+        };
+        let mut config = [0u8; TAG_LEN + 4];
+        let n = tag.len().min(TAG_LEN);
+        config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+        config[TAG_LEN..].copy_from_slice(&u32::from(self.opts.request_queues).to_le_bytes());
+        let start = (offset as usize).min(config.len());
+        let end = start.saturating_add(size as usize).min(config.len());
+        config[start..end].to_vec()
+    }
+
+    fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    /// One worker thread per queue: thread `i` owns queue `i`.
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::error!("cannot create an exit eventfd: {e}");
+                None
+            }
+        }
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            tracing::warn!("queue {thread_id}: unexpected event set {evset:?}");
+            return Ok(());
+        }
+        // Each thread owns exactly one queue (see queues_per_thread), so the event is its
+        // only vring and the queue index is the thread's.
+        if let Some(vring) = vrings.get(usize::from(device_event)) {
+            self.serve_queue(vring, thread_id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1446 @@
+//! `zerodax serve`: the FUSE dispatch of the virtio transport driven with plain byte buffers
+//! (every opcode, malformed bytes, INIT, credentials), and the `zerodax serve` binary driven
+//! over its vhost-user socket by the built-in frontend on a loop-mounted ext4 image.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use frontend::backend::{BackendChild, BackendSpec};
+use frontend::driver::{DriverConfig, DriverError, RawAddr, RawChain, RawLink, REQUEST_QUEUE};
+use frontend::fuse::{FuseClient, DEFAULT_INIT_FLAGS};
+use frontend::virtqueue::DESC_F_WRITE;
+use protocol::abi::*;
+use protocol::reply::parse_reply;
+use protocol::request::encode_list;
+use protocol::{
+    Extensions, ForgetList, Opcode, Operation, ParseOptions, RemoveMappingList, Request,
+};
+use zerodax::fs::FileSystem;
+use zerodax::server::{BufChain, CachePolicy, Server, ServerOptions, INIT_FLAGS};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A loop-mounted ext4 image (real holes, user xattrs) in a scratch directory; unmounted
+/// and removed on drop, panics included.
+struct Ext4 {
+    root: PathBuf,
+    mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Ext4 {
+    fn new(test: &str) -> Self {
+        let root = std::env::temp_dir().join(format!(
+            "zd-serve-{test}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(root.join("mnt")).unwrap();
+        let mut s = Ext4 {
+            mnt: root.join("mnt"),
+            root,
+            mounted: false,
+        };
+        let img = s.root.join("fs.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(256 << 20))
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+        run(
+            "mount",
+            &["-o", "loop", img.to_str().unwrap(), s.mnt.to_str().unwrap()],
+        );
+        s.mounted = true;
+        s
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        if self.mounted {
+            let m = self.mnt.to_str().unwrap_or_default();
+            let ok = Command::new("umount")
+                .arg(m)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dispatch level: Server over BufChain.
+// ---------------------------------------------------------------------------------------
+
+struct Reply {
+    used: u32,
+    error: i32,
+    unique: u64,
+    body: Vec<u8>,
+}
+
+struct Session {
+    server: Server,
+    next: u64,
+    uid: u32,
+    gid: u32,
+}
+
+impl Session {
+    fn new(dir: &Path, cache: CachePolicy, read_only: bool) -> Self {
+        let fs = FileSystem::new(dir, cache.fs_config(read_only)).unwrap();
+        let server = Server::new(Arc::new(fs), ServerOptions { cache });
+        Session {
+            server,
+            next: 1,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn encode(&mut self, nodeid: u64, op: Operation<'_>) -> (u64, Vec<u8>) {
+        let unique = self.next;
+        self.next += 1;
+        let req = Request {
+            header: FuseInHeader {
+                unique,
+                nodeid,
+                uid: self.uid,
+                gid: self.gid,
+                pid: 42,
+                ..Default::default()
+            },
+            op,
+            extensions: Extensions::default(),
+        };
+        (unique, req.to_bytes(ParseOptions::default()))
+    }
+
+    /// Serves raw bytes with `room` bytes of reply space; a reply must be well formed.
+    fn raw(&self, bytes: Vec<u8>, room: usize) -> Option<Reply> {
+        let mut chain = BufChain::new(bytes, room);
+        let used = self.server.handle(&mut chain, false);
+        if used == 0 {
+            return None;
+        }
+        let reply = &chain.reply[..used as usize];
+        let (h, body) = parse_reply(reply).unwrap_or_else(|e| panic!("bad reply: {e}"));
+        Some(Reply {
+            used,
+            error: h.error,
+            unique: h.unique,
+            body: body.to_vec(),
+        })
+    }
+
+    fn call_room(&mut self, nodeid: u64, op: Operation<'_>, room: usize) -> Option<Reply> {
+        let (unique, bytes) = self.encode(nodeid, op);
+        let r = self.raw(bytes, room);
+        if let Some(r) = &r {
+            assert_eq!(r.unique, unique);
+            assert_eq!(r.used as usize, FuseOutHeader::SIZE + r.body.len());
+        }
+        r
+    }
+
+    fn call(&mut self, nodeid: u64, op: Operation<'_>) -> Option<Reply> {
+        self.call_room(nodeid, op, (1 << 20) + 4096)
+    }
+
+    /// A call that must succeed; returns the body.
+    fn ok(&mut self, nodeid: u64, op: Operation<'_>) -> Vec<u8> {
+        let opcode = op.opcode();
+        let r = self
+            .call(nodeid, op)
+            .unwrap_or_else(|| panic!("{opcode}: no reply"));
+        assert_eq!(r.error, 0, "{opcode}: errno {}", -r.error);
+        r.body
+    }
+
+    fn errno(&mut self, nodeid: u64, op: Operation<'_>) -> i32 {
+        let opcode = op.opcode();
+        let r = self
+            .call(nodeid, op)
+            .unwrap_or_else(|| panic!("{opcode}: no reply"));
+        -r.error
+    }
+
+    fn init(&mut self) -> FuseInitOut {
+        let k = FuseInitIn {
+            major: FUSE_KERNEL_VERSION,
+            minor: FUSE_KERNEL_MINOR_VERSION,
+            max_readahead: 1 << 17,
+            flags: u32::MAX,
+            flags2: u32::MAX,
+            ..Default::default()
+        };
+        let body = self.ok(0, Operation::Init(k));
+        FuseInitOut::decode(&body).unwrap()
+    }
+
+    fn entry(&mut self, parent: u64, op: Operation<'_>) -> FuseEntryOut {
+        FuseEntryOut::decode(&self.ok(parent, op)).unwrap()
+    }
+
+    fn create(&mut self, name: &std::ffi::CStr, flags: u32) -> (u64, u64) {
+        let arg = FuseCreateIn {
+            flags,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            open_flags: 0,
+        };
+        let body = self.ok(FUSE_ROOT_ID, Operation::Create { arg, name });
+        let e = FuseEntryOut::decode(&body).unwrap();
+        let o = FuseOpenOut::decode(&body[FuseEntryOut::SIZE..]).unwrap();
+        (e.nodeid, o.fh)
+    }
+
+    fn opendir(&mut self, node: u64) -> u64 {
+        let body = self.ok(node, Operation::Opendir(FuseOpenIn::default()));
+        FuseOpenOut::decode(&body).unwrap().fh
+    }
+
+    fn getattr_root_works(&mut self) {
+        let body = self.ok(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default()));
+        let a = FuseAttrOut::decode(&body).unwrap();
+        assert_eq!(a.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    }
+}
+
+/// What an opcode must produce in the all-opcodes walk.
+#[derive(Debug, PartialEq, Eq)]
+enum Expect {
+    Ok,
+    Errno(i32),
+    NoReply,
+}
+
+/// Resources the all-opcodes walk prepared.
+struct Ids {
+    file: u64,
+    fh: u64,
+    other: u64,
+    other_fh: u64,
+    spare_fh: u64,
+    dir_fh: u64,
+    spare_dir_fh: u64,
+    symlink: u64,
+    extra_ref: u64,
+}
+
+/// The request for each opcode. An exhaustive match: a new opcode breaks the build here
+/// until it is given a request and an expected answer.
+fn sample<'a>(
+    op: Opcode,
+    ids: &Ids,
+    forgets: &'a [u8],
+    mappings: &'a [u8],
+) -> (u64, Operation<'a>, Expect) {
+    use Expect::*;
+    use Operation as O;
+    let root = FUSE_ROOT_ID;
+    let read = |fh, size| FuseReadIn {
+        fh,
+        size,
+        ..Default::default()
+    };
+    let enosys = Errno(libc::ENOSYS);
+    match op {
+        Opcode::Lookup => (root, O::Lookup { name: c"f" }, Ok),
+        Opcode::Forget => (
+            ids.extra_ref,
+            O::Forget(FuseForgetIn { nlookup: 1 }),
+            NoReply,
+        ),
+        Opcode::Getattr => (ids.file, O::Getattr(FuseGetattrIn::default()), Ok),
+        Opcode::Setattr => (
+            ids.file,
+            O::Setattr(FuseSetattrIn {
+                valid: FATTR_MODE,
+                mode: libc::S_IFREG | 0o600,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Readlink => (ids.symlink, O::Readlink, Ok),
+        Opcode::Symlink => (
+            root,
+            O::Symlink {
+                name: c"s2",
+                target: c"target",
+            },
+            Ok,
+        ),
+        Opcode::Mknod => (
+            root,
+            O::Mknod {
+                arg: FuseMknodIn {
+                    mode: libc::S_IFIFO | 0o644,
+                    ..Default::default()
+                },
+                name: c"fifo",
+            },
+            Ok,
+        ),
+        Opcode::Mkdir => (
+            root,
+            O::Mkdir {
+                arg: FuseMkdirIn {
+                    mode: 0o755,
+                    umask: 0,
+                },
+                name: c"d",
+            },
+            Ok,
+        ),
+        Opcode::Unlink => (root, O::Unlink { name: c"u" }, Ok),
+        Opcode::Rmdir => (root, O::Rmdir { name: c"rd" }, Ok),
+        Opcode::Rename => (
+            root,
+            O::Rename {
+                arg: FuseRenameIn { newdir: root },
+                name: c"r1",
+                newname: c"r2",
+            },
+            Ok,
+        ),
+        Opcode::Link => (
+            root,
+            O::Link {
+                arg: FuseLinkIn {
+                    oldnodeid: ids.file,
+                },
+                name: c"hard",
+            },
+            Ok,
+        ),
+        Opcode::Open => (
+            ids.file,
+            O::Open(FuseOpenIn {
+                flags: libc::O_RDONLY as u32,
+                open_flags: 0,
+            }),
+            Ok,
+        ),
+        Opcode::Read => (ids.file, O::Read(read(ids.fh, 64)), Ok),
+        Opcode::Write => (
+            ids.file,
+            O::Write {
+                arg: FuseWriteIn {
+                    fh: ids.fh,
+                    size: 5,
+                    ..Default::default()
+                },
+                data: b"hello",
+            },
+            Ok,
+        ),
+        Opcode::Statfs => (root, O::Statfs, Ok),
+        Opcode::Release => (
+            ids.file,
+            O::Release(FuseReleaseIn {
+                fh: ids.spare_fh,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Fsync => (
+            ids.file,
+            O::Fsync(FuseFsyncIn {
+                fh: ids.fh,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Setxattr => (
+            ids.file,
+            O::Setxattr {
+                arg: FuseSetxattrIn {
+                    size: 3,
+                    ..Default::default()
+                },
+                name: c"user.zd",
+                value: b"abc",
+            },
+            Ok,
+        ),
+        Opcode::Getxattr => (
+            ids.file,
+            O::Getxattr {
+                arg: FuseGetxattrIn {
+                    size: 64,
+                    padding: 0,
+                },
+                name: c"user.zd",
+            },
+            Ok,
+        ),
+        Opcode::Listxattr => (
+            ids.file,
+            O::Listxattr(FuseGetxattrIn {
+                size: 0,
+                padding: 0,
+            }),
+            Ok,
+        ),
+        Opcode::Removexattr => (ids.file, O::Removexattr { name: c"user.zd" }, Ok),
+        Opcode::Flush => (
+            ids.file,
+            O::Flush(FuseFlushIn {
+                fh: ids.fh,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Init => (
+            0,
+            O::Init(FuseInitIn {
+                major: 7,
+                minor: 45,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Opendir => (root, O::Opendir(FuseOpenIn::default()), Ok),
+        Opcode::Readdir => (root, O::Readdir(read(ids.dir_fh, 4096)), Ok),
+        Opcode::Releasedir => (
+            root,
+            O::Releasedir(FuseReleaseIn {
+                fh: ids.spare_dir_fh,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Fsyncdir => (
+            root,
+            O::Fsyncdir(FuseFsyncIn {
+                fh: ids.dir_fh,
+                ..Default::default()
+            }),
+            Ok,
+        ),
+        Opcode::Getlk => (ids.file, O::Getlk(FuseLkIn::default()), enosys),
+        Opcode::Setlk => (ids.file, O::Setlk(FuseLkIn::default()), enosys),
+        Opcode::Setlkw => (ids.file, O::Setlkw(FuseLkIn::default()), enosys),
+        Opcode::Access => (
+            ids.file,
+            O::Access(FuseAccessIn {
+                mask: libc::R_OK as u32,
+                padding: 0,
+            }),
+            Ok,
+        ),
+        Opcode::Create => (
+            root,
+            O::Create {
+                arg: FuseCreateIn {
+                    flags: libc::O_RDWR as u32,
+                    mode: libc::S_IFREG | 0o644,
+                    umask: 0,
+                    open_flags: 0,
+                },
+                name: c"created",
+            },
+            Ok,
+        ),
+        Opcode::Interrupt => (0, O::Interrupt(FuseInterruptIn { unique: 1 }), NoReply),
+        Opcode::Bmap => (ids.file, O::Bmap(FuseBmapIn::default()), enosys),
+        Opcode::Destroy => (0, O::Destroy, Ok),
+        Opcode::Ioctl => (
+            ids.file,
+            O::Ioctl {
+                arg: FuseIoctlIn {
+                    fh: ids.fh,
+                    ..Default::default()
+                },
+                data: &[],
+            },
+            enosys,
+        ),
+        Opcode::Poll => (ids.file, O::Poll(FusePollIn::default()), enosys),
+        Opcode::NotifyReply => (
+            ids.file,
+            O::NotifyReply {
+                arg: FuseNotifyRetrieveIn::default(),
+                data: &[],
+            },
+            NoReply,
+        ),
+        Opcode::BatchForget => (
+            0,
+            O::BatchForget(ForgetList::from_bytes(forgets).unwrap()),
+            NoReply,
+        ),
+        Opcode::Fallocate => (
+            ids.file,
+            O::Fallocate(FuseFallocateIn {
+                fh: ids.fh,
+                offset: 0,
+                length: 8192,
+                mode: 0,
+                padding: 0,
+            }),
+            Ok,
+        ),
+        Opcode::Readdirplus => (root, O::Readdirplus(read(ids.dir_fh, 8192)), Ok),
+        Opcode::Rename2 => (
+            root,
+            O::Rename2 {
+                arg: FuseRename2In {
+                    newdir: root,
+                    flags: libc::RENAME_NOREPLACE,
+                    padding: 0,
+                },
+                name: c"r2",
+                newname: c"r3",
+            },
+            Ok,
+        ),
+        Opcode::Lseek => (
+            ids.file,
+            O::Lseek(FuseLseekIn {
+                fh: ids.fh,
+                offset: 0,
+                whence: libc::SEEK_DATA as u32,
+                padding: 0,
+            }),
+            Ok,
+        ),
+        Opcode::CopyFileRange | Opcode::CopyFileRange64 => (
+            ids.file,
+            O::CopyFileRange(FuseCopyFileRangeIn {
+                fh_in: ids.fh,
+                off_in: 0,
+                nodeid_out: ids.other,
+                fh_out: ids.other_fh,
+                off_out: 0,
+                len: 5,
+                flags: 0,
+            }),
+            Ok,
+        ),
+        Opcode::SetupMapping => (
+            ids.file,
+            O::SetupMapping(FuseSetupmappingIn {
+                fh: u64::MAX,
+                len: 2 << 20,
+                flags: FUSE_SETUPMAPPING_FLAG_READ,
+                ..Default::default()
+            }),
+            enosys,
+        ),
+        Opcode::RemoveMapping => (
+            ids.file,
+            O::RemoveMapping(RemoveMappingList::from_bytes(mappings).unwrap()),
+            enosys,
+        ),
+        Opcode::Syncfs => (root, O::Syncfs(FuseSyncfsIn::default()), Ok),
+        Opcode::Tmpfile => (
+            root,
+            O::Tmpfile {
+                arg: FuseCreateIn {
+                    flags: libc::O_RDWR as u32,
+                    mode: libc::S_IFREG | 0o600,
+                    ..Default::default()
+                },
+                name: c"tmp",
+            },
+            enosys,
+        ),
+        Opcode::Statx => (ids.file, O::Statx(FuseStatxIn::default()), enosys),
+        Opcode::CuseInit => (0, O::CuseInit(CuseInitIn::default()), enosys),
+    }
+}
+
+#[test]
+fn every_opcode_gets_a_well_formed_reply_or_none() {
+    let disk = Ext4::new("opcodes");
+    let dir = disk.mnt.clone();
+    for name in ["u", "r1"] {
+        std::fs::write(dir.join(name), b"x").unwrap();
+    }
+    std::fs::create_dir(dir.join("rd")).unwrap();
+    std::os::unix::fs::symlink("somewhere", dir.join("ln")).unwrap();
+    let mut s = Session::new(&dir, CachePolicy::Auto, false);
+    s.init();
+    let (file, fh) = s.create(c"f", libc::O_RDWR as u32);
+    let (other, other_fh) = s.create(c"g", libc::O_RDWR as u32);
+    let (_, spare_fh) = s.create(c"h", libc::O_RDWR as u32);
+    let symlink = s
+        .entry(FUSE_ROOT_ID, Operation::Lookup { name: c"ln" })
+        .nodeid;
+    let extra_ref = s
+        .entry(FUSE_ROOT_ID, Operation::Lookup { name: c"g" })
+        .nodeid;
+    let ids = Ids {
+        file,
+        fh,
+        other,
+        other_fh,
+        spare_fh,
+        dir_fh: s.opendir(FUSE_ROOT_ID),
+        spare_dir_fh: s.opendir(FUSE_ROOT_ID),
+        symlink,
+        extra_ref,
+    };
+    let forgets = encode_list(&[FuseForgetOne {
+        nodeid: extra_ref,
+        nlookup: 0,
+    }]);
+    let mappings = encode_list(&[FuseRemovemappingOne {
+        moffset: 0,
+        len: 2 << 20,
+    }]);
+    let mut seen = Vec::new();
+    for &op in Opcode::ALL {
+        let (node, mut operation, expect) = sample(op, &ids, &forgets, &mappings);
+        if op == Opcode::CopyFileRange64 {
+            // Same arguments as COPY_FILE_RANGE, under the 64-bit opcode.
+            if let Operation::CopyFileRange(c) = operation {
+                operation = Operation::CopyFileRange64(c);
+            }
+        }
+        assert_eq!(operation.opcode(), op);
+        let reply = s.call(node, operation);
+        match (&expect, &reply) {
+            (Expect::NoReply, None) => {}
+            (Expect::Ok, Some(r)) => assert_eq!(r.error, 0, "{op}: errno {}", -r.error),
+            (Expect::Errno(e), Some(r)) => assert_eq!(-r.error, *e, "{op}"),
+            _ => panic!(
+                "{op}: expected {expect:?}, got reply {:?}",
+                reply.map(|r| r.error)
+            ),
+        }
+        if op == Opcode::Destroy {
+            assert!(!s.server.initialized());
+            s.init();
+        }
+        seen.push(op);
+    }
+    assert_eq!(seen, Opcode::ALL);
+
+    // The walk changed the backing directory the way the requests said.
+    assert!(dir.join("d").is_dir());
+    assert!(std::fs::metadata(dir.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert!(!dir.join("u").exists() && !dir.join("rd").exists());
+    assert!(dir.join("r3").is_file() && !dir.join("r1").exists());
+    assert_eq!(
+        std::fs::metadata(dir.join("hard")).unwrap().ino(),
+        std::fs::metadata(dir.join("f")).unwrap().ino()
+    );
+    assert_eq!(std::fs::read(dir.join("f")).unwrap()[..5], *b"hello");
+    assert_eq!(std::fs::read(dir.join("g")).unwrap()[..5], *b"hello");
+    assert_eq!(
+        std::fs::read_link(dir.join("s2")).unwrap(),
+        Path::new("target")
+    );
+    assert_eq!(
+        std::fs::metadata(dir.join("f")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    assert!(dir.join("created").is_file());
+}
+
+#[test]
+fn requests_before_init_and_init_negotiation() {
+    let dir = Ext4::new("init");
+    let mut s = Session::new(&dir.mnt, CachePolicy::Auto, false);
+    assert_eq!(
+        s.errno(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default())),
+        libc::EIO
+    );
+    // A FORGET before INIT still gets no reply.
+    assert!(s
+        .call(5, Operation::Forget(FuseForgetIn { nlookup: 1 }))
+        .is_none());
+
+    // A guest too old, and one with a newer major (it gets our major and asks again).
+    let old = FuseInitIn {
+        major: 7,
+        minor: 20,
+        ..Default::default()
+    };
+    assert_eq!(s.errno(0, Operation::Init(old)), libc::EPROTO);
+    let newer = FuseInitIn {
+        major: 8,
+        minor: 0,
+        ..Default::default()
+    };
+    let out = FuseInitOut::decode(&s.ok(0, Operation::Init(newer))).unwrap();
+    assert_eq!((out.major, out.flags), (7, 0));
+    assert!(!s.server.initialized());
+
+    // max_pages follows the request queue: a 128-entry queue carries 124 data pages.
+    s.server.set_queue_size(128);
+    let out = s.init();
+    assert_eq!(out.major, 7);
+    assert_eq!(out.minor, FUSE_KERNEL_MINOR_VERSION);
+    assert_eq!(out.max_pages, 124);
+    assert_eq!(out.max_write, 124 * 4096);
+    assert_eq!(out.max_readahead, 1 << 17);
+    assert_eq!(
+        out.flags64() & !INIT_FLAGS & !FUSE_INIT_EXT,
+        0,
+        "{:#x}",
+        out.flags64()
+    );
+    for flag in [FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS, FUSE_PARALLEL_DIROPS] {
+        assert_ne!(out.flags64() & flag, 0, "{flag:#x}");
+    }
+    for refused in [
+        FUSE_WRITEBACK_CACHE,
+        FUSE_DONT_MASK,
+        FUSE_POSIX_LOCKS,
+        FUSE_MAP_ALIGNMENT,
+        FUSE_HAS_INODE_DAX,
+        FUSE_SETXATTR_EXT,
+        FUSE_PASSTHROUGH,
+    ] {
+        assert_eq!(out.flags64() & refused, 0, "{refused:#x}");
+    }
+    // Flags the guest did not offer are never claimed.
+    let modest = FuseInitIn {
+        major: 7,
+        minor: 31,
+        flags: FUSE_ASYNC_READ as u32,
+        ..Default::default()
+    };
+    let out = FuseInitOut::decode(&s.ok(0, Operation::Init(modest))).unwrap();
+    assert_eq!((out.minor, out.flags64()), (31, FUSE_ASYNC_READ));
+    // A tiny queue still leaves one page.
+    s.server.set_queue_size(4);
+    assert_eq!(s.init().max_pages, 1);
+    s.getattr_root_works();
+}
+
+#[test]
+fn caller_credentials_and_umask_shape_new_files() {
+    let disk = Ext4::new("creds");
+    let dir = &disk.mnt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut s = Session::new(dir, CachePolicy::Auto, false);
+    s.init();
+    s.uid = 1234;
+    s.gid = 5678;
+    let create = FuseCreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o666,
+        umask: 0o027,
+        open_flags: 0,
+    };
+    s.ok(
+        FUSE_ROOT_ID,
+        Operation::Create {
+            arg: create,
+            name: c"c",
+        },
+    );
+    s.entry(
+        FUSE_ROOT_ID,
+        Operation::Mkdir {
+            arg: FuseMkdirIn {
+                mode: 0o777,
+                umask: 0o022,
+            },
+            name: c"d",
+        },
+    );
+    s.entry(
+        FUSE_ROOT_ID,
+        Operation::Mknod {
+            arg: FuseMknodIn {
+                mode: libc::S_IFIFO | 0o666,
+                rdev: 0,
+                umask: 0o077,
+                padding: 0,
+            },
+            name: c"p",
+        },
+    );
+    for (name, mode) in [("c", 0o640), ("d", 0o755), ("p", 0o600)] {
+        let m = std::fs::symlink_metadata(dir.join(name)).unwrap();
+        assert_eq!(m.mode() & 0o7777, mode, "{name}");
+        assert_eq!((m.uid(), m.gid()), (1234, 5678), "{name}");
+    }
+}
+
+#[test]
+fn read_and_write_move_data_between_file_and_buffers() {
+    let disk = Ext4::new("rw");
+    let mut s = Session::new(&disk.mnt, CachePolicy::Always, false);
+    s.init();
+    let (node, fh) = s.create(c"data", libc::O_RDWR as u32);
+    let data: Vec<u8> = (0..(1u32 << 20) + 333)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let w = FuseWriteIn {
+        fh,
+        offset: 4096,
+        size: data.len() as u32,
+        ..Default::default()
+    };
+    let body = s.ok(
+        node,
+        Operation::Write {
+            arg: w,
+            data: &data,
+        },
+    );
+    assert_eq!(
+        FuseWriteOut::decode(&body).unwrap().size as usize,
+        data.len()
+    );
+    let host = std::fs::read(disk.mnt.join("data")).unwrap();
+    assert_eq!(&host[4096..], &data[..]);
+    assert!(host[..4096].iter().all(|&b| b == 0));
+
+    let read = |size, offset| FuseReadIn {
+        fh,
+        offset,
+        size,
+        ..Default::default()
+    };
+    assert_eq!(s.ok(node, Operation::Read(read(8192, 4096))), data[..8192]);
+    // Reply room smaller than asked: the read is cut to the room, never overflows it.
+    let r = s
+        .call_room(node, Operation::Read(read(65536, 4096)), 16 + 1000)
+        .unwrap();
+    assert_eq!((r.error, r.body.len()), (0, 1000));
+    assert_eq!(r.body, data[..1000]);
+    // At and past the end of file: an empty read.
+    let end = 4096 + data.len() as u64;
+    assert!(s.ok(node, Operation::Read(read(4096, end))).is_empty());
+    assert!(s
+        .ok(node, Operation::Read(read(4096, end + (1 << 30))))
+        .is_empty());
+    // No room even for the header: no reply at all.
+    assert!(s
+        .call_room(node, Operation::Read(read(4096, 0)), 8)
+        .is_none());
+    // An unknown handle.
+    let bad = FuseReadIn {
+        fh: 999_999,
+        ..read(10, 0)
+    };
+    assert_eq!(s.errno(node, Operation::Read(bad)), libc::EBADF);
+
+    // Cache policy: ALWAYS keeps the page cache across opens.
+    let o = s.ok(node, Operation::Open(FuseOpenIn::default()));
+    assert_eq!(
+        FuseOpenOut::decode(&o).unwrap().open_flags,
+        FOPEN_KEEP_CACHE
+    );
+
+    // A read-only share refuses writes before touching the file.
+    let mut ro = Session::new(&disk.mnt, CachePolicy::Never, true);
+    ro.init();
+    let e = ro.entry(FUSE_ROOT_ID, Operation::Lookup { name: c"data" });
+    assert_eq!((e.entry_valid, e.attr_valid), (0, 0));
+    let o = ro.ok(e.nodeid, Operation::Open(FuseOpenIn::default()));
+    let o = FuseOpenOut::decode(&o).unwrap();
+    assert_eq!(o.open_flags, FOPEN_DIRECT_IO);
+    let w = FuseWriteIn {
+        fh: o.fh,
+        size: 3,
+        ..Default::default()
+    };
+    assert_eq!(
+        ro.errno(
+            e.nodeid,
+            Operation::Write {
+                arg: w,
+                data: b"xyz"
+            }
+        ),
+        libc::EROFS
+    );
+    assert_eq!(
+        std::fs::read(disk.mnt.join("data")).unwrap()[4096..4099],
+        data[..3]
+    );
+}
+
+/// A small deterministic generator for mutations.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn malformed_bytes_get_error_replies_and_never_panic() {
+    let disk = Ext4::new("malformed");
+    let mut s = Session::new(&disk.mnt, CachePolicy::Auto, false);
+    s.init();
+    let (node, fh) = s.create(c"f", libc::O_RDWR as u32);
+    let forgets = encode_list(&[FuseForgetOne {
+        nodeid: node,
+        nlookup: 0,
+    }]);
+    let samples: Vec<Vec<u8>> = vec![
+        s.encode(FUSE_ROOT_ID, Operation::Lookup { name: c"f" }).1,
+        s.encode(
+            node,
+            Operation::Write {
+                arg: FuseWriteIn {
+                    fh,
+                    size: 4,
+                    ..Default::default()
+                },
+                data: b"data",
+            },
+        )
+        .1,
+        s.encode(
+            node,
+            Operation::Setxattr {
+                arg: FuseSetxattrIn {
+                    size: 2,
+                    ..Default::default()
+                },
+                name: c"user.x",
+                value: b"vv",
+            },
+        )
+        .1,
+        s.encode(
+            FUSE_ROOT_ID,
+            Operation::Rename {
+                arg: FuseRenameIn { newdir: 1 },
+                name: c"nothere",
+                newname: c"b",
+            },
+        )
+        .1,
+        s.encode(
+            0,
+            Operation::BatchForget(ForgetList::from_bytes(&forgets).unwrap()),
+        )
+        .1,
+        s.encode(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default()))
+            .1,
+    ];
+    let room = 4096;
+    for bytes in &samples {
+        let opcode = Opcode::try_from(u32::from_ne_bytes(bytes[4..8].try_into().unwrap())).unwrap();
+        let unique = u64::from_ne_bytes(bytes[8..16].try_into().unwrap());
+        // Every truncation: the header's len no longer matches, so an error (or, for the
+        // no-reply opcodes and requests without a readable unique, nothing).
+        for cut in 0..bytes.len() {
+            let r = s.raw(bytes[..cut].to_vec(), room);
+            match r {
+                None => assert!(cut < 16 || !opcode.expects_reply(), "{opcode} cut {cut}"),
+                Some(r) => {
+                    assert!(r.error < 0, "{opcode} cut at {cut} accepted");
+                    assert_eq!(r.unique, unique);
+                }
+            }
+        }
+        // A header len that lies, either way.
+        for len in [
+            0u32,
+            1,
+            39,
+            40,
+            bytes.len() as u32 - 1,
+            bytes.len() as u32 + 1,
+            u32::MAX,
+        ] {
+            let mut b = bytes.clone();
+            b[0..4].copy_from_slice(&len.to_ne_bytes());
+            if let Some(r) = s.raw(b, room) {
+                assert!(r.error < 0, "{opcode} len {len} accepted");
+            }
+        }
+        // Unknown and byte-swapped opcodes.
+        for code in [0u32, 7, 19, 54, 4095, 26 << 24, u32::MAX] {
+            let mut b = bytes.clone();
+            b[4..8].copy_from_slice(&code.to_ne_bytes());
+            let r = s.raw(b, room).expect("an unknown opcode gets a reply");
+            assert!(
+                matches!(-r.error, libc::ENOSYS | libc::EPROTO),
+                "{code}: {}",
+                r.error
+            );
+        }
+        // Extra bytes after the arguments.
+        let mut b = bytes.clone();
+        b.extend_from_slice(&[0xAA; 9]);
+        let len = b.len() as u32;
+        b[0..4].copy_from_slice(&len.to_ne_bytes());
+        if let Some(r) = s.raw(b, room) {
+            assert!(r.error < 0, "{opcode}: trailing bytes accepted");
+        }
+    }
+    // Random corruption of the samples and of random bytes: no panic, only well-formed
+    // replies (checked inside `raw`).
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    for i in 0..20_000 {
+        let mut b = samples[i % samples.len()].clone();
+        for _ in 0..1 + rng.next() % 4 {
+            let at = (rng.next() as usize) % b.len();
+            b[at] = rng.next() as u8;
+        }
+        if rng.next() % 8 == 0 {
+            let keep = (rng.next() as usize) % (b.len() + 1);
+            b.truncate(keep);
+        }
+        let room = [0usize, 8, 16, 24, 4096][(rng.next() % 5) as usize];
+        let _ = s.raw(b, room);
+    }
+    for _ in 0..2_000 {
+        let n = (rng.next() % 200) as usize;
+        let b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+        let _ = s.raw(b, 4096);
+    }
+    // Still serving, and the mutations never escaped the share.
+    let mut s2 = Session::new(&disk.mnt, CachePolicy::Auto, false);
+    s2.init();
+    s2.getattr_root_works();
+    s.getattr_root_works();
+}
+
+#[test]
+fn reply_room_too_small_gets_an_error_or_nothing() {
+    let disk = Ext4::new("room");
+    let mut s = Session::new(&disk.mnt, CachePolicy::Auto, false);
+    s.init();
+    let getattr = Operation::Getattr(FuseGetattrIn::default());
+    // 16 bytes fit an error header but not the attributes.
+    let r = s.call_room(FUSE_ROOT_ID, getattr, 16).unwrap();
+    assert_eq!(-r.error, libc::EIO);
+    assert!(s.call_room(FUSE_ROOT_ID, getattr, 15).is_none());
+    assert!(s.call_room(FUSE_ROOT_ID, getattr, 0).is_none());
+    // A broken chain (as the transport reports it): EIO when there is room.
+    let (unique, bytes) = s.encode(FUSE_ROOT_ID, getattr);
+    let mut chain = BufChain::new(bytes, 64);
+    let used = s.server.handle(&mut chain, true);
+    let (h, _) = parse_reply(&chain.reply[..used as usize]).unwrap();
+    assert_eq!((h.unique, h.error), (unique, -libc::EIO));
+    s.getattr_root_works();
+}
+
+// ---------------------------------------------------------------------------------------
+// Socket level: the `zerodax serve` binary and the built-in frontend.
+// ---------------------------------------------------------------------------------------
+
+fn zerodax() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zerodax"))
+}
+
+fn spec(extra: &[&str]) -> BackendSpec {
+    let mut spec = BackendSpec::zerodax(zerodax());
+    spec.args.extend(extra.iter().map(|s| s.to_string()));
+    spec
+}
+
+/// A `zerodax serve` child on a fresh ext4 image. Drop order: backend (SIGKILL, reap),
+/// then the image (unmount).
+struct Served {
+    backend: BackendChild,
+    socket: PathBuf,
+    disk: Ext4,
+}
+
+impl Served {
+    fn start(test: &str, extra: &[&str]) -> Self {
+        let disk = Ext4::new(test);
+        let socket = disk.root.join("vfs.sock");
+        let backend = spec(extra)
+            .spawn(&socket, &disk.mnt, &disk.root.join("serve.log"), TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Served {
+            backend,
+            socket,
+            disk,
+        }
+    }
+
+    fn connect(&self) -> FuseClient {
+        let config = DriverConfig {
+            timeout: TIMEOUT,
+            ..Default::default()
+        };
+        let mut fs = FuseClient::connect(&self.socket, &config)
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.backend.log_tail(2000)));
+        fs.init(DEFAULT_INIT_FLAGS)
+            .unwrap_or_else(|e| panic!("INIT: {e}\n{}", self.backend.log_tail(2000)));
+        fs
+    }
+
+    fn expect_exit_0(&mut self) {
+        let status = self
+            .backend
+            .wait_exit(TIMEOUT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("still running\n{}", self.backend.log_tail(2000)));
+        assert!(
+            status.success(),
+            "{status}\n{}",
+            self.backend.log_tail(2000)
+        );
+    }
+}
+
+fn host_lseek(path: &Path, offset: u64, whence: i32) -> u64 {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: the descriptor is open for the call; lseek touches no memory.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, whence) };
+    assert!(r >= 0, "host lseek: {}", std::io::Error::last_os_error());
+    r as u64
+}
+
+#[test]
+fn serve_end_to_end_sparse_file_then_disconnect_exits_0() {
+    const FAR: u64 = 64 << 20;
+    let mut srv = Served::start("e2e", &["--thread-pool-size", "2"]);
+    let dir = srv.disk.mnt.clone();
+    {
+        let mut fs = srv.connect();
+        let init = *fs.init_out().unwrap();
+        let queue_size = fs.driver().queue_size();
+        assert_eq!(
+            init.max_pages,
+            (queue_size - 4).min(256),
+            "max_pages for the queue"
+        );
+        assert_eq!(init.max_write, u32::from(init.max_pages) * 4096);
+        let (e, o) = fs
+            .create(
+                FUSE_ROOT_ID,
+                "sparse",
+                libc::O_RDWR as u32,
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .unwrap();
+        let (n, fh) = (e.nodeid, o.fh);
+        let chunk: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(fs.write(n, fh, 0, &chunk).unwrap() as usize, chunk.len());
+        assert_eq!(fs.write(n, fh, FAR, b"tail").unwrap(), 4);
+        let host = dir.join("sparse");
+        assert_eq!(std::fs::read(&host).unwrap()[..chunk.len()], chunk[..]);
+        assert_eq!(fs.read(n, fh, 0, chunk.len() as u32).unwrap(), chunk);
+        let l = fs.lookup(FUSE_ROOT_ID, "sparse").unwrap();
+        assert_eq!((l.nodeid, l.attr.size), (n, FAR + 4));
+        assert_eq!(l.attr.ino, std::fs::metadata(&host).unwrap().ino());
+
+        let (data, hole) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+        for (off, whence) in [(0, data), (0, hole), (1 << 20, data), (FAR + 1, hole)] {
+            assert_eq!(
+                fs.lseek(n, fh, off, whence as u32).unwrap(),
+                host_lseek(&host, off, whence),
+                "lseek({off}, {whence})"
+            );
+        }
+        assert_eq!(fs.lseek(n, fh, 1 << 20, data as u32).unwrap(), FAR);
+        let zeros = fs.read(n, fh, 8 << 20, 65536).unwrap();
+        assert!(zeros.len() == 65536 && zeros.iter().all(|&b| b == 0));
+
+        let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+        fs.fallocate(n, fh, 0, 128 * 1024, punch).unwrap();
+        fs.fsync(n, fh, false).unwrap();
+        assert_eq!(host_lseek(&host, 0, libc::SEEK_DATA), 128 * 1024);
+        assert_eq!(fs.lseek(n, fh, 0, data as u32).unwrap(), 128 * 1024);
+        assert!(fs.read(n, fh, 0, 4096).unwrap().iter().all(|&b| b == 0));
+        assert_eq!(std::fs::metadata(&host).unwrap().len(), FAR + 4);
+
+        let dh = fs.opendir(FUSE_ROOT_ID, 0).unwrap();
+        let plus = fs.readdirplus(FUSE_ROOT_ID, dh.fh, 0, 8192).unwrap();
+        let mine: Vec<_> = plus.iter().filter(|p| p.dirent.name == b"sparse").collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].entry.nodeid, n);
+        assert_eq!(mine[0].entry.attr.size, FAR + 4);
+        fs.releasedir(FUSE_ROOT_ID, dh.fh).unwrap();
+        fs.release(n, fh, 0).unwrap();
+        // Dropping the client closes the vhost-user socket.
+    }
+    srv.expect_exit_0();
+}
+
+#[test]
+fn sigterm_ends_serve_with_exit_0_connected_or_not() {
+    // Before any frontend: exits at once and removes its socket.
+    let mut idle = Served::start("term-idle", &[]);
+    let pid = idle.backend.pid().unwrap() as libc::pid_t;
+    // SAFETY: signalling our own child, which we have not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    idle.expect_exit_0();
+    assert!(!idle.socket.exists());
+
+    // With a frontend connected and a request served.
+    let mut srv = Served::start("term", &[]);
+    let mut fs = srv.connect();
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    let pid = srv.backend.pid().unwrap() as libc::pid_t;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    srv.expect_exit_0();
+    assert!(fs.getattr(FUSE_ROOT_ID, None).is_err());
+}
+
+#[test]
+fn malformed_chains_over_the_socket_keep_the_daemon_serving() {
+    let srv = Served::start("chains", &[]);
+    let mut fs = srv.connect();
+    let (unique, bytes) = fs.encode(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default()));
+    let (head, args) = bytes.split_at(FuseInHeader::SIZE);
+    let cases: Vec<(&str, RawChain, bool)> = vec![
+        (
+            "well formed",
+            RawChain::well_formed(&[head, args], &[16, 104]),
+            true,
+        ),
+        (
+            "argument buffer outside guest RAM",
+            {
+                let mut c = RawChain::well_formed(&[head, args], &[16, 104]);
+                c.descs[1].addr = RawAddr::Gpa(1 << 50);
+                c
+            },
+            false,
+        ),
+        (
+            "reply buffers device-readable",
+            {
+                let mut c = RawChain::well_formed(&[head, args], &[16, 104]);
+                c.descs[2].flags &= !DESC_F_WRITE;
+                c.descs[3].flags &= !DESC_F_WRITE;
+                c
+            },
+            false,
+        ),
+        (
+            "no reply room",
+            RawChain::well_formed(&[head, args], &[]),
+            false,
+        ),
+        (
+            "header buffer outside guest RAM",
+            {
+                let mut c = RawChain::well_formed(&[head, args], &[16, 104]);
+                c.descs[0].addr = RawAddr::Gpa(u64::MAX - 8);
+                c
+            },
+            false,
+        ),
+        (
+            "head index past the descriptor table",
+            {
+                let mut c = RawChain::well_formed(&[head, args], &[16, 104]);
+                c.head = RawLink::Index(fs.driver().queue_size() + 3);
+                c
+            },
+            false,
+        ),
+        (
+            "argument length lies",
+            {
+                let mut c = RawChain::well_formed(&[head, args], &[16, 104]);
+                c.descs[1].len = 4;
+                c
+            },
+            false,
+        ),
+    ];
+    for (name, chain, success) in cases {
+        // A chain whose head is no descriptor cannot be returned: that is a device error.
+        let device_error = name.starts_with("head index");
+        let d = fs.driver();
+        let token = d.submit_raw(REQUEST_QUEUE, &chain).unwrap();
+        let outcome = d.wait(token, TIMEOUT);
+        assert_eq!(
+            matches!(outcome, Err(DriverError::DeviceError { .. })),
+            device_error,
+            "{name}: {outcome:?}"
+        );
+        match outcome {
+            Ok(c) if c.used_len == 0 => assert!(!success, "{name}: nothing written"),
+            Ok(c) => {
+                let (h, _) = parse_reply(&c.written).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(h.unique, unique, "{name}");
+                assert_eq!(h.error == 0, success, "{name}: error {}", h.error);
+            }
+            Err(DriverError::DeviceError { .. }) => assert!(!success, "{name}"),
+            Err(e) => panic!("{name}: {e}\n{}", srv.backend.log_tail(2000)),
+        }
+        fs.getattr(FUSE_ROOT_ID, None)
+            .unwrap_or_else(|e| panic!("after {name}: {e}"));
+    }
+}
+
+#[test]
+fn sandboxes_serve_files_and_xattrs() {
+    for sandbox in ["chroot", "namespace"] {
+        let srv = Served::start(sandbox, &["--sandbox", sandbox, "--cache", "never"]);
+        let mut fs = srv.connect();
+        let (e, o) = fs
+            .create(
+                FUSE_ROOT_ID,
+                "x",
+                libc::O_RDWR as u32,
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .unwrap();
+        assert_eq!(o.open_flags, FOPEN_DIRECT_IO);
+        assert_eq!(e.entry_valid, 0);
+        fs.write(e.nodeid, o.fh, 0, b"confined").unwrap();
+        assert_eq!(fs.read(e.nodeid, o.fh, 0, 64).unwrap(), b"confined");
+        // Xattrs go through /proc/self/fd, which must survive the confinement.
+        fs.setxattr(e.nodeid, "user.k", b"v", 0).unwrap();
+        let path = CString::new(srv.disk.mnt.join("x").as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: NUL-terminated strings and a buffer of the length given, all live for
+        // the call.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"user.k".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(n, 1, "{sandbox}: {}", std::io::Error::last_os_error());
+        assert_eq!(&buf[..1], b"v");
+        assert_eq!(std::fs::read(srv.disk.mnt.join("x")).unwrap(), b"confined");
+        // `..` of the root is the root.
+        let up = fs.lookup(FUSE_ROOT_ID, "..").unwrap();
+        assert_eq!(up.nodeid, FUSE_ROOT_ID, "{sandbox}");
+        // The confinement is real: a chroot into the share, or a mount namespace of its own.
+        let pid = srv.backend.pid().unwrap();
+        let link = |what: &str| std::fs::read_link(format!("/proc/{what}")).unwrap();
+        if sandbox == "chroot" {
+            assert_eq!(link(&format!("{pid}/root")), srv.disk.mnt);
+        } else {
+            assert_ne!(link(&format!("{pid}/ns/mnt")), link("self/ns/mnt"));
+        }
+    }
+}
+
+#[test]
+fn listening_fd_and_print_capabilities() {
+    let out = Command::new(zerodax())
+        .args(["serve", "--print-capabilities"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let caps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(caps["type"], "fs");
+
+    // --fd: a socket the caller bound and listens on.
+    let disk = Ext4::new("fd");
+    let socket = disk.root.join("fd.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(zerodax());
+    cmd.args(["serve", "--fd", &fd.to_string(), "--shared-dir"])
+        .arg(&disk.mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure only calls fcntl, which is async-signal-safe, on a descriptor
+    // inherited from the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(child);
+    drop(listener);
+    {
+        let config = DriverConfig {
+            timeout: TIMEOUT,
+            ..Default::default()
+        };
+        let mut fs = FuseClient::connect(&socket, &config).unwrap();
+        fs.init(DEFAULT_INIT_FLAGS).unwrap();
+        fs.mkdir(FUSE_ROOT_ID, "via-fd", 0o755, 0).unwrap();
+    }
+    assert!(disk.mnt.join("via-fd").is_dir());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve --fd did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn every_request_queue_and_the_hiprio_queue_are_served() {
+    let srv = Served::start(
+        "queues",
+        &["--request-queues", "3", "--thread-pool-size", "1"],
+    );
+    let config = DriverConfig {
+        request_queues: 3,
+        timeout: TIMEOUT,
+        ..Default::default()
+    };
+    let mut fs = FuseClient::connect(&srv.socket, &config)
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", srv.backend.log_tail(2000)));
+    fs.init(DEFAULT_INIT_FLAGS).unwrap();
+    std::fs::write(srv.disk.mnt.join("q"), b"queued").unwrap();
+    for queue in 1..=3u16 {
+        let (unique, bytes) = fs.encode(FUSE_ROOT_ID, Operation::Lookup { name: c"q" });
+        let c = fs.send_bytes(queue, &bytes, 16 + 128).unwrap();
+        let r = FuseClient::check_reply(Opcode::Lookup, unique, &c).unwrap();
+        assert_eq!(r.error, 0, "queue {queue}");
+        let e = FuseEntryOut::decode(&r.body).unwrap();
+        assert_eq!(e.attr.size, 6, "queue {queue}");
+    }
+    // FORGET goes to the hiprio queue and comes back with nothing written.
+    let (_, bytes) = fs.encode(5, Operation::Forget(FuseForgetIn { nlookup: 3 }));
+    let c = fs.send_bytes(0, &bytes, 0).unwrap();
+    assert_eq!(c.used_len, 0);
+    assert_eq!(fs.lookup(FUSE_ROOT_ID, "q").unwrap().attr.size, 6);
+}
