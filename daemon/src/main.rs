@@ -1,6 +1,7 @@
 //! `zerodax`: a virtio-fs daemon whose DAX window maps file holes as the zero page.
 
 mod probe;
+mod probe_virtio;
 
 use std::process::ExitCode;
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use dax_window::{procfs, Extent, PageStates, Window, HUGE_SIZE, PAGE_SIZE};
+use zerodax::dax::DaxHoles;
 
 /// Map a file through a DAX window and report page states and memory cost.
 #[derive(clap::Args, Debug)]
@@ -22,6 +23,49 @@ pub struct ProbeArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// `local`: a dax-window in this process maps the file. `virtio`: a `zerodax serve`
+    /// child serves the file's directory with a DAX window and the built-in frontend maps
+    /// the file through it (FUSE_SETUPMAPPING, SHMEM_MAP), as a guest would.
+    #[arg(long, value_enum, default_value_t = Via::Local)]
+    pub via: Via,
+    /// With `--via virtio`: the server's `--dax-holes`.
+    #[arg(long, value_enum, default_value_t = DaxHoles::Zero)]
+    pub dax_holes: DaxHoles,
+    /// With `--via virtio`: read through the DAX window, or with FUSE_READ requests (the
+    /// comparison; no window, no writes).
+    #[arg(long, value_enum, default_value_t = ReadPath::Window)]
+    pub read: ReadPath,
+    /// With `--via virtio --read fuse`: the backend to start. `zerodax` is this binary's
+    /// `serve`; the others need `--backend-bin`.
+    #[arg(long, value_enum, default_value_t = BackendKind::Zerodax)]
+    pub backend: BackendKind,
+    /// The backend program for `--backend virtiofsd|c-virtiofsd`.
+    #[arg(long, value_name = "PATH")]
+    pub backend_bin: Option<PathBuf>,
+}
+
+/// `--read`: how `--via virtio` reads the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadPath {
+    Window,
+    Fuse,
+}
+
+/// `--backend`: which vhost-user-fs backend `--via virtio` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    Zerodax,
+    /// The Rust virtiofsd (1.x).
+    Virtiofsd,
+    /// QEMU's C virtiofsd.
+    CVirtiofsd,
+}
+
+/// `--via`: which path maps the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    Local,
+    Virtio,
 }
 
 fn parse_num(s: &str) -> Result<u64, String> {
@@ -73,12 +117,12 @@ fn memory() -> Result<Memory, String> {
     })
 }
 
-struct Extents {
-    data: Vec<Extent>,
-    holes: Vec<Extent>,
+pub(crate) struct Extents {
+    pub(crate) data: Vec<Extent>,
+    pub(crate) holes: Vec<Extent>,
 }
 
-fn extents(file: &File, size: u64) -> Result<Extents, String> {
+pub(crate) fn extents(file: &File, size: u64) -> Result<Extents, String> {
     let e = |r: std::io::Result<Vec<Extent>>| r.map_err(|e| format!("SEEK_DATA/SEEK_HOLE: {e}"));
     Ok(Extents {
         data: e(dax_window::data_extents(file, 0, size))?,
@@ -86,7 +130,7 @@ fn extents(file: &File, size: u64) -> Result<Extents, String> {
     })
 }
 
-fn extents_json(e: &Extents) -> serde_json::Value {
+pub(crate) fn extents_json(e: &Extents) -> serde_json::Value {
     let list = |v: &[Extent]| -> Vec<[u64; 2]> { v.iter().map(|x| [x.start, x.end]).collect() };
     let sum = |v: &[Extent]| -> u64 { v.iter().map(Extent::len).sum() };
     serde_json::json!({
@@ -97,7 +141,7 @@ fn extents_json(e: &Extents) -> serde_json::Value {
     })
 }
 
-fn pages_json(p: &PageStates) -> serde_json::Value {
+pub(crate) fn pages_json(p: &PageStates) -> serde_json::Value {
     serde_json::json!({
         "total": p.total(),
         "zero": p.zero_total(),
@@ -114,7 +158,11 @@ fn growth(before: u64, after: u64) -> i64 {
 }
 
 pub fn run(args: ProbeArgs) -> ExitCode {
-    match probe(&args) {
+    let result = match args.via {
+        Via::Local => probe(&args),
+        Via::Virtio => crate::probe_virtio::probe(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zerodax probe: {}: {e}", args.file.display());

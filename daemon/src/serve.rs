@@ -16,6 +16,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::dax::{DaxConfig, DaxHoles, DaxInodes};
 use crate::fs::{FileSystem, FsError};
 use crate::mount::LogLevel;
 use crate::server::{CachePolicy, Server, ServerOptions};
@@ -76,9 +77,47 @@ pub struct ServeArgs {
     /// backend; QEMU takes the tag from its own command line).
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// Size of the DAX window (virtio-fs shared memory region 0), e.g. `1G`, `512M`; a
+    /// multiple of 2 MiB. 0 (the default, as virtiofsd) turns DAX off.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// What SETUPMAPPING maps of a file's holes: `map` (whole ranges, any SHMEM_MAP VMM) or
+    /// `zero` (data extents only; holes read as the VMM's zero page).
+    #[arg(long, value_enum, default_value_t = DaxHoles::Map)]
+    pub dax_holes: DaxHoles,
+    /// Which inodes carry FUSE_ATTR_DAX (guests mounted without `-o dax=always`).
+    #[arg(long, value_enum, default_value_t = DaxInodes::All)]
+    pub dax_inodes: DaxInodes,
     /// Accepted for virtiofsd compatibility: extended attributes are always served.
     #[arg(long, hide = true)]
     pub xattr: bool,
+}
+
+/// `--cache-size`: bytes with an optional K, M, G or T suffix (powers of 1024); a multiple
+/// of 2 MiB (the guest maps the window in 2 MiB ranges).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size too large: {s:?}"))?;
+    if bytes % (2 << 20) != 0 {
+        return Err(format!("{s:?} is not a multiple of 2 MiB"));
+    }
+    Ok(bytes)
 }
 
 /// Why the backend could not start; each prints as one line.
@@ -154,6 +193,25 @@ fn raise_nofile(want: Option<u64>) -> Result<(), ServeError> {
         return Err(ServeError::Rlimit(target, io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4194304"), Ok(4 << 20));
+        assert!(parse_size("1M").is_err(), "not a multiple of 2 MiB");
+        assert!(parse_size("3K").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("2Q").is_err());
+        assert!(parse_size("99999999999T").is_err(), "overflow");
+        assert!(parse_size("").is_err());
+    }
 }
 
 fn termination_signals() -> libc::sigset_t {
@@ -327,7 +385,14 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     }
     let server = Arc::new(Server::new(
         Arc::new(fs),
-        ServerOptions { cache: args.cache },
+        ServerOptions {
+            cache: args.cache,
+            dax: (args.cache_size > 0).then_some(DaxConfig {
+                window_len: args.cache_size,
+                holes: args.dax_holes,
+                inodes: args.dax_inodes,
+            }),
+        },
     ));
     let backend = Arc::new(
         FsBackend::new(

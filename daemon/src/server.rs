@@ -23,6 +23,7 @@ use protocol::reply::{self, DirentBuf, ReplySink};
 use protocol::request::parse_write_prefix;
 use protocol::{parse_header, Opcode, Operation, ParseError, ParseOptions, ReplyError, Request};
 
+use crate::dax::{Dax, DaxConfig, DaxInodes, MAP_ALIGNMENT_LOG2};
 use crate::fs::{self, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
 
 /// `--cache`: how long the guest may trust what it was told, as virtiofsd's modes.
@@ -304,7 +305,7 @@ fn parse_errno(e: &ParseError) -> i32 {
     }
 }
 
-fn fuse_attr(a: &fs::Attr) -> FuseAttr {
+fn fuse_attr(a: &fs::Attr, dax: bool) -> FuseAttr {
     FuseAttr {
         ino: a.ino,
         size: a.size,
@@ -321,11 +322,15 @@ fn fuse_attr(a: &fs::Attr) -> FuseAttr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: a.blksize,
-        flags: 0,
+        flags: if dax && a.mode & libc::S_IFMT == libc::S_IFREG {
+            FUSE_ATTR_DAX
+        } else {
+            0
+        },
     }
 }
 
-fn entry_out(e: &fs::Entry) -> FuseEntryOut {
+fn entry_out(e: &fs::Entry, dax: bool) -> FuseEntryOut {
     FuseEntryOut {
         nodeid: e.node,
         generation: e.generation,
@@ -333,7 +338,7 @@ fn entry_out(e: &fs::Entry) -> FuseEntryOut {
         attr_valid: e.attr_timeout.as_secs(),
         entry_valid_nsec: e.entry_timeout.subsec_nanos(),
         attr_valid_nsec: e.attr_timeout.subsec_nanos(),
-        attr: fuse_attr(&e.attr),
+        attr: fuse_attr(&e.attr, dax),
     }
 }
 
@@ -369,6 +374,9 @@ fn set_attr(s: &FuseSetattrIn) -> SetAttr {
 pub struct ServerOptions {
     /// `--cache`.
     pub cache: CachePolicy,
+    /// The DAX window (`--cache-size` > 0), served once the frontend sets up the backend
+    /// channel.
+    pub dax: Option<DaxConfig>,
 }
 
 /// The FUSE server of one virtio-fs device: the core plus the session state INIT set.
@@ -379,6 +387,9 @@ pub struct Server {
     initialized: AtomicBool,
     /// Size of the request queues as the transport saw them (0: unknown); caps max_pages.
     queue_size: AtomicU16,
+    dax: Option<Arc<Dax>>,
+    /// INIT accepted HAS_INODE_DAX: regular files carry FUSE_ATTR_DAX per `--dax-inodes`.
+    inode_dax: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -392,11 +403,31 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     pub fn new(fs: Arc<FileSystem>, opts: ServerOptions) -> Self {
+        let dax = opts
+            .dax
+            .map(|cfg| Arc::new(Dax::new(cfg, fs.config().read_only)));
         Self {
             fs,
             opts,
             initialized: AtomicBool::new(false),
             queue_size: AtomicU16::new(0),
+            dax,
+            inode_dax: AtomicBool::new(false),
+        }
+    }
+
+    /// The DAX window, when `--cache-size` asked for one.
+    pub fn dax(&self) -> Option<&Arc<Dax>> {
+        self.dax.as_ref()
+    }
+
+    /// Coherence of the DAX window after zerodax changed the data or size of the node
+    /// `node` names (looked up only when there is a window).
+    fn file_changed(&self, node: impl FnOnce() -> Option<u64>) {
+        if let Some(dax) = &self.dax {
+            if let Some(node) = node() {
+                dax.file_changed(&self.fs, node);
+            }
         }
     }
 
@@ -531,6 +562,7 @@ impl Server {
         let n = chain
             .write_request_to_file(off, handle.fd(), w.offset)
             .map_err(errno)?;
+        self.file_changed(|| Some(handle.node));
         sent(reply::reply_write(
             &mut sink(chain),
             h.unique,
@@ -586,7 +618,7 @@ impl Server {
         let mut d = DirentBuf::new(&mut buf);
         let res = self.fs.readdirplus(ctx, r.fh, r.offset, |e, entry| {
             let out = match entry {
-                Some(en) => entry_out(en),
+                Some(en) => entry_out(en, self.inode_dax.load(Ordering::Relaxed)),
                 None => FuseEntryOut {
                     attr: FuseAttr {
                         ino: e.ino,
@@ -617,7 +649,12 @@ impl Server {
     }
 
     fn init(&self, chain: &mut dyn Chain, unique: u64, k: &FuseInitIn) -> Outcome {
-        let mut out = match FuseInitOut::negotiate(k, INIT_FLAGS) {
+        let dax = self.dax.as_ref().filter(|d| d.active());
+        let wanted = match dax {
+            Some(_) => INIT_FLAGS | FUSE_MAP_ALIGNMENT | FUSE_HAS_INODE_DAX,
+            None => INIT_FLAGS,
+        };
+        let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {
                 tracing::error!(
@@ -633,6 +670,12 @@ impl Server {
             out.max_pages = max_pages;
             out.max_write = u32::from(max_pages) * PAGE_SIZE;
             out.time_gran = 1;
+            if out.flags64() & FUSE_MAP_ALIGNMENT != 0 {
+                out.map_alignment = MAP_ALIGNMENT_LOG2;
+            }
+            let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
+                && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
+            self.inode_dax.store(inode_dax, Ordering::Relaxed);
             tracing::info!(
                 "INIT: FUSE {}.{}, flags {:#x}, max_pages {max_pages}",
                 out.major,
@@ -659,13 +702,18 @@ impl Server {
         };
         let with_umask = |umask: u32| Context { umask, ..ctx };
         let fs = &*self.fs;
+        let dax = self.inode_dax.load(Ordering::Relaxed);
         let empty = |chain: &mut dyn Chain, r: io::Result<()>| -> Outcome {
             r.map_err(errno)?;
             sent(reply::reply_empty(&mut sink(chain), unique))
         };
         let entry = |chain: &mut dyn Chain, r: io::Result<fs::Entry>| -> Outcome {
             let e = r.map_err(errno)?;
-            sent(reply::reply_entry(&mut sink(chain), unique, &entry_out(&e)))
+            sent(reply::reply_entry(
+                &mut sink(chain),
+                unique,
+                &entry_out(&e, dax),
+            ))
         };
         let attr = |chain: &mut dyn Chain, r: io::Result<fs::Attr>| -> Outcome {
             let a = r.map_err(errno)?;
@@ -673,7 +721,7 @@ impl Server {
                 attr_valid: fs.config().attr_timeout.as_secs(),
                 attr_valid_nsec: fs.config().attr_timeout.subsec_nanos(),
                 dummy: 0,
-                attr: fuse_attr(&a),
+                attr: fuse_attr(&a, dax),
             };
             sent(reply::reply_attr(&mut sink(chain), unique, &out))
         };
@@ -709,7 +757,13 @@ impl Server {
                 let fh = (g.getattr_flags & FUSE_GETATTR_FH != 0).then_some(g.fh);
                 attr(chain, fs.getattr(&ctx, node, fh))
             }
-            O::Setattr(ref s) => attr(chain, fs.setattr(&ctx, node, &set_attr(s))),
+            O::Setattr(ref s) => {
+                let r = fs.setattr(&ctx, node, &set_attr(s));
+                if r.is_ok() && s.valid & FATTR_SIZE != 0 {
+                    self.file_changed(|| Some(node));
+                }
+                attr(chain, r)
+            }
             O::Readlink => {
                 let target = fs.readlink(&ctx, node).map_err(errno)?;
                 sent(reply::reply_data(&mut sink(chain), unique, &target))
@@ -758,13 +812,14 @@ impl Server {
                 sent(reply::reply_create(
                     &mut sink(chain),
                     unique,
-                    &entry_out(&e),
+                    &entry_out(&e, dax),
                     &out,
                 ))
             }
             O::Read(ref r) => self.read(chain, unique, r),
             O::Write { arg, data } => {
                 let n = fs.write(&ctx, arg.fh, arg.offset, data).map_err(errno)?;
+                self.file_changed(|| fs.handle_node(arg.fh));
                 sent(reply::reply_write(
                     &mut sink(chain),
                     unique,
@@ -812,7 +867,13 @@ impl Server {
             O::Readdir(ref r) => self.readdir(chain, unique, r),
             O::Readdirplus(ref r) => self.readdirplus(chain, &ctx, unique, r),
             O::Access(a) => empty(chain, fs.access(&ctx, node, a.mask as i32)),
-            O::Fallocate(f) => empty(chain, fs.fallocate(f.fh, f.mode as i32, f.offset, f.length)),
+            O::Fallocate(f) => {
+                let r = fs.fallocate(f.fh, f.mode as i32, f.offset, f.length);
+                if r.is_ok() {
+                    self.file_changed(|| fs.handle_node(f.fh));
+                }
+                empty(chain, r)
+            }
             O::Lseek(l) => {
                 let offset = i64::try_from(l.offset).map_err(|_| libc::EINVAL)?;
                 let pos = fs.lseek(l.fh, offset, l.whence as i32).map_err(errno)?;
@@ -823,6 +884,7 @@ impl Server {
                 let n = fs
                     .copy_file_range(c.fh_in, c.off_in, c.fh_out, c.off_out, c.len, flags)
                     .map_err(errno)?;
+                self.file_changed(|| fs.handle_node(c.fh_out));
                 if req.opcode() == Opcode::CopyFileRange {
                     sent(reply::reply_write(
                         &mut sink(chain),
@@ -838,8 +900,19 @@ impl Server {
                 }
             }
             O::Syncfs(_) => empty(chain, fs.syncfs(node)),
-            // No DAX window yet: as virtiofsd answers when SHMEM was not negotiated.
-            O::SetupMapping(_) | O::RemoveMapping(_) => Err(libc::ENOSYS),
+            // Without a window (no --cache-size, or SHMEM/BACKEND_REQ not negotiated): ENOSYS,
+            // as virtiofsd answers.
+            O::SetupMapping(s) => {
+                let dax = self.dax.as_ref().ok_or(libc::ENOSYS)?;
+                dax.setup(fs, node, &s)?;
+                sent(reply::reply_empty(&mut sink(chain), unique))
+            }
+            O::RemoveMapping(list) => {
+                let dax = self.dax.as_ref().ok_or(libc::ENOSYS)?;
+                let ranges: Vec<(u64, u64)> = list.iter().map(|r| (r.moffset, r.len)).collect();
+                dax.remove(&ranges)?;
+                sent(reply::reply_empty(&mut sink(chain), unique))
+            }
             // Locks are the guest kernel's (POSIX_LOCKS/FLOCK_LOCKS not negotiated); the rest
             // have no meaning for a passthrough share (BMAP: block devices, IOCTL/POLL: not
             // offered, CUSE_INIT: a CUSE device) or are optional (TMPFILE, STATX: the guest

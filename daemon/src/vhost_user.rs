@@ -21,7 +21,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{
     VhostUserBackend, VringRwLock, VringState, VringStateGuard, VringStateMutGuard, VringT,
 };
@@ -40,6 +44,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::dax::ShmemChannel;
 use crate::server::{Chain, Server};
 
 /// Guest memory as the backend maps it (no dirty-page bitmap: no live migration).
@@ -592,9 +597,14 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let f = VhostUserProtocolFeatures::MQ
+        let mut f = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.server.dax().is_some() {
+            f |= VhostUserProtocolFeatures::SHMEM
+                | VhostUserProtocolFeatures::BACKEND_REQ
+                | VhostUserProtocolFeatures::BACKEND_SEND_FD;
+        }
         if self.opts.tag.is_some() {
             f | VhostUserProtocolFeatures::CONFIG
         } else {
@@ -618,6 +628,26 @@ impl VhostUserBackend for FsBackend {
         let start = (offset as usize).min(config.len());
         let end = start.saturating_add(size as usize).min(config.len());
         config[start..end].to_vec()
+    }
+
+    /// The backend channel (SET_BACKEND_REQ_FD): the framework has already told it whether
+    /// REPLY_ACK and SHMEM were negotiated. Requests on it come from the threads serving
+    /// SETUPMAPPING/REMOVEMAPPING and coherence updates, never from this message thread.
+    fn set_backend_req_fd(&self, backend: Backend) {
+        if let Some(dax) = self.server.dax() {
+            dax.set_channel(Arc::new(BackendChannel { backend }));
+        }
+    }
+
+    /// Shared memory region 0: the virtio-fs cache window.
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match self.server.dax() {
+            Some(dax) => Ok(VhostUserShMemConfig::new(1, &[dax.config().window_len])),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no DAX window (--cache-size 0)",
+            )),
+        }
     }
 
     fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
@@ -657,5 +687,50 @@ impl VhostUserBackend for FsBackend {
             self.serve_queue(vring, thread_id);
         }
         Ok(())
+    }
+}
+
+/// SHMEM_MAP/SHMEM_UNMAP through the vhost-user backend channel. `Backend` serialises the
+/// requests with its own mutex and, with REPLY_ACK, waits for the frontend's ack: that mutex
+/// is the only vhost-user lock held while waiting.
+struct BackendChannel {
+    backend: Backend,
+}
+
+impl ShmemChannel for BackendChannel {
+    fn map(
+        &self,
+        window_offset: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        writable: bool,
+    ) -> io::Result<()> {
+        let flags = if writable {
+            VhostUserMMapFlags::WRITABLE
+        } else {
+            VhostUserMMapFlags::empty()
+        };
+        let msg = VhostUserMMap {
+            shmid: 0,
+            padding: [0; 7],
+            fd_offset,
+            shm_offset: window_offset,
+            len,
+            flags: flags.bits(),
+        };
+        self.backend.shmem_map(&msg, &fd).map(drop)
+    }
+
+    fn unmap(&self, window_offset: u64, len: u64) -> io::Result<()> {
+        let msg = VhostUserMMap {
+            shmid: 0,
+            padding: [0; 7],
+            fd_offset: 0,
+            shm_offset: window_offset,
+            len,
+            flags: 0,
+        };
+        self.backend.shmem_unmap(&msg).map(drop)
     }
 }

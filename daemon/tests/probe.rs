@@ -135,3 +135,95 @@ fn probe_errors_are_one_line_and_nonzero() {
     assert!(!stderr.is_empty());
     assert_eq!(std::fs::read(&small).expect("read"), vec![1u8; 100]);
 }
+
+/// `probe --via virtio`: the same sparse file read through `zerodax serve`'s DAX window by
+/// the built-in frontend (SETUPMAPPING, SHMEM_MAP): holes are zero pages, data pages are
+/// file pages, the file's page cache grows by the data only, and a write lands in the file.
+#[test]
+fn probe_via_virtio_maps_holes_as_zero_pages() {
+    let tmp = TempDir::new();
+    let ext4 = Ext4::new(&tmp.0);
+    let path = ext4.dir.join("sparse");
+    let size = 128 * MIB;
+    {
+        let f = File::create(&path).expect("create");
+        f.set_len(size).expect("size");
+        for i in 0..6u64 {
+            f.write_all_at(&[0x21 + i as u8; 128 * 1024], i * 21 * MIB + 12288)
+                .expect("data");
+        }
+        f.sync_all().expect("sync");
+        // SAFETY: advice on a descriptor we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let data = data_bytes(&path);
+    assert_eq!(data, 6 * 128 * 1024);
+    let p = path.to_str().expect("utf-8 path");
+    let (ok, report, stderr) = probe(&[p, "--via", "virtio", "--json", "--write", "100M:4K"]);
+    assert!(ok, "probe failed: {stderr}");
+    let total = size / PAGE;
+    let data_pages = data / PAGE;
+    assert_eq!(report["via"], "virtio");
+    assert_eq!(n(&report, &["pages_after_read", "total"]), total);
+    assert_eq!(
+        n(&report, &["pages_after_read", "zero"]),
+        total - data_pages,
+        "every hole page reads as the zero page: {report}"
+    );
+    assert_eq!(n(&report, &["pages_after_read", "file"]), data_pages);
+    assert_eq!(n(&report, &["pages", "private_anon"]), 0);
+    assert_eq!(n(&report, &["shmem", "refused"]), 0);
+    // Page cache: the data read, plus the written page (the write happens after the read).
+    let grown = report["memory"]["file_page_cache_growth"]
+        .as_i64()
+        .expect("growth");
+    assert!(
+        grown >= data as i64 && grown <= (data + 16 * PAGE) as i64,
+        "page cache grew by {grown} for {data} bytes of data"
+    );
+    assert_eq!(
+        n(&report, &["extents_after", "data_bytes"]),
+        data + PAGE,
+        "only the written page left the hole"
+    );
+    let f = File::open(&path).expect("open");
+    let mut page = vec![0u8; PAGE as usize];
+    f.read_exact_at(&mut page, 100 * MIB).expect("read");
+    assert!(
+        page.iter().all(|&b| b == 0xA5),
+        "the write reached the file"
+    );
+}
+
+/// `probe --via virtio --read fuse`: the comparison path reads the whole file with
+/// FUSE_READ (no window); a window is only offered by zerodax.
+#[test]
+fn probe_via_virtio_fuse_read_reads_the_file() {
+    let tmp = TempDir::new();
+    let ext4 = Ext4::new(&tmp.0);
+    let path = ext4.dir.join("sparse");
+    {
+        let f = File::create(&path).expect("create");
+        f.set_len(16 * MIB).expect("size");
+        f.write_all_at(&[7u8; 65536], 5 * MIB).expect("data");
+        f.sync_all().expect("sync");
+        // SAFETY: advice on a descriptor we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let p = path.to_str().expect("utf-8 path");
+    let (ok, report, stderr) = probe(&[p, "--via", "virtio", "--read", "fuse", "--json"]);
+    assert!(ok, "probe failed: {stderr}");
+    assert_eq!(report["read"], "fuse");
+    assert_eq!(report["backend"], "zerodax");
+    assert_eq!(n(&report, &["size"]), 16 * MIB);
+    // FUSE_READ goes through the host page cache, holes included.
+    let grown = report["memory"]["file_page_cache_growth"]
+        .as_i64()
+        .expect("growth");
+    assert!(grown >= (16 * MIB) as i64, "page cache grew by {grown}");
+
+    let (ok, _, stderr) = probe(&[p, "--via", "virtio", "--backend", "virtiofsd"]);
+    assert!(!ok && stderr.contains("DAX window"), "{stderr}");
+    let (ok, _, stderr) = probe(&[p, "--via", "virtio", "--read", "fuse", "--write", "0:4K"]);
+    assert!(!ok, "{stderr}");
+}

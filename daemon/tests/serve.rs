@@ -113,7 +113,13 @@ struct Session {
 impl Session {
     fn new(dir: &Path, cache: CachePolicy, read_only: bool) -> Self {
         let fs = FileSystem::new(dir, cache.fs_config(read_only)).unwrap();
-        let server = Server::new(Arc::new(fs), ServerOptions { cache });
+        let server = Server::new(
+            Arc::new(fs),
+            ServerOptions {
+                cache,
+                ..Default::default()
+            },
+        );
         Session {
             server,
             next: 1,

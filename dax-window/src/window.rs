@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -532,6 +532,97 @@ impl Window {
         Ok(info)
     }
 
+    /// Maps exactly `[fd_offset, fd_offset+len)` of `fd` at `window_offset`
+    /// (`MAP_SHARED|MAP_FIXED`, read-only or read-write), as a VMM serves a vhost-user
+    /// SHMEM_MAP: no extent lookup, no EOF clipping, no write upgrade. Deciding what to map
+    /// (only data extents, never past EOF) is the caller's business; this only enforces the
+    /// vhost-user rule that a map over a live mapping fails (`Error::Overlap`).
+    pub fn map_fd_raw(
+        &self,
+        window_offset: usize,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        writable: bool,
+    ) -> Result<MappingInfo> {
+        let end = self.check_range(window_offset, len)?;
+        if len == 0 {
+            return Err(Error::InvalidRange("empty mapping"));
+        }
+        if fd_offset % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Unaligned);
+        }
+        if fd_offset.checked_add(len as u64).is_none() {
+            return Err(Error::InvalidRange("file offset + len overflows"));
+        }
+        let mut st = self.inner.lock();
+        if st
+            .mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&o, m)| o + m.len > window_offset)
+        {
+            return Err(Error::Overlap);
+        }
+        let own = File::from(fd.try_clone_to_owned().map_err(io_err("dup"))?);
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let addr = self.inner.base + window_offset;
+        // SAFETY: replaces our own window range (checked above, and free of mappings); no
+        // Rust reference points into window memory.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                own.as_raw_fd(),
+                fd_offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = os_err("mmap shared");
+            // The failed MAP_FIXED may have unmapped the old range: restore read-only zeros.
+            // SAFETY: the range is inside our window and not recorded as mapped.
+            let _ = unsafe { map_zero_readonly(addr, len) };
+            return Err(e);
+        }
+        // No read-around on faults: with the loop/disk readahead window (often 128 KiB to a
+        // few MiB) a fault on a data page would read the neighbouring holes into the page
+        // cache, which is exactly the cost zero-page holes exist to avoid.
+        // SAFETY: advice on the mapping just made in our window; changes no contents.
+        unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM) };
+        dont_fork(addr, len);
+        let mut backed = BTreeMap::new();
+        backed.insert(window_offset, end);
+        let info = MappingInfo {
+            window_offset,
+            len,
+            file_offset: fd_offset,
+            writable,
+            file_backed: vec![(window_offset, end)],
+            poisoned: Vec::new(),
+        };
+        // Wholly file-backed: the fault handler never treats any of it as a hole.
+        st.mappings.insert(
+            window_offset,
+            Mapping {
+                len,
+                file: Arc::new(own),
+                file_offset: fd_offset,
+                writable,
+                backed,
+                poisoned: Vec::new(),
+            },
+        );
+        drop(st);
+        self.inner.recount_vmas();
+        Ok(info)
+    }
+
     /// Returns `[offset, offset+len)` to the unmapped state (read-only zeros). The range
     /// must cover whole mappings. The replacement is one atomic MAP_FIXED of read-only
     /// anonymous memory, so no instant exists in which a write could make a private copy;
@@ -653,6 +744,11 @@ impl Inner {
             if p == libc::MAP_FAILED {
                 return Err(os_err("mmap file extent"));
             }
+            // No read-around: a fault on a data page must not read the neighbouring holes
+            // into the page cache (fadvise(RANDOM) does not reach the mmap fault path, and
+            // the disk's readahead window can be megabytes).
+            // SAFETY: advice on the extent just mapped in our window; changes no contents.
+            unsafe { libc::madvise((wstart + s) as *mut libc::c_void, e - s, libc::MADV_RANDOM) };
             dont_fork(wstart + s, e - s);
         }
         if writable {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
@@ -232,17 +232,30 @@ fn unmap_while_other_threads_touch() {
     w.map_file(4 * MIB, 4 * MIB, &fb, 0, true).unwrap();
     w.write_at(MIB, b"before").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    // 0: before the unmap, 1: while it runs, 2: after it returned.
+    let phase = Arc::new(AtomicUsize::new(0));
     let mut hs = Vec::new();
     for _ in 0..2 {
         let w = Arc::clone(&w);
         let stop = Arc::clone(&stop);
+        let phase = Arc::clone(&phase);
         hs.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                // Reads of the range being unmapped see the file or zeros, never garbage.
+                // Reads of the range being unmapped see the file or zeros, never garbage: a
+                // read done before the unmap sees only the file, one started after it only
+                // zeros. A read that overlaps the (atomic) replacement is a copy torn at the
+                // moment of the replacement, file bytes on one side and zeros on the other,
+                // so there each byte must be one or the other.
+                let before = phase.load(Ordering::SeqCst);
                 w.read_at(0, &mut buf).unwrap();
-                assert!(buf.iter().all(|&x| x == b'a') || buf.iter().all(|&x| x == 0));
+                let after = phase.load(Ordering::SeqCst);
+                match (before, after) {
+                    (0, 0) => assert!(buf.iter().all(|&x| x == b'a'), "before the unmap"),
+                    (2, _) => assert!(buf.iter().all(|&x| x == 0), "after the unmap"),
+                    _ => assert!(buf.iter().all(|&x| x == b'a' || x == 0), "during the unmap"),
+                }
                 n += 1;
             }
             n
@@ -262,7 +275,9 @@ fn unmap_while_other_threads_touch() {
         }));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
+    phase.store(1, Ordering::SeqCst);
     w.unmap(0, 4 * MIB).unwrap();
+    phase.store(2, Ordering::SeqCst);
     assert!(matches!(w.unmap(4 * MIB, MIB), Err(Error::PartialUnmap)));
     std::thread::sleep(std::time::Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);

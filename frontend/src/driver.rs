@@ -11,13 +11,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::VhostUserProtocolFeatures;
+use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
+use crate::dax::{BackendReqServer, ShmemWindow};
 use crate::memory::{GuestRam, MemoryError, RAM_BASE};
 use crate::virtqueue::{
     QueueError, RawDescriptor, SplitQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
@@ -74,6 +76,8 @@ pub enum DriverError {
     UnexpectedMessage,
     /// poll(2) failed.
     Poll(io::Error),
+    /// The DAX window (GET_SHMEM_CONFIG's region 0) could not be created.
+    DaxWindow(dax_window::Error),
 }
 
 impl fmt::Display for DriverError {
@@ -98,6 +102,7 @@ impl fmt::Display for DriverError {
                 write!(f, "backend sent an unsolicited vhost-user message")
             }
             DriverError::Poll(e) => write!(f, "poll: {e}"),
+            DriverError::DaxWindow(e) => write!(f, "DAX window: {e}"),
         }
     }
 }
@@ -356,6 +361,9 @@ pub struct FsDriver {
     timeout: Duration,
     indirect: bool,
     event_idx: bool,
+    /// The backend-request channel and the DAX window (SHMEM negotiated). Declared last:
+    /// dropped after the vhost-user connection, so the backend sees the device go first.
+    backend_req: Option<BackendReqServer>,
 }
 
 impl FsDriver {
@@ -367,13 +375,44 @@ impl FsDriver {
             .request_queues
             .checked_add(1)
             .ok_or(DriverError::NoSuchQueue(config.request_queues))?;
-        let mut vmm = VhostUserFs::negotiate(
+        // The DAX window: asked for with SHMEM|BACKEND_REQ in the protocol features. The
+        // backend-request channel must exist before SET_BACKEND_REQ_FD.
+        let dax_wanted = config
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ);
+        let mut backend_req: Option<BackendReqServer> = None;
+        let mut vmm = VhostUserFs::negotiate_with(
             stream,
             queues,
             config.ring_features,
             config.protocol_features,
             config.timeout,
+            |acked| {
+                if !dax_wanted || !acked.contains(VhostUserProtocolFeatures::SHMEM) {
+                    return None;
+                }
+                let reply_ack = acked.contains(VhostUserProtocolFeatures::REPLY_ACK);
+                match BackendReqServer::start(reply_ack) {
+                    Ok(server) => {
+                        let fd = server.backend_end();
+                        backend_req = Some(server);
+                        Some(fd)
+                    }
+                    Err(_) => None,
+                }
+            },
         )?;
+        if let Some(server) = &backend_req {
+            let config = vmm.with_frontend("GET_SHMEM_CONFIG", |f| f.get_shmem_config())?;
+            let len = if config.nregions > 0 {
+                config.memory_sizes[0]
+            } else {
+                0
+            };
+            if len > 0 {
+                server.shmem().create(len).map_err(DriverError::DaxWindow)?;
+            }
+        }
         let acked = vmm.negotiated().acked_features;
         let ram = GuestRam::new(config.ram_size)?;
         vmm.set_mem_table(&ram)?;
@@ -399,7 +438,17 @@ impl FsDriver {
             timeout: config.timeout,
             indirect: acked & F_INDIRECT_DESC != 0,
             event_idx: acked & F_EVENT_IDX != 0,
+            backend_req,
         })
+    }
+
+    /// The DAX window (shared memory region 0), when SHMEM was negotiated and the backend
+    /// reported a region.
+    pub fn dax(&self) -> Option<&Arc<ShmemWindow>> {
+        self.backend_req
+            .as_ref()
+            .map(|s| s.shmem())
+            .filter(|s| s.window().is_some())
     }
 
     /// Guest RAM.

@@ -970,6 +970,23 @@ impl FuseClient {
         Ok(u64::from(out.size))
     }
 
+    /// FUSE_SETUPMAPPING (virtio-fs DAX) for `nodeid`.
+    pub fn setupmapping(&mut self, nodeid: u64, arg: FuseSetupmappingIn) -> Result<(), FuseError> {
+        self.request_empty(nodeid, Operation::SetupMapping(arg))
+    }
+
+    /// FUSE_REMOVEMAPPING of window ranges `(moffset, len)`.
+    pub fn removemapping(&mut self, nodeid: u64, ranges: &[(u64, u64)]) -> Result<(), FuseError> {
+        let entries: Vec<FuseRemovemappingOne> = ranges
+            .iter()
+            .map(|&(moffset, len)| FuseRemovemappingOne { moffset, len })
+            .collect();
+        let bytes = encode_list(&entries);
+        let list = protocol::RemoveMappingList::from_bytes(&bytes)
+            .ok_or_else(|| bad(Opcode::RemoveMapping, "cannot encode the list"))?;
+        self.request_empty(nodeid, Operation::RemoveMapping(list))
+    }
+
     /// FUSE_SYNCFS.
     pub fn syncfs(&mut self, nodeid: u64) -> Result<(), FuseError> {
         self.request_empty(nodeid, Operation::Syncfs(FuseSyncfsIn { padding: 0 }))

@@ -10,6 +10,8 @@
 //! - [`vmm`]: the vhost-user conversation (features, memory table, vrings).
 //! - [`driver`]: descriptor chains in and out, waits with deadlines, raw/malformed chains.
 //! - [`fuse`]: FUSE requests encoded with the protocol crate, replies checked and decoded.
+//! - [`dax`]: the DAX window: SHMEM_MAP/UNMAP served into a zero-page window (VMM), and
+//!   fs/fuse/dax.c's use of it (guest).
 //! - [`backend`]: starting a backend process on a socket and directory, and reaping it.
 //!
 //! ```no_run
@@ -26,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod dax;
 pub mod driver;
 pub mod fuse;
 pub mod memory;

@@ -270,6 +270,27 @@ impl VhostUserFs {
         want_protocol: VhostUserProtocolFeatures,
         timeout: Duration,
     ) -> Result<Self, VmmError> {
+        Self::negotiate_with(
+            stream,
+            queues,
+            want_features,
+            want_protocol,
+            timeout,
+            |_| None,
+        )
+    }
+
+    /// [`negotiate`](Self::negotiate), and when BACKEND_REQ was acknowledged, SET_BACKEND_REQ_FD
+    /// right after SET_PROTOCOL_FEATURES (where QEMU sends it) with the socket that
+    /// `backend_req` returns for the acknowledged protocol features (`None`: not sent).
+    pub fn negotiate_with(
+        stream: UnixStream,
+        queues: u16,
+        want_features: u64,
+        want_protocol: VhostUserProtocolFeatures,
+        timeout: Duration,
+        backend_req: impl FnOnce(VhostUserProtocolFeatures) -> Option<RawFd>,
+    ) -> Result<Self, VmmError> {
         let watchdog = Watchdog::new(stream.as_raw_fd()).map_err(VmmError::Watchdog)?;
         let mut dev = Self {
             watchdog,
@@ -297,6 +318,11 @@ impl VhostUserFs {
         dev.call("SET_PROTOCOL_FEATURES", |f| {
             f.set_protocol_features(acked_protocol)
         })?;
+        if acked_protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            if let Some(fd) = backend_req(acked_protocol) {
+                dev.call("SET_BACKEND_REQ_FD", |f| f.set_backend_request_fd(&fd))?;
+            }
+        }
         let mut backend_queues = 0;
         if acked_protocol.contains(VhostUserProtocolFeatures::MQ) {
             backend_queues = dev.call("GET_QUEUE_NUM", |f| f.get_queue_num())?;

@@ -1062,6 +1062,26 @@ impl FileSystem {
         sys::removexattr(fd.as_fd(), name)
     }
 
+    /// A descriptor of regular file `node` for the DAX window (the guest's fault path names
+    /// files by node id, not by handle): read-write when `write`, else read-only. Unknown
+    /// node: ESTALE; not a regular file: EINVAL; read-write on a read-only export: EROFS.
+    pub fn dax_open(&self, node: u64, write: bool) -> io::Result<OwnedFd> {
+        if write {
+            self.writable()?;
+        }
+        let inode = self.inode(node)?;
+        if !inode.is_reg() {
+            return Err(err(libc::EINVAL));
+        }
+        let flags = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        self.reopen(&inode, flags | libc::O_NONBLOCK)
+    }
+
+    /// The node an open handle belongs to.
+    pub fn handle_node(&self, fh: u64) -> Option<u64> {
+        self.handle(fh).ok().map(|h| h.node)
+    }
+
     /// fallocate(2) on the backing file: plain, KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE (and any
     /// other mode the host filesystem accepts).
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> io::Result<()> {

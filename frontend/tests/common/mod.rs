@@ -52,7 +52,8 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-fn zerodax_bin() -> Option<PathBuf> {
+/// The zerodax binary (ZERODAX_BIN, or next to the test binary).
+pub fn zerodax_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ZERODAX_BIN") {
         return Some(PathBuf::from(p));
     }
