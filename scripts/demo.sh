@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on an example it makes itself: a 1 GiB sparse file holding 1% data, served by
-# `zerodax mount`, its holes shown through the mount, then read page by page through a DAX
-# window with `zerodax probe`: holes come back as the kernel's zero page.
+# `zerodax serve` (vhost-user virtio-fs with a DAX window, `--dax-holes zero`) and read page by
+# page through the built-in frontend's window, as a guest would map it: the holes come back as
+# the host's zero page and cost nothing. For comparison the same file with `--dax-holes map`
+# (holes mapped from the file, as virtiofsd's DAX did), and through `zerodax mount` on the host.
 # Run as root (loop and FUSE mounts). Everything it makes is removed on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +25,18 @@ for i in $(seq 0 40); do
 done
 sync "$file"
 
+echo
+echo "== zerodax serve --dax-holes zero: every page read through the frontend's DAX window"
+"$ZERODAX" probe --via virtio --dax-holes zero "$file"
+echo
+echo "== the same, writing 4 KiB into a hole at 512 MiB through the window (SETUPMAPPING WRITE)"
+"$ZERODAX" probe --via virtio --dax-holes zero --write 512M:4K "$file"
+echo
+echo "== zerodax serve --dax-holes map: holes mapped from the file, as virtiofsd's DAX did"
+"$ZERODAX" probe --via virtio --dax-holes map "$file"
+echo
+echo "== on the host: zerodax mount, its holes through the mount (SEEK_DATA/SEEK_HOLE answered by"
+echo "   zerodax), read through a window in the probe's own process"
 start_zerodax --passthrough auto
-served=$ZD_MNT/sparse.img
-echo
-echo "== the file through the mount: apparent size vs blocks allocated"
-ls -ls --block-size=K "$served"
-echo
-echo "== zerodax probe: every page read through a DAX window, holes as zero pages"
-"$ZERODAX" probe "$served"
-echo
-echo "== the same, writing 4 KiB into a hole at 512 MiB through the window"
-"$ZERODAX" probe "$served" --write 512M:4K
+ls -ls --block-size=K "$ZD_MNT/sparse.img"
+"$ZERODAX" probe "$ZD_MNT/sparse.img"
