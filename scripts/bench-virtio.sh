@@ -7,16 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p zerodax
-ZERODAX=$PWD/target/release/zerodax
+ZERODAX=${CARGO_TARGET_DIR:-$PWD/target}/release/zerodax
 # shellcheck source=../tests/lib.sh
 source tests/lib.sh
 make_backing 2G
 file=$ZD_BACKING/sparse.img
-truncate -s 1G "$file"
-for i in $(seq 0 40); do
-    dd if=/dev/urandom of="$file" bs=256K count=1 seek=$((i * 97 % 4096)) conv=notrunc status=none
-done
-sync
+make_sparse_file "$file"
 
 rust_virtiofsd=$(command -v virtiofsd || true)
 paths=("window zero|--dax-holes zero" "window map|--dax-holes map"

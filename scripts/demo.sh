@@ -12,18 +12,13 @@ cd "$(dirname "$0")/.."
 command -v mkfs.ext4 >/dev/null || { apt-get update -qq && apt-get install -y -qq e2fsprogs; }
 echo "demo: building zerodax (release)"
 cargo build --release --quiet -p zerodax
-ZERODAX=$PWD/target/release/zerodax
+ZERODAX=${CARGO_TARGET_DIR:-$PWD/target}/release/zerodax
 # shellcheck source=../tests/lib.sh
 source tests/lib.sh
 
 make_backing 2G
 file=$ZD_BACKING/sparse.img
-# 1 GiB apparent size; 1% data: 41 extents of 256 KiB scattered through it.
-truncate -s 1G "$file"
-for i in $(seq 0 40); do
-    dd if=/dev/urandom of="$file" bs=256K count=1 seek=$((i * 97 % 4096)) conv=notrunc status=none
-done
-sync "$file"
+make_sparse_file "$file"
 
 echo
 echo "== zerodax serve --dax-holes zero: every page read through the frontend's DAX window"

@@ -50,6 +50,17 @@ make_backing() {
     chmod 0755 "$ZD_BACKING"
 }
 
+# make_sparse_file PATH: the example file of the demo and the benchmark, 1 GiB apparent size
+# holding 1% data: 41 extents of 256 KiB of random bytes scattered through it; synced.
+make_sparse_file() {
+    local i
+    truncate -s 1G "$1"
+    for i in $(seq 0 40); do
+        dd if=/dev/urandom of="$1" bs=256K count=1 seek=$((i * 97 % 4096)) conv=notrunc status=none
+    done
+    sync "$1"
+}
+
 # start_zerodax ARGS...: `zerodax mount ARGS $ZD_BACKING $ZD_MNT` in the background; waits for the
 # mount to appear (10 s at most) and fails if the daemon dies first.
 start_zerodax() {

@@ -17,28 +17,27 @@ use std::time::{Duration, Instant};
 mod common;
 use common::*;
 
-/// A running `zerodax mount` over a fresh ext4 image. Field order is drop order: the
-/// daemon is stopped in `Drop::drop`, then the image unmounted, then the tempdir removed.
+/// A running `zerodax mount` over a fresh ext4 image, its mountpoint and log in the image's
+/// scratch directory. The daemon is stopped in `Drop::drop`, then the image unmounted and
+/// the scratch directory removed.
 struct Mounted {
     child: Option<Child>,
     mnt: PathBuf,
     log: PathBuf,
     ext4: Ext4,
-    tmp: TempDir,
 }
 
 impl Mounted {
     fn start(args: &[&str]) -> Self {
-        let tmp = TempDir::new();
-        let ext4 = Ext4::new(&tmp.0);
+        let ext4 = Ext4::new();
         // The mountpoint sits one level deeper than the backing dir so client-side and
         // host-side resolution of `..` reach different directories.
-        let mnt = tmp.0.join("client").join("mnt");
+        let mnt = ext4.root.join("client").join("mnt");
         fs::create_dir_all(&mnt).expect("mountpoint");
-        let log = tmp.0.join("zerodax.log");
+        let log = ext4.root.join("zerodax.log");
         let child = Command::new(zerodax())
             .arg("mount")
-            .arg(&ext4.dir)
+            .arg(&ext4.mnt)
             .arg(&mnt)
             .args(["--allow-other", "--log-level", "info"])
             .args(args)
@@ -51,7 +50,6 @@ impl Mounted {
             mnt,
             log,
             ext4,
-            tmp,
         };
         m.wait_mounted();
         m
@@ -84,7 +82,7 @@ impl Mounted {
     }
 
     fn backing(&self, name: &str) -> PathBuf {
-        self.ext4.dir.join(name)
+        self.ext4.mnt.join(name)
     }
 
     /// SIGTERM and wait for the exit status (None on timeout).
@@ -361,8 +359,8 @@ fn escapes_are_refused_or_resolved_on_the_client_side() {
     let m = Mounted::start(&["--passthrough", "off"]);
     // A relative symlink in the backing dir pointing above it. The daemon never follows it:
     // the client resolves it against the *client's* path of the mountpoint.
-    let host_side = m.tmp.0.join("secret");
-    let client_side = m.tmp.0.join("client").join("secret");
+    let host_side = m.ext4.root.join("secret");
+    let client_side = m.ext4.root.join("client").join("secret");
     fs::write(&host_side, b"host").expect("host file");
     fs::write(&client_side, b"client").expect("client file");
     std::os::unix::fs::symlink("../secret", m.backing("up")).expect("symlink");
@@ -391,7 +389,7 @@ fn escapes_are_refused_or_resolved_on_the_client_side() {
 
     // Links and renames out of the mount cross a filesystem boundary.
     fs::write(m.path("inside"), b"x").expect("file");
-    let out = m.tmp.0.join("outside-link");
+    let out = m.ext4.root.join("outside-link");
     assert_eq!(
         fs::hard_link(m.path("inside"), &out).map_err(|e| e.raw_os_error()),
         Err(Some(libc::EXDEV))
@@ -601,7 +599,7 @@ fn statvfs(p: &Path) -> libc::statvfs {
 #[test]
 fn statfs_reports_the_backing_filesystem() {
     let m = Mounted::start(&[]);
-    let (a, b) = (statvfs(&m.mnt), statvfs(&m.ext4.dir));
+    let (a, b) = (statvfs(&m.mnt), statvfs(&m.ext4.mnt));
     assert_eq!(a.f_blocks * a.f_frsize, b.f_blocks * b.f_frsize);
     assert_eq!(a.f_files, b.f_files);
     assert_eq!(a.f_namemax, b.f_namemax);

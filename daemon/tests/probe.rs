@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -45,6 +45,19 @@ fn data_bytes(path: &Path) -> u64 {
     total
 }
 
+/// Creates the sparse file `path` of `size` with each `(offset, bytes)` written; synced,
+/// its page cache dropped.
+fn make_sparse(path: &Path, size: u64, data: impl IntoIterator<Item = (u64, Vec<u8>)>) {
+    let f = File::create(path).expect("create");
+    f.set_len(size).expect("size");
+    for (off, bytes) in data {
+        f.write_all_at(&bytes, off).expect("data");
+    }
+    f.sync_all().expect("sync");
+    // SAFETY: advice on a descriptor we own.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
     let mut v = v;
     for k in path {
@@ -56,24 +69,14 @@ fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
 
 #[test]
 fn probe_reports_holes_as_zero_pages_and_writes_reach_the_file() {
-    let tmp = TempDir::new();
-    let ext4 = Ext4::new(&tmp.0);
-    let path = ext4.dir.join("sparse");
+    let ext4 = Ext4::new();
+    let path = ext4.mnt.join("sparse");
     let size = 256 * MIB;
-    {
-        let f = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create");
-        f.set_len(size).expect("size");
-        for i in 0..8u64 {
-            f.write_all_at(&[0x11 + i as u8; 64 * 1024], i * 29 * MIB + 8192)
-                .expect("data");
-        }
-        f.sync_all().expect("sync");
-    }
+    make_sparse(
+        &path,
+        size,
+        (0..8u64).map(|i| (i * 29 * MIB + 8192, vec![0x11 + i as u8; 64 * 1024])),
+    );
     let data_before = data_bytes(&path);
     assert_eq!(
         data_before,
@@ -141,21 +144,14 @@ fn probe_errors_are_one_line_and_nonzero() {
 /// file pages, the file's page cache grows by the data only, and a write lands in the file.
 #[test]
 fn probe_via_virtio_maps_holes_as_zero_pages() {
-    let tmp = TempDir::new();
-    let ext4 = Ext4::new(&tmp.0);
-    let path = ext4.dir.join("sparse");
+    let ext4 = Ext4::new();
+    let path = ext4.mnt.join("sparse");
     let size = 128 * MIB;
-    {
-        let f = File::create(&path).expect("create");
-        f.set_len(size).expect("size");
-        for i in 0..6u64 {
-            f.write_all_at(&[0x21 + i as u8; 128 * 1024], i * 21 * MIB + 12288)
-                .expect("data");
-        }
-        f.sync_all().expect("sync");
-        // SAFETY: advice on a descriptor we own.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
+    make_sparse(
+        &path,
+        size,
+        (0..6u64).map(|i| (i * 21 * MIB + 12288, vec![0x21 + i as u8; 128 * 1024])),
+    );
     let data = data_bytes(&path);
     assert_eq!(data, 6 * 128 * 1024);
     let p = path.to_str().expect("utf-8 path");
@@ -199,17 +195,9 @@ fn probe_via_virtio_maps_holes_as_zero_pages() {
 /// FUSE_READ (no window); a window is only offered by zerodax.
 #[test]
 fn probe_via_virtio_fuse_read_reads_the_file() {
-    let tmp = TempDir::new();
-    let ext4 = Ext4::new(&tmp.0);
-    let path = ext4.dir.join("sparse");
-    {
-        let f = File::create(&path).expect("create");
-        f.set_len(16 * MIB).expect("size");
-        f.write_all_at(&[7u8; 65536], 5 * MIB).expect("data");
-        f.sync_all().expect("sync");
-        // SAFETY: advice on a descriptor we own.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
+    let ext4 = Ext4::new();
+    let path = ext4.mnt.join("sparse");
+    make_sparse(&path, 16 * MIB, [(5 * MIB, vec![7u8; 65536])]);
     let p = path.to_str().expect("utf-8 path");
     let (ok, report, stderr) = probe(&[p, "--via", "virtio", "--read", "fuse", "--json"]);
     assert!(ok, "probe failed: {stderr}");

@@ -2,16 +2,18 @@
 //! (every opcode, malformed bytes, INIT, credentials), and the `zerodax serve` binary driven
 //! over its vhost-user socket by the built-in frontend on a loop-mounted ext4 image.
 
+mod common;
+
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{zerodax, Ext4};
 use frontend::backend::{BackendChild, BackendSpec};
 use frontend::driver::{DriverConfig, DriverError, RawAddr, RawChain, RawLink, REQUEST_QUEUE};
 use frontend::fuse::{FuseClient, DEFAULT_INIT_FLAGS};
@@ -26,71 +28,6 @@ use zerodax::fs::FileSystem;
 use zerodax::server::{BufChain, CachePolicy, Server, ServerOptions, INIT_FLAGS};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A loop-mounted ext4 image (real holes, user xattrs) in a scratch directory; unmounted
-/// and removed on drop, panics included.
-struct Ext4 {
-    root: PathBuf,
-    mnt: PathBuf,
-    mounted: bool,
-}
-
-impl Ext4 {
-    fn new(test: &str) -> Self {
-        let root = std::env::temp_dir().join(format!(
-            "zd-serve-{test}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(root.join("mnt")).unwrap();
-        let mut s = Ext4 {
-            mnt: root.join("mnt"),
-            root,
-            mounted: false,
-        };
-        let img = s.root.join("fs.img");
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(256 << 20))
-            .unwrap();
-        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-        run(
-            "mount",
-            &["-o", "loop", img.to_str().unwrap(), s.mnt.to_str().unwrap()],
-        );
-        s.mounted = true;
-        s
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        if self.mounted {
-            let m = self.mnt.to_str().unwrap_or_default();
-            let ok = Command::new("umount")
-                .arg(m)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").args(["-l", m]).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Dispatch level: Server over BufChain.
@@ -584,7 +521,7 @@ fn sample<'a>(
 
 #[test]
 fn every_opcode_gets_a_well_formed_reply_or_none() {
-    let disk = Ext4::new("opcodes");
+    let disk = Ext4::new();
     let dir = disk.mnt.clone();
     for name in ["u", "r1"] {
         std::fs::write(dir.join(name), b"x").unwrap();
@@ -676,7 +613,7 @@ fn every_opcode_gets_a_well_formed_reply_or_none() {
 
 #[test]
 fn requests_before_init_and_init_negotiation() {
-    let dir = Ext4::new("init");
+    let dir = Ext4::new();
     let mut s = Session::new(&dir.mnt, CachePolicy::Auto, false);
     assert_eq!(
         s.errno(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default())),
@@ -748,7 +685,7 @@ fn requests_before_init_and_init_negotiation() {
 
 #[test]
 fn caller_credentials_and_umask_shape_new_files() {
-    let disk = Ext4::new("creds");
+    let disk = Ext4::new();
     let dir = &disk.mnt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut s = Session::new(dir, CachePolicy::Auto, false);
@@ -799,7 +736,7 @@ fn caller_credentials_and_umask_shape_new_files() {
 
 #[test]
 fn read_and_write_move_data_between_file_and_buffers() {
-    let disk = Ext4::new("rw");
+    let disk = Ext4::new();
     let mut s = Session::new(&disk.mnt, CachePolicy::Always, false);
     s.init();
     let (node, fh) = s.create(c"data", libc::O_RDWR as u32);
@@ -907,7 +844,7 @@ impl XorShift {
 
 #[test]
 fn malformed_bytes_get_error_replies_and_never_panic() {
-    let disk = Ext4::new("malformed");
+    let disk = Ext4::new();
     let mut s = Session::new(&disk.mnt, CachePolicy::Auto, false);
     s.init();
     let (node, fh) = s.create(c"f", libc::O_RDWR as u32);
@@ -1040,7 +977,7 @@ fn malformed_bytes_get_error_replies_and_never_panic() {
 
 #[test]
 fn reply_room_too_small_gets_an_error_or_nothing() {
-    let disk = Ext4::new("room");
+    let disk = Ext4::new();
     let mut s = Session::new(&disk.mnt, CachePolicy::Auto, false);
     s.init();
     let getattr = Operation::Getattr(FuseGetattrIn::default());
@@ -1062,10 +999,6 @@ fn reply_room_too_small_gets_an_error_or_nothing() {
 // Socket level: the `zerodax serve` binary and the built-in frontend.
 // ---------------------------------------------------------------------------------------
 
-fn zerodax() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_zerodax"))
-}
-
 fn spec(extra: &[&str]) -> BackendSpec {
     let mut spec = BackendSpec::zerodax(zerodax());
     spec.args.extend(extra.iter().map(|s| s.to_string()));
@@ -1081,8 +1014,8 @@ struct Served {
 }
 
 impl Served {
-    fn start(test: &str, extra: &[&str]) -> Self {
-        let disk = Ext4::new(test);
+    fn start(extra: &[&str]) -> Self {
+        let disk = Ext4::new();
         let socket = disk.root.join("vfs.sock");
         let backend = spec(extra)
             .spawn(&socket, &disk.mnt, &disk.root.join("serve.log"), TIMEOUT)
@@ -1131,7 +1064,7 @@ fn host_lseek(path: &Path, offset: u64, whence: i32) -> u64 {
 #[test]
 fn serve_end_to_end_sparse_file_then_disconnect_exits_0() {
     const FAR: u64 = 64 << 20;
-    let mut srv = Served::start("e2e", &["--thread-pool-size", "2"]);
+    let mut srv = Served::start(&["--thread-pool-size", "2"]);
     let dir = srv.disk.mnt.clone();
     {
         let mut fs = srv.connect();
@@ -1199,7 +1132,7 @@ fn serve_end_to_end_sparse_file_then_disconnect_exits_0() {
 #[test]
 fn sigterm_ends_serve_with_exit_0_connected_or_not() {
     // Before any frontend: exits at once and removes its socket.
-    let mut idle = Served::start("term-idle", &[]);
+    let mut idle = Served::start(&[]);
     let pid = idle.backend.pid().unwrap() as libc::pid_t;
     // SAFETY: signalling our own child, which we have not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -1207,7 +1140,7 @@ fn sigterm_ends_serve_with_exit_0_connected_or_not() {
     assert!(!idle.socket.exists());
 
     // With a frontend connected and a request served.
-    let mut srv = Served::start("term", &[]);
+    let mut srv = Served::start(&[]);
     let mut fs = srv.connect();
     fs.getattr(FUSE_ROOT_ID, None).unwrap();
     let pid = srv.backend.pid().unwrap() as libc::pid_t;
@@ -1219,7 +1152,7 @@ fn sigterm_ends_serve_with_exit_0_connected_or_not() {
 
 #[test]
 fn malformed_chains_over_the_socket_keep_the_daemon_serving() {
-    let srv = Served::start("chains", &[]);
+    let srv = Served::start(&[]);
     let mut fs = srv.connect();
     let (unique, bytes) = fs.encode(FUSE_ROOT_ID, Operation::Getattr(FuseGetattrIn::default()));
     let (head, args) = bytes.split_at(FuseInHeader::SIZE);
@@ -1310,7 +1243,7 @@ fn malformed_chains_over_the_socket_keep_the_daemon_serving() {
 #[test]
 fn sandboxes_serve_files_and_xattrs() {
     for sandbox in ["chroot", "namespace"] {
-        let srv = Served::start(sandbox, &["--sandbox", sandbox, "--cache", "never"]);
+        let srv = Served::start(&["--sandbox", sandbox, "--cache", "never"]);
         let mut fs = srv.connect();
         let (e, o) = fs
             .create(
@@ -1367,7 +1300,7 @@ fn listening_fd_and_print_capabilities() {
     assert_eq!(caps["type"], "fs");
 
     // --fd: a socket the caller bound and listens on.
-    let disk = Ext4::new("fd");
+    let disk = Ext4::new();
     let socket = disk.root.join("fd.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let fd = listener.as_raw_fd();
@@ -1423,10 +1356,7 @@ fn listening_fd_and_print_capabilities() {
 
 #[test]
 fn every_request_queue_and_the_hiprio_queue_are_served() {
-    let srv = Served::start(
-        "queues",
-        &["--request-queues", "3", "--thread-pool-size", "1"],
-    );
+    let srv = Served::start(&["--request-queues", "3", "--thread-pool-size", "1"]);
     let config = DriverConfig {
         request_queues: 3,
         timeout: TIMEOUT,

@@ -40,6 +40,29 @@ fn drop_cache(f: &File) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
+/// A fresh `MAP_SHARED` read-write mapping of the first `len` bytes of `f`; the caller
+/// unmaps it.
+fn map_shared(f: &File, len: usize) -> *mut u8 {
+    // SAFETY: a new mapping at an address the kernel picks; it replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
 fn gibs(len: usize, d: Duration) -> f64 {
     len as f64 / GIB as f64 / d.as_secs_f64()
 }
@@ -176,17 +199,7 @@ fn plain_write_cost(fs: &Ext4, n: usize) -> Duration {
     let path = fs.path("plainwrite");
     let len = n * 16 * PAGE_SIZE;
     let f = sparse_file(&path, len as u64, &[]);
-    // SAFETY: a fresh shared writable mapping of our file, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    } as *mut u8;
+    let p = map_shared(&f, len);
     let t = Instant::now();
     for i in 0..n {
         // SAFETY: in-bounds store into our mapping.
@@ -211,17 +224,7 @@ fn granules(fs: &Ext4) -> (u64, u64, u64, u64) {
             f.read_exact_at(&mut buf, (32 * MIB) as u64).unwrap();
         }
         let before = blocks_bytes(&path);
-        // SAFETY: a fresh shared writable mapping of our file, unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        } as *mut u8;
+        let p = map_shared(&f, len);
         if read_first == 2 {
             read_region(p.wrapping_add(32 * MIB), 4 * MIB);
         }

@@ -1,6 +1,11 @@
-//! Process and system figures a window's budget and reports need.
+//! Process, file and system figures a window's budget and reports need.
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+
+/// cachestat(2): 451 on every architecture (Linux 6.5+); libc has no constant for it yet.
+const SYS_CACHESTAT: libc::c_long = 451;
 
 fn read_to_string(path: &str) -> io::Result<String> {
     std::fs::read_to_string(path)
@@ -60,6 +65,42 @@ pub fn vma_counts(start: usize, end: usize) -> io::Result<(usize, usize)> {
         count(&line);
     }
     Ok((total, inside))
+}
+
+/// Page-cache pages of `file` (cachestat(2)); exact for this file, unlike /proc/meminfo.
+pub fn cached_pages(file: &File) -> io::Result<u64> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    // len 0: the whole file.
+    let range = Range { off: 0, len: 0 };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, live locals laid out as the kernel's
+    // struct cachestat_range and struct cachestat.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.nr_cache)
 }
 
 /// A field of /proc/self/status in KiB (`VmRSS`, `VmPTE`, ...).

@@ -132,6 +132,17 @@ struct State {
     mappings: BTreeMap<usize, Mapping>,
 }
 
+impl State {
+    /// Whether a mapping intersects `[start, end)`. Mappings never overlap, so only the
+    /// last one starting before `end` can.
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&o, m)| o + m.len > start)
+    }
+}
+
 struct Inner {
     base: usize,
     len: usize,
@@ -339,10 +350,8 @@ impl Window {
         }
     }
 
-    fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
-        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned);
-        }
+    /// The end of `[offset, offset+len)`, which must lie inside the window.
+    fn check_bounds(&self, offset: usize, len: usize) -> Result<usize> {
         let end = offset
             .checked_add(len)
             .ok_or(Error::InvalidRange("offset + len overflows"))?;
@@ -352,15 +361,36 @@ impl Window {
         Ok(end)
     }
 
+    /// As `check_bounds`, for a page-aligned range.
+    fn check_range(&self, offset: usize, len: usize) -> Result<usize> {
+        if offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::Unaligned);
+        }
+        self.check_bounds(offset, len)
+    }
+
+    /// As `check_range`, for a new mapping from file offset `file_offset`: not empty, the
+    /// file offset page-aligned too.
+    fn check_new_mapping(
+        &self,
+        window_offset: usize,
+        len: usize,
+        file_offset: u64,
+    ) -> Result<usize> {
+        let end = self.check_range(window_offset, len)?;
+        if len == 0 {
+            return Err(Error::InvalidRange("empty mapping"));
+        }
+        if file_offset % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Unaligned);
+        }
+        Ok(end)
+    }
+
     /// Copies window bytes out. A concurrent writer of the same bytes is a race the caller
     /// owns, as with any shared mapping; pages past a file's EOF raise SIGBUS.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len())
-            .ok_or(Error::InvalidRange("offset + len overflows"))?;
-        if end > self.inner.len {
-            return Err(Error::InvalidRange("range outside the window"));
-        }
+        self.check_bounds(offset, buf.len())?;
         // SAFETY: the source lies inside the window mapping (checked above) and the
         // destination is a distinct Rust buffer of the same length.
         unsafe {
@@ -376,12 +406,7 @@ impl Window {
     /// Copies bytes into the window. A hole of a writable mapping is upgraded on the way;
     /// an unmapped or read-only range raises SIGSEGV, as a read-only mmap does.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        let end = offset
-            .checked_add(data.len())
-            .ok_or(Error::InvalidRange("offset + len overflows"))?;
-        if end > self.inner.len {
-            return Err(Error::InvalidRange("range outside the window"));
-        }
+        self.check_bounds(offset, data.len())?;
         // SAFETY: the destination lies inside the window mapping (checked above); it is
         // never the source buffer.
         unsafe {
@@ -438,20 +463,9 @@ impl Window {
         file_offset: u64,
         writable: bool,
     ) -> Result<MappingInfo> {
-        let end = self.check_range(window_offset, len)?;
-        if len == 0 {
-            return Err(Error::InvalidRange("empty mapping"));
-        }
-        if file_offset % PAGE_SIZE as u64 != 0 {
-            return Err(Error::Unaligned);
-        }
+        let end = self.check_new_mapping(window_offset, len, file_offset)?;
         let mut st = self.inner.lock();
-        if st
-            .mappings
-            .range(..end)
-            .next_back()
-            .is_some_and(|(&o, m)| o + m.len > window_offset)
-        {
+        if st.overlaps(window_offset, end) {
             return Err(Error::Overlap);
         }
         let own = Arc::new(reopen(file, writable)?);
@@ -545,23 +559,12 @@ impl Window {
         fd_offset: u64,
         writable: bool,
     ) -> Result<MappingInfo> {
-        let end = self.check_range(window_offset, len)?;
-        if len == 0 {
-            return Err(Error::InvalidRange("empty mapping"));
-        }
-        if fd_offset % PAGE_SIZE as u64 != 0 {
-            return Err(Error::Unaligned);
-        }
+        let end = self.check_new_mapping(window_offset, len, fd_offset)?;
         if fd_offset.checked_add(len as u64).is_none() {
             return Err(Error::InvalidRange("file offset + len overflows"));
         }
         let mut st = self.inner.lock();
-        if st
-            .mappings
-            .range(..end)
-            .next_back()
-            .is_some_and(|(&o, m)| o + m.len > window_offset)
-        {
+        if st.overlaps(window_offset, end) {
             return Err(Error::Overlap);
         }
         let own = File::from(fd.try_clone_to_owned().map_err(io_err("dup"))?);

@@ -79,6 +79,28 @@ fn read_byte(w: &Window, off: usize) -> u8 {
     unsafe { std::ptr::read_volatile(w.as_ptr().add(off)) }
 }
 
+/// O_DIRECT-reads the first page of `src` into the window at `off`, a write by the kernel
+/// on the process's behalf: pread's result and the errno right after it.
+fn direct_read_into(w: &Window, off: usize, src: &Path) -> (isize, Option<i32>) {
+    let s = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(src)
+        .unwrap();
+    assert!(off + 4096 <= w.len());
+    // SAFETY: reads into a window page, in bounds (checked above) and mapped for the
+    // window's lifetime.
+    let n = unsafe {
+        libc::pread(
+            s.as_raw_fd(),
+            w.as_ptr().add(off) as *mut libc::c_void,
+            4096,
+            0,
+        )
+    };
+    (n, std::io::Error::last_os_error().raw_os_error())
+}
+
 /// Fills the filesystem until ENOSPC.
 fn fill(path: &Path) {
     let f = std::fs::File::create(path).unwrap();
@@ -110,25 +132,9 @@ fn enospc(fs: &Ext4) {
         let f = open_rw(&path);
         let w = Window::new(64 * MIB).unwrap();
         w.map_file(0, 64 * MIB, &f, 0, true).unwrap();
-        let s = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&src)
-            .unwrap();
-        // SAFETY: reads into a window page, which stays mapped.
-        let n = unsafe {
-            libc::pread(
-                s.as_raw_fd(),
-                w.as_ptr().add(MIB) as *mut libc::c_void,
-                4096,
-                0,
-            )
-        };
+        let (n, errno) = direct_read_into(&w, MIB, &src);
         assert_eq!(n, -1);
-        assert_eq!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EFAULT)
-        );
+        assert_eq!(errno, Some(libc::EFAULT));
         assert_eq!(w.stats().failed, 1);
         assert_eq!(w.mappings()[0].poisoned, vec![MIB]);
         assert_eq!(w.page_states(0, 64 * MIB).unwrap().private_anon, 0);
@@ -214,25 +220,9 @@ fn unprivileged(fs: &Ext4) {
         w.write_at(MIB, b"user mode").unwrap();
         assert_eq!(read_file(&path, MIB as u64, 9), b"user mode");
         // Kernel-mode writers into holes get EFAULT: O_DIRECT read...
-        let s = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&src)
-            .unwrap();
-        // SAFETY: reads into a window page, which stays mapped.
-        let n = unsafe {
-            libc::pread(
-                s.as_raw_fd(),
-                w.as_ptr().add(3 * MIB) as *mut libc::c_void,
-                4096,
-                0,
-            )
-        };
+        let (n, errno) = direct_read_into(&w, 3 * MIB, &src);
         assert_eq!(n, -1);
-        assert_eq!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EFAULT)
-        );
+        assert_eq!(errno, Some(libc::EFAULT));
         // ...and process_vm_writev.
         let data = b"pvw";
         let local = libc::iovec {

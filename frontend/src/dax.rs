@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -281,6 +282,22 @@ struct Slot {
     last_use: u64,
 }
 
+/// `len` bytes from file offset `offset` cut at range boundaries: for each piece, its range
+/// index, its offset inside that range and its span of the caller's buffer.
+fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (u64, usize, Range<usize>)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        (done < len).then(|| {
+            let pos = offset + done as u64;
+            let in_range = (pos % RANGE_SIZE) as usize;
+            let n = (RANGE_SIZE as usize - in_range).min(len - done);
+            let span = done..done + n;
+            done += n;
+            (pos / RANGE_SIZE, in_range, span)
+        })
+    })
+}
+
 /// The guest's use of the window (fs/fuse/dax.c): ranges per (node, 2 MiB index), set up on
 /// first access, upgraded on first write, reclaimed when the window is full.
 #[derive(Debug)]
@@ -402,18 +419,10 @@ impl DaxGuest {
         if end > size {
             return Err(DaxError::PastEof { offset, size });
         }
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let index = pos / RANGE_SIZE;
-            let in_range = (pos % RANGE_SIZE) as usize;
-            let n = (RANGE_SIZE as usize - in_range).min(buf.len() - done);
+        for (index, in_range, span) in pieces(offset, buf.len()) {
             let slot = self.ensure(client, node, index, false)?;
-            self.window().read_at(
-                slot * RANGE_SIZE as usize + in_range,
-                &mut buf[done..done + n],
-            )?;
-            done += n;
+            self.window()
+                .read_at(slot * RANGE_SIZE as usize + in_range, &mut buf[span])?;
         }
         Ok(())
     }
@@ -465,16 +474,10 @@ impl DaxGuest {
             }
             return Ok(());
         }
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let index = pos / RANGE_SIZE;
-            let in_range = (pos % RANGE_SIZE) as usize;
-            let n = (RANGE_SIZE as usize - in_range).min(data.len() - done);
+        for (index, in_range, span) in pieces(offset, data.len()) {
             let slot = self.ensure(client, node, index, true)?;
             self.window()
-                .write_at(slot * RANGE_SIZE as usize + in_range, &data[done..done + n])?;
-            done += n;
+                .write_at(slot * RANGE_SIZE as usize + in_range, &data[span])?;
         }
         Ok(())
     }

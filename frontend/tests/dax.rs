@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dax_window::PAGE_SIZE;
+use dax_window::{procfs, PAGE_SIZE};
 use frontend::backend::BackendSpec;
 use frontend::dax::{DaxGuest, RANGE_SIZE};
 use frontend::driver::DriverConfig;
@@ -98,36 +98,7 @@ fn drop_cache(path: &Path) {
 
 /// Page-cache pages of `path` (cachestat(2)).
 fn cached_pages(path: &Path) -> u64 {
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    let f = File::open(path).unwrap();
-    let range = Range { off: 0, len: 0 };
-    let mut st = Stat::default();
-    // SAFETY: cachestat reads `range` and writes `st`, both live locals of the kernel's
-    // layout (struct cachestat_range, struct cachestat).
-    let rc = unsafe {
-        libc::syscall(
-            451, // __NR_cachestat (x86_64, aarch64)
-            f.as_raw_fd(),
-            &range as *const Range,
-            &mut st as *mut Stat,
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "cachestat: {}", std::io::Error::last_os_error());
-    st.nr_cache
+    procfs::cached_pages(&File::open(path).unwrap()).expect("cachestat")
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {

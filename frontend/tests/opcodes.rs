@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{for_each_backend, Harness};
+use common::{create_empty, for_each_backend, Harness};
 use frontend::driver::{HIPRIO_QUEUE, REQUEST_QUEUE};
 use frontend::fuse::{FuseClient, Reply};
 use protocol::abi::*;
@@ -50,10 +50,7 @@ fn setup(h: &mut Harness) -> Nodes {
     let dh = fs.opendir(d.nodeid, libc::O_RDONLY as u32).unwrap();
     let s = fs.symlink(FUSE_ROOT_ID, "sl", "file").unwrap();
     for name in ["victim", "renamed"] {
-        let (e, o) = fs
-            .create(d.nodeid, name, rw, libc::S_IFREG | 0o644, 0)
-            .unwrap();
-        fs.release(e.nodeid, o.fh, 0).unwrap();
+        create_empty(fs, d.nodeid, name);
     }
     fs.mkdir(d.nodeid, "victimdir", 0o755, 0).unwrap();
     Nodes {

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use common::for_each_backend;
+use common::{create_empty, for_each_backend};
 use frontend::fuse::Xattr;
 use protocol::abi::*;
 use protocol::Opcode;
@@ -261,10 +261,7 @@ fn directories_links_and_special_files() {
 fn xattrs() {
     for_each_backend("xattr", |h| {
         let fs = &mut h.fs;
-        let (e, o) = fs
-            .create(FUSE_ROOT_ID, "x", libc::O_RDWR as u32, REG | 0o644, 0)
-            .unwrap();
-        fs.release(e.nodeid, o.fh, 0).unwrap();
+        let e = create_empty(fs, FUSE_ROOT_ID, "x");
         fs.setxattr(e.nodeid, "user.zd", b"value-1", 0).unwrap();
         assert_eq!(host_xattr(&h.dir.join("x"), "user.zd").unwrap(), b"value-1");
         assert_eq!(fs.getxattr(e.nodeid, "user.zd", 0).unwrap(), Xattr::Size(7));
@@ -416,10 +413,7 @@ fn copy_file_range_copies_bytes() {
 fn forget_syncfs_and_destroy() {
     for_each_backend("session", |h| {
         let fs = &mut h.fs;
-        let (e, o) = fs
-            .create(FUSE_ROOT_ID, "f", libc::O_RDWR as u32, REG | 0o644, 0)
-            .unwrap();
-        fs.release(e.nodeid, o.fh, 0).unwrap();
+        let e = create_empty(fs, FUSE_ROOT_ID, "f");
         for _ in 0..3 {
             assert_eq!(fs.lookup(FUSE_ROOT_ID, "f").unwrap().nodeid, e.nodeid);
         }

@@ -64,42 +64,52 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
     mount_type(path).is_some_and(|t| t.starts_with("fuse"))
 }
 
-/// A loop-mounted ext4 image; unmounted on drop.
+/// A loop-mounted ext4 image at `mnt`, inside the scratch directory `root`, which also
+/// holds the image and whatever else a test needs (sockets, logs, mountpoints). Unmounted,
+/// then `root` removed, on drop.
 pub struct Ext4 {
-    pub dir: PathBuf,
+    pub mnt: PathBuf,
+    pub root: PathBuf,
+    /// Removes `root` once `drop` has unmounted `mnt`.
+    _root: TempDir,
 }
 
 impl Ext4 {
-    pub fn new(tmp: &Path) -> Self {
+    pub fn new() -> Self {
         assert_eq!(
             // SAFETY: geteuid has no arguments.
             unsafe { libc::geteuid() },
             0,
             "mount tests need root (loop devices and FUSE mounts)"
         );
-        let img = tmp.join("ext4.img");
+        let tmp = TempDir::new();
+        let img = tmp.0.join("ext4.img");
         File::create(&img)
             .and_then(|f| f.set_len(512 * MIB))
             .expect("image");
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img));
-        let dir = tmp.join("backing");
-        fs::create_dir(&dir).expect("backing dir");
+        let mnt = tmp.0.join("backing");
+        fs::create_dir(&mnt).expect("backing dir");
         run(Command::new("mount")
             .args(["-o", "loop"])
             .arg(&img)
-            .arg(&dir));
-        Ext4 { dir }
+            .arg(&mnt));
+        Ext4 {
+            mnt,
+            root: tmp.0.clone(),
+            _root: tmp,
+        }
     }
 }
 
 impl Drop for Ext4 {
     fn drop(&mut self) {
         let ok = Command::new("umount")
-            .arg(&self.dir)
+            .arg(&self.mnt)
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use frontend::backend::{BackendChild, BackendSpec};
 use frontend::driver::DriverConfig;
 use frontend::fuse::{FuseClient, FuseError, DEFAULT_INIT_FLAGS};
+use protocol::abi::FuseEntryOut;
 use protocol::Opcode;
 
 /// Deadline for every wait on a backend.
@@ -282,4 +283,13 @@ impl Harness {
         });
         assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
     }
+}
+
+/// Creates the empty regular file `name` (0644) in `parent` and releases it; its entry.
+pub fn create_empty(fs: &mut FuseClient, parent: u64, name: &str) -> FuseEntryOut {
+    let (e, o) = fs
+        .create(parent, name, libc::O_RDWR as u32, libc::S_IFREG | 0o644, 0)
+        .unwrap();
+    fs.release(e.nodeid, o.fh, 0).unwrap();
+    e
 }
