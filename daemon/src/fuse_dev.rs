@@ -169,6 +169,14 @@ fn reply_empty(reply: ReplyEmpty, r: io::Result<()>) {
     }
 }
 
+fn reply_xattr(reply: ReplyXattr, r: io::Result<Xattr>) {
+    match r {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(d)) => reply.data(&d),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 impl FuseFs {
     pub fn new(fs: Arc<FileSystem>, mode: Passthrough) -> Self {
         FuseFs {
@@ -687,19 +695,11 @@ impl Filesystem for FuseFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.fs.getxattr(&ctx(req), ino.0, &name, size) {
-            Ok(Xattr::Size(n)) => reply.size(n),
-            Ok(Xattr::Data(d)) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_xattr(reply, self.fs.getxattr(&ctx(req), ino.0, &name, size));
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(&ctx(req), ino.0, size) {
-            Ok(Xattr::Size(n)) => reply.size(n),
-            Ok(Xattr::Data(d)) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_xattr(reply, self.fs.listxattr(&ctx(req), ino.0, size));
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

@@ -86,7 +86,7 @@ impl std::fmt::Display for MountError {
 
 impl std::error::Error for MountError {}
 
-fn init_logging(level: LogLevel) {
+pub(crate) fn init_logging(level: LogLevel) {
     let level = match level {
         LogLevel::Error => tracing::Level::ERROR,
         LogLevel::Warn => tracing::Level::WARN,
@@ -102,15 +102,15 @@ fn init_logging(level: LogLevel) {
 }
 
 /// Raise the soft (and if asked, hard) descriptor limit: the inode table keeps one O_PATH
-/// descriptor per node the client holds.
-fn raise_nofile(want: Option<u64>) -> Result<u64, MountError> {
+/// descriptor per node the client holds. The error carries the limit that was asked for.
+pub(crate) fn raise_nofile(want: Option<u64>) -> Result<u64, (u64, io::Error)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `lim` is writable for the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(MountError::Rlimit(0, io::Error::last_os_error()));
+        return Err((0, io::Error::last_os_error()));
     }
     let target = want.unwrap_or(lim.rlim_max);
     let new = libc::rlimit {
@@ -119,7 +119,7 @@ fn raise_nofile(want: Option<u64>) -> Result<u64, MountError> {
     };
     // SAFETY: `new` is a valid rlimit read by the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(MountError::Rlimit(target, io::Error::last_os_error()));
+        return Err((target, io::Error::last_os_error()));
     }
     Ok(target)
 }
@@ -147,16 +147,23 @@ fn preflight(mountpoint: &Path) -> Result<(), MountError> {
     }
 }
 
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and modify a local set.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and returns that set. Called
+/// before any thread exists, so every thread inherits the mask and only the one that waits
+/// for the set (sigwait/sigtimedwait) takes them.
+pub(crate) fn block_termination_signals() -> io::Result<libc::sigset_t> {
+    // SAFETY: sigemptyset/sigaddset initialise and modify a local set; pthread_sigmask reads
+    // it and is asked for no old mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
-        // A closed terminal should unmount too, not leave a dead mount behind.
+        // A closed terminal should end the daemon too, not leave a dead mount behind.
         libc::sigaddset(&mut set, libc::SIGHUP);
-        set
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            rc => Err(io::Error::from_raw_os_error(rc)),
+        }
     }
 }
 
@@ -185,7 +192,7 @@ pub fn run(args: MountArgs) -> ExitCode {
 
 fn serve(args: &MountArgs) -> Result<(), MountError> {
     preflight(&args.mountpoint)?;
-    let nofile = raise_nofile(args.rlimit_nofile)?;
+    let nofile = raise_nofile(args.rlimit_nofile).map_err(|(n, e)| MountError::Rlimit(n, e))?;
     let mountpoint = args
         .mountpoint
         .canonicalize()
@@ -199,14 +206,8 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     )
     .map_err(MountError::Fs)?;
 
-    // Block SIGINT/SIGTERM before any thread exists, so every worker inherits the mask and
-    // only the main thread takes them (with sigtimedwait below).
-    let signals = termination_signals();
-    // SAFETY: `signals` is an initialised set; the old mask is not needed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(MountError::Signals(io::Error::from_raw_os_error(rc)));
-    }
+    // Before any thread exists: only the main thread takes them (sigtimedwait below).
+    let signals = block_termination_signals().map_err(MountError::Signals)?;
 
     let mut options = vec![
         // A fixed source name: a path with ',' or spaces would corrupt the option string.

@@ -153,6 +153,26 @@ pub(crate) fn pages_json(p: &PageStates) -> serde_json::Value {
     })
 }
 
+/// The size of `file` to map: a non-empty regular file that every `--write` fits in.
+pub(crate) fn mappable_size(file: &File, writes: &[(u64, u64)]) -> Result<u64, String> {
+    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let size = meta.len();
+    if size == 0 {
+        return Err("empty file: nothing to map".into());
+    }
+    for &(off, len) in writes {
+        if off + len > size {
+            return Err(format!(
+                "--write {off}:{len} reaches past EOF ({size}); writes through a window never extend a file"
+            ));
+        }
+    }
+    Ok(size)
+}
+
 fn growth(before: u64, after: u64) -> i64 {
     after as i64 - before as i64
 }
@@ -178,21 +198,7 @@ fn probe(args: &ProbeArgs) -> Result<(), String> {
         .write(writable)
         .open(&args.file)
         .map_err(|e| format!("open: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let size = meta.len();
-    if size == 0 {
-        return Err("empty file: nothing to map".into());
-    }
-    for &(off, len) in &args.writes {
-        if off + len > size {
-            return Err(format!(
-                "--write {off}:{len} reaches past EOF ({size}); writes through a window never extend a file"
-            ));
-        }
-    }
+    let size = mappable_size(&file, &args.writes)?;
     let map_len = usize::try_from(size.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64)
         .map_err(|_| "file too large for this address space".to_string())?;
     let before_extents = extents(&file, size)?;

@@ -5,7 +5,6 @@
 //! processes. The frontend reaches the child only through its vhost-user socket.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,45 +18,15 @@ use vhost::vhost_user::VhostUserProtocolFeatures as P;
 
 use zerodax::dax::DaxHoles;
 
-use crate::probe::{extents, extents_json, pages_json, BackendKind, ProbeArgs, ReadPath};
+use crate::probe::{
+    extents, extents_json, mappable_size, pages_json, BackendKind, ProbeArgs, ReadPath,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// cachestat(2): 451 on every architecture (Linux 6.5+); libc has no constant for it yet.
-const SYS_CACHESTAT: libc::c_long = 451;
 
-/// Page-cache pages of `file` (cachestat(2)); exact for this file, unlike /proc/meminfo.
+/// Page-cache pages of `file`, as the probe reports errors.
 fn cached_pages(file: &File) -> Result<u64, String> {
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    let range = Range { off: 0, len: 0 };
-    let mut st = Stat::default();
-    // SAFETY: cachestat reads `range` and writes `st`, live locals laid out as the kernel's
-    // struct cachestat_range and struct cachestat.
-    let rc = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut st as *mut Stat,
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("cachestat: {}", std::io::Error::last_os_error()));
-    }
-    Ok(st.nr_cache)
+    procfs::cached_pages(file).map_err(|e| format!("cachestat: {e}"))
 }
 
 fn rss_of(pid: u32) -> Result<u64, String> {
@@ -82,21 +51,7 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
     let writable = !args.writes.is_empty();
     let path = std::fs::canonicalize(&args.file).map_err(|e| format!("open: {e}"))?;
     let file = File::open(&path).map_err(|e| format!("open: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let size = meta.len();
-    if size == 0 {
-        return Err("empty file: nothing to map".into());
-    }
-    for &(off, len) in &args.writes {
-        if off + len > size {
-            return Err(format!(
-                "--write {off}:{len} reaches past EOF ({size}); writes through a window never extend a file"
-            ));
-        }
-    }
+    let size = mappable_size(&file, &args.writes)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let name = path
         .file_name()

@@ -18,7 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes};
 use crate::fs::{FileSystem, FsError};
-use crate::mount::LogLevel;
+use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
 use crate::server::{CachePolicy, Server, ServerOptions};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
 
@@ -159,42 +159,6 @@ pub fn capabilities() -> serde_json::Value {
     })
 }
 
-fn init_logging(level: LogLevel) {
-    let level = match level {
-        LogLevel::Error => tracing::Level::ERROR,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Trace => tracing::Level::TRACE,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-fn raise_nofile(want: Option<u64>) -> Result<(), ServeError> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is writable for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(ServeError::Rlimit(0, io::Error::last_os_error()));
-    }
-    let target = want.unwrap_or(lim.rlim_max);
-    let new = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: lim.rlim_max.max(target),
-    };
-    // SAFETY: `new` is a valid rlimit read by the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err(ServeError::Rlimit(target, io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::parse_size;
@@ -211,18 +175,6 @@ mod tests {
         assert!(parse_size("2Q").is_err());
         assert!(parse_size("99999999999T").is_err(), "overflow");
         assert!(parse_size("").is_err());
-    }
-}
-
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and modify a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        set
     }
 }
 
@@ -356,15 +308,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             )));
         }
     }
-    // Block the termination signals before any thread starts, so that every thread inherits
-    // the mask and only the signal thread's sigwait sees them.
-    let signals = termination_signals();
-    // SAFETY: `signals` is an initialised set; no old mask is asked for.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(ServeError::Signals(io::Error::from_raw_os_error(rc)));
-    }
-    raise_nofile(args.rlimit_nofile)?;
+    // Before any thread starts: only the signal thread's sigwait takes them.
+    let signals = block_termination_signals().map_err(ServeError::Signals)?;
+    raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
     let fs = FileSystem::new(shared_dir, args.cache.fs_config(args.read_only))
         .map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {

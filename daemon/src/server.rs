@@ -155,6 +155,32 @@ fn efault() -> io::Error {
     io::Error::from_raw_os_error(libc::EFAULT)
 }
 
+/// Moves `len` bytes with positioned reads or writes, `step(done)` moving what one call can
+/// from `done` bytes in: retried on EINTR, ended early by a call that moves nothing (end of
+/// file, or a file that takes no more). An error after some bytes moved reports those bytes,
+/// as read(2) and write(2) do.
+pub(crate) fn transfer(
+    len: usize,
+    mut step: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < len {
+        match step(done) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// A byte count returned by a syscall, or the errno it set.
+pub(crate) fn syscall_len(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 fn range(off: usize, len: usize, limit: usize) -> io::Result<std::ops::Range<usize>> {
     match off.checked_add(len) {
         Some(end) if end <= limit => Ok(off..end),
@@ -180,25 +206,13 @@ impl Chain for BufChain {
         file_off: u64,
     ) -> io::Result<usize> {
         let data = self.request.get(off..).ok_or_else(efault)?;
-        let mut done = 0;
-        while done < data.len() {
+        transfer(data.len(), |done| {
             let rest = &data[done..];
             let pos = file_off.saturating_add(done as u64) as libc::off_t;
             // SAFETY: `rest` is a live slice of `rest.len()` bytes; pwrite only reads it.
             let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), pos) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return if done > 0 { Ok(done) } else { Err(e) };
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-        }
-        Ok(done)
+            syscall_len(n)
+        })
     }
 
     fn reply_room(&self) -> usize {
@@ -220,26 +234,14 @@ impl Chain for BufChain {
     ) -> io::Result<usize> {
         let r = range(at, len, self.reply.len())?;
         let buf = &mut self.reply[r];
-        let mut done = 0;
-        while done < buf.len() {
+        transfer(buf.len(), |done| {
             let rest = &mut buf[done..];
             let pos = file_off.saturating_add(done as u64) as libc::off_t;
             // SAFETY: `rest` is a live, exclusively borrowed slice of `rest.len()` bytes.
             let n =
                 unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), pos) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return if done > 0 { Ok(done) } else { Err(e) };
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-        }
-        Ok(done)
+            syscall_len(n)
+        })
     }
 }
 

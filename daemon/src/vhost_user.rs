@@ -10,9 +10,10 @@
 //! step's backend requests wait for an ack).
 //!
 //! A chain is checked before its request is served ([`GuestChain::new`]): every buffer must
-//! lie in guest memory and every device-readable buffer must come before the device-writable
-//! ones. A chain that fails gets an EIO reply when it has reply room, otherwise it is
-//! returned with 0 bytes used; either way the daemon keeps serving.
+//! lie in guest memory, every device-readable buffer must come before the device-writable
+//! ones, and the chain must end (no loop, in the queue's table or an indirect one). A chain
+//! that fails gets an EIO reply when it has reply room, otherwise it is returned with 0
+//! bytes used; either way the daemon keeps serving.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -45,7 +46,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::dax::ShmemChannel;
-use crate::server::{Chain, Server};
+use crate::server::{syscall_len, transfer, Chain, Server};
 
 /// Guest memory as the backend maps it (no dirty-page bitmap: no live migration).
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -74,10 +75,17 @@ pub struct GuestChain<'m> {
 
 impl<'m> GuestChain<'m> {
     /// Collects the chain's buffers. The second value is true when the chain is malformed:
-    /// a buffer outside guest memory, a readable buffer after a writable one, or more bytes
-    /// than fit a usize. Each area keeps only its buffers up to the first bad one, so the
-    /// bytes it holds are at their true offsets: a request whose header was readable still
-    /// gets an error reply in a valid reply buffer.
+    /// a buffer outside guest memory, a readable buffer after a writable one, more bytes
+    /// than fit a usize, or a chain cut short. Each area keeps only its buffers up to the
+    /// first bad one, so the bytes it holds are at their true offsets: a request whose
+    /// header was readable still gets an error reply in a valid reply buffer.
+    ///
+    /// Cut short: the walk ended on a descriptor that still has NEXT. virtio-queue's
+    /// iterator ends a walk without saying why; with NEXT set that is never the chain's
+    /// end but a chain it refused to follow: one that revisits a descriptor (it stops after
+    /// as many descriptors as the table, direct or indirect, holds, and a longer chain
+    /// must repeat one), a next index past the table, a descriptor or indirect table it
+    /// cannot read, or more than 4 GiB in all.
     pub fn new(mem: &'m GuestMem, descriptors: impl Iterator<Item = Descriptor>) -> (Self, bool) {
         let mut chain = GuestChain {
             readable: Vec::new(),
@@ -87,7 +95,9 @@ impl<'m> GuestChain<'m> {
         };
         let (mut readable_ok, mut writable_ok) = (true, true);
         let mut seen_writable = false;
+        let mut cut_short = false;
         for d in descriptors {
+            cut_short = d.has_next();
             let len = d.len() as usize;
             let write = d.is_write_only();
             seen_writable |= write;
@@ -118,7 +128,7 @@ impl<'m> GuestChain<'m> {
                 _ => *ok = false,
             }
         }
-        (chain, !(readable_ok && writable_ok))
+        (chain, cut_short || !(readable_ok && writable_ok))
     }
 }
 
@@ -202,8 +212,7 @@ impl Chain for GuestChain<'_> {
             .readable_len
             .checked_sub(off)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
-        let mut done = 0;
-        while done < len {
+        transfer(len, |done| {
             let iov = iovecs(&self.readable, self.readable_len, off + done, len - done)?;
             let pos = file_off.saturating_add(done as u64) as libc::off_t;
             // SAFETY: every iovec points into guest memory that `self.readable` keeps mapped
@@ -211,19 +220,8 @@ impl Chain for GuestChain<'_> {
             // was built; pwritev only reads through them. The guest may change the bytes
             // concurrently, which only changes what is written.
             let n = unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return if done > 0 { Ok(done) } else { Err(e) };
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-        }
-        Ok(done)
+            syscall_len(n)
+        })
     }
 
     fn reply_room(&self) -> usize {
@@ -250,27 +248,15 @@ impl Chain for GuestChain<'_> {
         fd: BorrowedFd<'_>,
         file_off: u64,
     ) -> io::Result<usize> {
-        let mut done = 0;
-        while done < len {
+        transfer(len, |done| {
             let iov = iovecs(&self.writable, self.writable_len, at + done, len - done)?;
             let pos = file_off.saturating_add(done as u64) as libc::off_t;
             // SAFETY: every iovec points into device-writable guest memory that
             // `self.writable` keeps mapped and that was bounds-checked when the chain was
             // built; the guest gave these buffers to the device until the chain is used.
             let n = unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return if done > 0 { Ok(done) } else { Err(e) };
-            }
-            if n == 0 {
-                break;
-            }
-            done += n as usize;
-        }
-        Ok(done)
+            syscall_len(n)
+        })
     }
 }
 
@@ -732,5 +718,108 @@ impl ShmemChannel for BackendChannel {
             flags: 0,
         };
         self.backend.shmem_unmap(&msg).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::Queue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    const QUEUE_SIZE: u16 = 16;
+    const DESC_TABLE: u64 = 0x1000;
+    const AVAIL_RING: u64 = 0x2000;
+    const USED_RING: u64 = 0x3000;
+    const INDIRECT_TABLE: u64 = 0x4000;
+    const BUFFERS: u64 = 0x8000;
+
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// Descriptor `i` of a table: a 64-byte buffer of its own, `flags`, next index `next`.
+    fn desc(i: u64, flags: u16, next: u16) -> Descriptor {
+        Descriptor::new(BUFFERS + i * 0x100, 64, flags, next)
+    }
+
+    /// Publishes one chain (head: descriptor 0 of `direct`; `indirect` is the table at
+    /// INDIRECT_TABLE), pops it as the queue worker does, and checks it like `serve_chain`.
+    /// Returns (readable bytes, writable bytes, malformed).
+    fn check(direct: &[Descriptor], indirect: &[Descriptor]) -> (usize, usize, bool) {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let tables = [(DESC_TABLE, direct), (INDIRECT_TABLE, indirect)];
+        for (base, table) in tables {
+            for (i, d) in table.iter().enumerate() {
+                mem.write_obj(*d, GuestAddress(base + 16 * i as u64))
+                    .unwrap();
+            }
+        }
+        // Available ring: flags 0, idx 1, ring[0] = head 0.
+        mem.write_obj([0u16, 1, 0], GuestAddress(AVAIL_RING))
+            .unwrap();
+        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
+        queue
+            .try_set_desc_table_address(GuestAddress(DESC_TABLE))
+            .unwrap();
+        queue
+            .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
+            .unwrap();
+        queue
+            .try_set_used_ring_address(GuestAddress(USED_RING))
+            .unwrap();
+        queue.set_ready(true);
+        let chain = queue.iter(&mem).unwrap().next().unwrap();
+        let (guest, broken) = GuestChain::new(&mem, chain);
+        (guest.readable_len, guest.writable_len, broken)
+    }
+
+    fn indirect_head(entries: u32) -> Descriptor {
+        Descriptor::new(
+            INDIRECT_TABLE,
+            entries * 16,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        )
+    }
+
+    #[test]
+    fn well_formed_chains_pass() {
+        let chain = [
+            desc(0, NEXT, 1),
+            desc(1, WRITE | NEXT, 2),
+            desc(2, WRITE, 0),
+        ];
+        assert_eq!(check(&chain, &[]), (64, 128, false));
+        assert_eq!(check(&[indirect_head(3)], &chain), (64, 128, false));
+    }
+
+    #[test]
+    fn a_chain_that_revisits_a_descriptor_is_malformed() {
+        // 0 -> 1 -> 2 -> 1 -> ...: only writable descriptors repeat, so no other check
+        // (readable after writable) can catch it.
+        let looping = [
+            desc(0, NEXT, 1),
+            desc(1, WRITE | NEXT, 2),
+            desc(2, WRITE | NEXT, 1),
+        ];
+        assert!(check(&looping, &[]).2, "loop in the descriptor table");
+        // virtio-queue stops an indirect walk after the table's length: one lap of the
+        // loop, which must not pass for a whole chain.
+        assert!(
+            check(&[indirect_head(3)], &looping).2,
+            "loop in an indirect table"
+        );
+    }
+
+    #[test]
+    fn a_next_index_past_the_table_is_malformed() {
+        let past = [desc(0, NEXT, 1), desc(1, WRITE | NEXT, 9)];
+        assert!(check(&[indirect_head(2)], &past).2);
+        let past = [desc(0, NEXT, 1), desc(1, WRITE | NEXT, QUEUE_SIZE)];
+        assert!(check(&past, &[]).2);
     }
 }

@@ -194,10 +194,7 @@ impl BackendSpec {
             ]),
             known_gaps: vec![],
             fatal: vec![],
-            // Found by this suite on 2026-11-26: a loop in an indirect table is served as
-            // its first lap (virtio-queue stops iterating at the table's length instead of
-            // reporting the loop). Remove once serve refuses it.
-            tolerated_malformed: names(&["indirect table chain loops"]),
+            tolerated_malformed: vec![],
         }
     }
 
