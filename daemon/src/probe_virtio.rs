@@ -305,15 +305,18 @@ fn fuse_read_report(
         .fh;
     let t0 = Instant::now();
     let mut pos = 0u64;
+    // One reply buffer for the whole loop, so the time is the transport's, not page faults
+    // of a fresh buffer per READ.
+    let mut data = Vec::with_capacity(chunk as usize);
     while pos < st.size {
         let want = (st.size - pos).min(u64::from(chunk)) as u32;
-        let data = fs
-            .read(node, fh, pos, want)
+        let n = fs
+            .read_into(node, fh, pos, want, &mut data)
             .map_err(|e| format!("READ at {pos}: {e}"))?;
-        if data.is_empty() {
+        if n == 0 {
             return Err(format!("READ at {pos}: end of file before {}", st.size));
         }
-        pos += data.len() as u64;
+        pos += n as u64;
     }
     let t_read = t0.elapsed();
     let cache1 = cached_pages(st.file)?;

@@ -305,6 +305,21 @@ impl FuseClient {
 
     /// Checks a completion as the reply to request `unique`.
     pub fn check_reply(opcode: Opcode, unique: u64, c: &Completion) -> Result<Reply, FuseError> {
+        let (error, body) = Self::checked_body(opcode, unique, c)?;
+        Ok(Reply {
+            unique,
+            error,
+            body: body.to_vec(),
+        })
+    }
+
+    /// The error field and body of completion `c` checked as the reply to `unique`,
+    /// borrowed from the completion.
+    fn checked_body(
+        opcode: Opcode,
+        unique: u64,
+        c: &Completion,
+    ) -> Result<(i32, &[u8]), FuseError> {
         if u64::from(c.used_len) > c.writable_len {
             return Err(bad(
                 opcode,
@@ -324,11 +339,7 @@ impl FuseClient {
         if h.error != 0 && !body.is_empty() {
             return Err(bad(opcode, "error reply with a body"));
         }
-        Ok(Reply {
-            unique: h.unique,
-            error: h.error,
-            body: body.to_vec(),
-        })
+        Ok((h.error, body))
     }
 
     /// Sends `op` and returns the checked reply, error replies included.
@@ -717,6 +728,42 @@ impl FuseClient {
             ..Default::default()
         };
         self.request_data(nodeid, Operation::Read(arg), size)
+    }
+
+    /// FUSE_READ like [`FuseClient::read`], with the reply's data left in `buf` (cleared
+    /// first, its capacity kept): a read loop reuses one buffer instead of allocating and
+    /// faulting in a fresh one per request. Returns the bytes read.
+    pub fn read_into(
+        &mut self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, FuseError> {
+        let arg = FuseReadIn {
+            fh,
+            offset,
+            size,
+            ..Default::default()
+        };
+        let op = Operation::Read(arg);
+        let (unique, bytes) = self.encode(nodeid, op);
+        let room = size.saturating_add(FuseOutHeader::SIZE as u32);
+        let c = self.send_bytes(REQUEST_QUEUE, &bytes, room)?;
+        let (error, body) = Self::checked_body(Opcode::Read, unique, &c)?;
+        if error != 0 {
+            return Err(FuseError::Errno(-error));
+        }
+        if body.len() > size as usize {
+            return Err(bad(
+                Opcode::Read,
+                format!("{} bytes returned, {size} asked", body.len()),
+            ));
+        }
+        buf.clear();
+        buf.extend_from_slice(body);
+        Ok(body.len())
     }
 
     /// FUSE_WRITE of `data` at `offset`; returns the bytes written.
