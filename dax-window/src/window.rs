@@ -209,6 +209,30 @@ unsafe fn map_zero_readonly(addr: usize, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// How much of a mapping's data [`advise_file_pages`] reads ahead, per map call: enough for
+/// the guest's 2 MiB DAX ranges and for files with a modest amount of data, bounded so that
+/// mapping a file with a huge data set does not read it all at map time.
+const PREFETCH_BUDGET: usize = 64 << 20;
+
+/// Advice for file pages just mapped into the window at `[addr, addr+len)`.
+///
+/// No read-around on faults (MADV_RANDOM): with the disk's readahead window (128 KiB to a few
+/// MiB) a fault on a data page would read the neighbouring holes into the page cache, which is
+/// exactly the cost zero-page holes exist to avoid; fadvise(RANDOM) does not reach the mmap
+/// fault path. But then every data page would be one synchronous 4 KiB read, so the range
+/// itself, and nothing beyond it, is read ahead asynchronously (MADV_WILLNEED) while
+/// `budget` lasts; past it, data pages fault in one by one.
+fn advise_file_pages(addr: usize, len: usize, budget: &mut usize) {
+    // SAFETY: advice on file pages mapped in our own window; changes no contents.
+    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM) };
+    let ahead = len.min(*budget);
+    if ahead > 0 {
+        *budget -= ahead;
+        // SAFETY: as above; WILLNEED starts readahead of exactly this range.
+        unsafe { libc::madvise(addr as *mut libc::c_void, ahead, libc::MADV_WILLNEED) };
+    }
+}
+
 /// Keeps a window range out of forked children. A child's copy of a write-protected hole
 /// would not be registered with our userfaultfd, so its writes would make silent private
 /// copies; without the range the child faults instead (SIGSEGV).
@@ -593,11 +617,21 @@ impl Window {
             let _ = unsafe { map_zero_readonly(addr, len) };
             return Err(e);
         }
-        // No read-around on faults: with the loop/disk readahead window (often 128 KiB to a
-        // few MiB) a fault on a data page would read the neighbouring holes into the page
-        // cache, which is exactly the cost zero-page holes exist to avoid.
         // SAFETY: advice on the mapping just made in our window; changes no contents.
         unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM) };
+        // Only the file's data is read ahead: the range may be a hole the backend mapped for
+        // writing, and reading a hole ahead would fill the page cache with zeros.
+        let mut prefetch = PREFETCH_BUDGET;
+        let fd_end = fd_offset + len as u64;
+        for x in data_extents(&own, fd_offset, fd_end).unwrap_or_default() {
+            // Extents are block-aligned, blocks may be smaller than pages: round out.
+            let s = (x.start / PAGE_SIZE as u64 * PAGE_SIZE as u64).max(fd_offset);
+            let e = x.end.min(fd_end);
+            if s < e {
+                let off = (s - fd_offset) as usize;
+                advise_file_pages(addr + off, (e - s) as usize, &mut prefetch);
+            }
+        }
         dont_fork(addr, len);
         let mut backed = BTreeMap::new();
         backed.insert(window_offset, end);
@@ -731,6 +765,7 @@ impl Inner {
         } else {
             libc::PROT_READ
         };
+        let mut prefetch = PREFETCH_BUDGET;
         for &(s, e) in data {
             // SAFETY: maps file pages over our own window range (MAP_FIXED), never past
             // EOF (extents are clipped to it).
@@ -747,11 +782,7 @@ impl Inner {
             if p == libc::MAP_FAILED {
                 return Err(os_err("mmap file extent"));
             }
-            // No read-around: a fault on a data page must not read the neighbouring holes
-            // into the page cache (fadvise(RANDOM) does not reach the mmap fault path, and
-            // the disk's readahead window can be megabytes).
-            // SAFETY: advice on the extent just mapped in our window; changes no contents.
-            unsafe { libc::madvise((wstart + s) as *mut libc::c_void, e - s, libc::MADV_RANDOM) };
+            advise_file_pages(wstart + s, e - s, &mut prefetch);
             dont_fork(wstart + s, e - s);
         }
         if writable {
