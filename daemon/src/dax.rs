@@ -219,7 +219,10 @@ impl Dax {
             .filter(|(&o, r)| o + r.len > s.moffset)
             .map(|(&o, _)| o)
             .collect();
-        match overlapping.as_slice() {
+        // What to restore if mapping fails: the guest's fault path returns a failed range to
+        // its free list without a REMOVEMAPPING and may reuse the offset for another file,
+        // which a record left behind would refuse (EBUSY) for good.
+        let undo = match overlapping.as_slice() {
             [] => {
                 st.ranges.insert(
                     s.moffset,
@@ -231,6 +234,7 @@ impl Dax {
                     },
                 );
                 st.by_node.entry(node).or_default().insert(s.moffset);
+                None
             }
             // The same range again: the WRITE upgrade of the guest's pfn_mkwrite path, or
             // a re-setup (which also picks up data written by others since).
@@ -239,9 +243,10 @@ impl Dax {
                 && st.ranges[o].foffset == s.foffset
                 && st.ranges[o].len == s.len =>
             {
-                if let Some(r) = st.ranges.get_mut(o) {
-                    r.write |= write;
-                }
+                let r = st.ranges.get_mut(o).ok_or(libc::EIO)?;
+                let was_write = r.write;
+                r.write |= write;
+                Some(was_write)
             }
             _ => {
                 tracing::debug!(
@@ -251,9 +256,25 @@ impl Dax {
                 );
                 return Err(libc::EBUSY);
             }
+        };
+        let res = file_size(fd.as_fd()).and_then(|size| {
+            self.sync_range(&mut st, &*channel, s.moffset, fd.as_fd(), fd_writable, size)
+        });
+        if res.is_err() {
+            match undo {
+                // A new range: unmap what it got and forget it (best effort: the error the
+                // guest sees is the mapping's, and a region left mapped is still recorded).
+                None => {
+                    let _ = Self::drop_ranges(&mut st, &*channel, s.moffset, end);
+                }
+                Some(was_write) => {
+                    if let Some(r) = st.ranges.get_mut(&s.moffset) {
+                        r.write = was_write;
+                    }
+                }
+            }
         }
-        let size = file_size(fd.as_fd())?;
-        self.sync_range(&mut st, &*channel, s.moffset, fd.as_fd(), fd_writable, size)
+        res
     }
 
     /// Opens `node` for the window: read-write when the export allows it (so data mapped at
@@ -410,7 +431,7 @@ impl Dax {
 
     /// FUSE_REMOVEMAPPING: every range must lie in the window and cover whole live ranges;
     /// each region inside is unmapped (SHMEM_UNMAP) and the ranges are dropped. Ranges with
-    /// nothing mapped are fine (the guest may remove what a failed setup left).
+    /// nothing mapped are fine.
     pub fn remove(&self, list: &[(u64, u64)]) -> Result<(), i32> {
         let channel = self.channel().ok_or(libc::ENOSYS)?;
         for &(moffset, len) in list {
@@ -434,31 +455,43 @@ impl Dax {
             }
         }
         for &(moffset, len) in list {
-            let end = moffset + len;
-            let regions: Vec<(u64, u64)> = st
-                .regions
-                .range(moffset..end)
-                .map(|(&o, r)| (o, r.len))
-                .collect();
-            for (o, l) in regions {
-                channel.unmap(o, l).map_err(|e| {
-                    tracing::warn!("SHMEM_UNMAP {o:#x}+{l:#x}: {e}");
-                    libc::EIO
-                })?;
-                st.regions.remove(&o);
-            }
-            let ranges: Vec<(u64, u64)> = st
-                .ranges
-                .range(moffset..end)
-                .map(|(&o, r)| (o, r.node))
-                .collect();
-            for (o, node) in ranges {
-                st.ranges.remove(&o);
-                if let Some(set) = st.by_node.get_mut(&node) {
-                    set.remove(&o);
-                    if set.is_empty() {
-                        st.by_node.remove(&node);
-                    }
+            Self::drop_ranges(&mut st, &*channel, moffset, moffset + len)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps every region in `[moffset, end)` (SHMEM_UNMAP) and forgets the ranges that
+    /// start there. Stops at the first unmap the frontend refuses; what is left stays
+    /// recorded.
+    fn drop_ranges(
+        st: &mut State,
+        channel: &dyn ShmemChannel,
+        moffset: u64,
+        end: u64,
+    ) -> Result<(), i32> {
+        let regions: Vec<(u64, u64)> = st
+            .regions
+            .range(moffset..end)
+            .map(|(&o, r)| (o, r.len))
+            .collect();
+        for (o, l) in regions {
+            channel.unmap(o, l).map_err(|e| {
+                tracing::warn!("SHMEM_UNMAP {o:#x}+{l:#x}: {e}");
+                libc::EIO
+            })?;
+            st.regions.remove(&o);
+        }
+        let ranges: Vec<(u64, u64)> = st
+            .ranges
+            .range(moffset..end)
+            .map(|(&o, r)| (o, r.node))
+            .collect();
+        for (o, node) in ranges {
+            st.ranges.remove(&o);
+            if let Some(set) = st.by_node.get_mut(&node) {
+                set.remove(&o);
+                if set.is_empty() {
+                    st.by_node.remove(&node);
                 }
             }
         }
@@ -504,4 +537,70 @@ impl Dax {
 fn file_size(fd: BorrowedFd<'_>) -> Result<u64, i32> {
     let f = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| errno(&e))?);
     f.metadata().map(|m| m.len()).map_err(|e| errno(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{Config, Context};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// The VMM's side, answering SHMEM_MAP with a refusal while `refuse` is set.
+    #[derive(Default)]
+    struct Frontend {
+        refuse: AtomicBool,
+        mapped: AtomicUsize,
+    }
+
+    impl ShmemChannel for Frontend {
+        fn map(&self, _: u64, _: u64, _: BorrowedFd<'_>, _: u64, _: bool) -> io::Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+            }
+            self.mapped.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn unmap(&self, _: u64, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_setup_leaves_the_window_offset_free() {
+        let dir = std::env::temp_dir().join(format!("zerodax-dax-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), vec![7u8; 64 * 1024]).unwrap();
+        let fs = FileSystem::new(&dir, Config::default()).unwrap();
+        let ctx = Context::default();
+        let node = fs.lookup(&ctx, 1, c"f").unwrap().node;
+        let dax = Dax::new(
+            DaxConfig {
+                window_len: 4 << 20,
+                holes: DaxHoles::Map,
+                inodes: DaxInodes::All,
+            },
+            false,
+        );
+        let frontend = Arc::new(Frontend::default());
+        dax.set_channel(frontend.clone());
+        let setup = FuseSetupmappingIn {
+            fh: u64::MAX,
+            foffset: 0,
+            len: 2 << 20,
+            flags: FUSE_SETUPMAPPING_FLAG_READ,
+            moffset: 0,
+        };
+
+        frontend.refuse.store(true, Ordering::SeqCst);
+        assert_eq!(dax.setup(&fs, node, &setup), Err(libc::EIO));
+        assert_eq!(dax.counts(), DaxCounts::default(), "nothing stays recorded");
+
+        // The guest reuses the offset (its fault path frees a failed range without a
+        // REMOVEMAPPING): it must not get EBUSY.
+        frontend.refuse.store(false, Ordering::SeqCst);
+        assert_eq!(dax.setup(&fs, node, &setup), Ok(()));
+        assert_eq!(frontend.mapped.load(Ordering::SeqCst), 1);
+        assert_eq!(dax.counts().ranges, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
