@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::abi::{
@@ -77,10 +77,51 @@ pub enum DaxInodes {
 /// How the window is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DaxConfig {
-    /// Bytes of the window (shared memory region 0).
+    /// Bytes of the window (shared memory region 0) the operator asked for; the window
+    /// offered to the VMM may be smaller ([`Dax::window_len`]).
     pub window_len: u64,
     pub holes: DaxHoles,
     pub inodes: DaxInodes,
+    /// `--dax-slots`: how many SHMEM_MAP regions may be live at once.
+    pub slots: u32,
+}
+
+/// Default of `--dax-slots`. QEMU 11.1 turns every SHMEM_MAP region into a memory slot of
+/// every vhost-user device and aborts the VM past 512, guest RAM included: half of them
+/// leaves room for RAM and for a second device like this one.
+pub const DEFAULT_SLOTS: u32 = 256;
+
+/// Size of the guest's mapping unit (fs/fuse/dax.c FUSE_DAX_SZ): every SETUPMAPPING names
+/// a file offset aligned to it, so one range is one aligned 2 MiB block of the file.
+pub const RANGE: u64 = 2 << 20;
+
+impl DaxConfig {
+    /// The most regions one range can hold. `map` mode maps a range as one region. `zero`
+    /// mode maps a READ range's data as one region (first data page to last), and a WRITE
+    /// adds the holes before and after it, as two more regions, so that no region is ever
+    /// unmapped while the guest may be reading it.
+    pub fn regions_per_range(&self, read_only: bool) -> u64 {
+        match self.holes {
+            DaxHoles::Map => 1,
+            DaxHoles::Zero if read_only => 1,
+            DaxHoles::Zero => 3,
+        }
+    }
+
+    /// The window offered to the VMM: what was asked for, cut to whole ranges that
+    /// `slots` can map all at once, and to a power of two. A guest may fill every range
+    /// before it reclaims any, so a window larger than this could drive the VMM past its
+    /// slots; a smaller one only makes the guest reclaim sooner. QEMU exposes the window as
+    /// a PCI BAR, which must be a power of two (it aborts otherwise).
+    pub fn offered_window(&self, read_only: bool) -> u64 {
+        let ranges = u64::from(self.slots) / self.regions_per_range(read_only);
+        let len = self.window_len.min(ranges * RANGE);
+        if len == 0 {
+            0
+        } else {
+            1 << len.ilog2()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +144,70 @@ struct State {
     regions: BTreeMap<u64, Region>,
     ranges: BTreeMap<u64, LiveRange>,
     by_node: HashMap<u64, BTreeSet<u64>>,
+    stats: DaxStats,
+}
+
+impl State {
+    /// SHMEM_MAP of `[start, end)` from `fd` at `foffset`, recorded once the VMM acked it.
+    ///
+    /// First the pages are read into the host page cache as small folios (FADV_WILLNEED
+    /// reads exactly the range, order-0): the VMM may madvise its mapping MADV_HUGEPAGE
+    /// (QEMU does), and a fault on an uncached page of such a mapping reads a 2 MiB folio
+    /// around it whatever the file's readahead advice, so holes would fill the page cache
+    /// and a 4 KiB store into a hole would dirty, and allocate, 2 MiB of the file.
+    fn map(
+        &mut self,
+        channel: &dyn ShmemChannel,
+        (start, end): (u64, u64),
+        fd: BorrowedFd<'_>,
+        foffset: u64,
+        writable: bool,
+    ) -> Result<(), i32> {
+        let len = end - start;
+        // SAFETY: advice on a descriptor we hold; no memory is passed.
+        unsafe {
+            libc::posix_fadvise(
+                fd.as_raw_fd(),
+                foffset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+        channel
+            .map(start, len, fd, foffset, writable)
+            .map_err(|e| {
+                tracing::warn!("SHMEM_MAP {start:#x}+{len:#x}: {e}");
+                libc::EIO
+            })?;
+        tracing::debug!(start, len, foffset, writable, "SHMEM_MAP");
+        self.regions.insert(start, Region { len, writable });
+        self.stats.shmem_maps += 1;
+        self.stats.peak_regions = self.stats.peak_regions.max(self.regions.len() as u64);
+        Ok(())
+    }
+
+    /// SHMEM_UNMAP of the region at `start`, forgotten once the VMM acked it.
+    fn unmap(&mut self, channel: &dyn ShmemChannel, start: u64) -> Result<(), i32> {
+        let Some(r) = self.regions.get(&start).copied() else {
+            return Ok(());
+        };
+        channel.unmap(start, r.len).map_err(|e| {
+            tracing::warn!("SHMEM_UNMAP {start:#x}+{:#x}: {e}", r.len);
+            libc::EIO
+        })?;
+        tracing::debug!(start, len = r.len, "SHMEM_UNMAP");
+        self.regions.remove(&start);
+        self.stats.shmem_unmaps += 1;
+        Ok(())
+    }
+
+    /// The regions lying in `[start, end)`, as (start, end).
+    fn regions_in(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        self.regions
+            .range(start..end)
+            .map(|(&o, r)| (o, o + r.len))
+            .collect()
+    }
 }
 
 /// Window-level view for tests and logs.
@@ -111,6 +216,30 @@ pub struct DaxCounts {
     pub ranges: usize,
     pub regions: usize,
     pub mapped_bytes: u64,
+}
+
+/// What the window did since the daemon started, for the log line at exit and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DaxStats {
+    pub setups: u64,
+    pub removes: u64,
+    pub shmem_maps: u64,
+    pub shmem_unmaps: u64,
+    /// Regions remapped together with a neighbour because their range was at its cap.
+    pub merges: u64,
+    /// The most regions live at once (never above `--dax-slots`).
+    pub peak_regions: u64,
+}
+
+impl fmt::Display for DaxStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "setupmapping={} removemapping={} shmem_map={} shmem_unmap={} merges={} peak_regions={}",
+            self.setups, self.removes, self.shmem_maps, self.shmem_unmaps, self.merges,
+            self.peak_regions
+        )
+    }
 }
 
 fn round_up(x: u64) -> u64 {
@@ -124,6 +253,8 @@ fn aligned(x: u64) -> bool {
 /// The DAX window of one device.
 pub struct Dax {
     cfg: DaxConfig,
+    /// The window offered to the VMM ([`DaxConfig::offered_window`]).
+    window_len: u64,
     read_only: bool,
     channel: Mutex<Option<Arc<dyn ShmemChannel>>>,
     state: Mutex<State>,
@@ -147,8 +278,21 @@ fn errno(e: &io::Error) -> i32 {
 
 impl Dax {
     pub fn new(cfg: DaxConfig, read_only: bool) -> Self {
+        let window_len = cfg.offered_window(read_only);
+        if window_len < cfg.window_len {
+            tracing::warn!(
+                "DAX window cut from {} MiB to {} MiB (a power of two; --dax-slots {} maps at \
+                 most {} ranges of 2 MiB with {} region(s) each)",
+                cfg.window_len >> 20,
+                window_len >> 20,
+                cfg.slots,
+                u64::from(cfg.slots) / cfg.regions_per_range(read_only),
+                cfg.regions_per_range(read_only)
+            );
+        }
         Self {
             cfg,
+            window_len,
             read_only,
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -159,12 +303,26 @@ impl Dax {
         &self.cfg
     }
 
+    /// Bytes of the window offered to the VMM (GET_SHMEM_CONFIG).
+    pub fn window_len(&self) -> u64 {
+        self.window_len
+    }
+
+    pub fn stats(&self) -> DaxStats {
+        self.lock().stats
+    }
+
     /// The frontend set up the backend channel (SET_BACKEND_REQ_FD after SHMEM was
     /// negotiated): from now on SETUPMAPPING is served.
     pub fn set_channel(&self, channel: Arc<dyn ShmemChannel>) {
         *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
         // A new frontend starts with an empty window.
-        *self.lock() = State::default();
+        let mut st = self.lock();
+        let stats = st.stats;
+        *st = State {
+            stats,
+            ..State::default()
+        };
     }
 
     fn channel(&self) -> Option<Arc<dyn ShmemChannel>> {
@@ -205,14 +363,23 @@ impl Dax {
             return Err(libc::EINVAL);
         }
         let end = s.moffset.checked_add(s.len).ok_or(libc::EINVAL)?;
-        if end > self.cfg.window_len || s.foffset.checked_add(s.len).is_none() {
+        if end > self.window_len || s.foffset.checked_add(s.len).is_none() {
             return Err(libc::EINVAL);
         }
         if write && self.read_only {
             return Err(libc::EROFS);
         }
+        tracing::debug!(
+            node,
+            foffset = s.foffset,
+            len = s.len,
+            moffset = s.moffset,
+            write,
+            "SETUPMAPPING"
+        );
         let (fd, fd_writable) = self.open(fs, node, write)?;
         let mut st = self.lock();
+        st.stats.setups += 1;
         let overlapping: Vec<u64> = st
             .ranges
             .range(..end)
@@ -327,11 +494,16 @@ impl Dax {
             .map_err(|e| errno(&e))
     }
 
-    /// Brings the regions of the range at `moffset` in line with the file: regions past EOF
-    /// unmapped (a region cut by EOF keeps its part before EOF), read-only regions of a
-    /// range that needs writing replaced, then every wanted part not yet mapped mapped into
-    /// the free space. Wanted: the whole range up to EOF in `map` mode or after a WRITE;
-    /// only the data extents in `zero` mode.
+    /// Brings the regions of the range at `moffset` in line with the file, before the reply:
+    /// 1. regions past EOF, and read-only regions of a range that needs writing, are
+    ///    unmapped (what of them is still wanted is mapped again in step 3);
+    /// 2. the wanted part is one interval: the whole range up to EOF in `map` mode or
+    ///    after a WRITE, the first data page to the last in `zero` mode;
+    /// 3. every uncovered piece of it is mapped into free space. A range at its region cap
+    ///    gets the piece remapped together with its neighbouring regions instead, so the
+    ///    live regions never exceed what `--dax-slots` was sized for. Only then is a region
+    ///    the guest may be reading unmapped and mapped again (a file grown in small steps
+    ///    under a live range).
     fn sync_range(
         &self,
         st: &mut State,
@@ -348,83 +520,62 @@ impl Dax {
         let fend = eof_page.min(range.foffset + range.len).max(range.foffset);
         let wend = moffset + (fend - range.foffset);
         let rend = moffset + range.len;
-        let need_writable = range.write;
+        let foffset_of = |w: u64| range.foffset + (w - moffset);
 
-        // 1. Regions that must go: past EOF, or read-only where writing is now wanted.
-        let stale: Vec<(u64, Region)> = st
+        // 1.
+        let stale: Vec<u64> = st
             .regions
             .range(moffset..rend)
-            .filter(|(&o, r)| o + r.len > wend || (need_writable && !r.writable))
-            .map(|(&o, &r)| (o, r))
+            .filter(|(&o, r)| o + r.len > wend || (range.write && !r.writable))
+            .map(|(&o, _)| o)
             .collect();
-        for (o, r) in stale {
-            channel.unmap(o, r.len).map_err(|e| {
-                tracing::warn!("SHMEM_UNMAP {o:#x}+{:#x}: {e}", r.len);
-                libc::EIO
-            })?;
-            st.regions.remove(&o);
+        for o in stale {
+            st.unmap(channel, o)?;
         }
-        if need_writable && !fd_writable {
+        if range.write && !fd_writable {
             return Err(libc::EACCES);
         }
 
-        // 2. What should be mapped, as window intervals.
-        let wanted: Vec<(u64, u64)> = if self.cfg.holes == DaxHoles::Map || range.write {
-            vec![(moffset, wend)]
+        // 2.
+        let wanted = if self.cfg.holes == DaxHoles::Map || range.write {
+            (moffset, wend)
         } else {
-            let mut v: Vec<(u64, u64)> = Vec::new();
-            let extents = dax_window::data_extents(
-                &std::fs::File::from(fd.try_clone_to_owned().map_err(|e| errno(&e))?),
-                range.foffset,
-                fend,
-            )
-            .map_err(|e| errno(&e))?;
-            for e in extents {
-                let s =
-                    moffset + (e.start / DAX_PAGE * DAX_PAGE).max(range.foffset) - range.foffset;
-                let t = moffset + round_up(e.end).min(fend) - range.foffset;
-                match v.last_mut() {
-                    Some(last) if last.1 >= s => last.1 = last.1.max(t),
-                    _ if t > s => v.push((s, t)),
-                    _ => {}
+            let file = std::fs::File::from(fd.try_clone_to_owned().map_err(|e| errno(&e))?);
+            let extents =
+                dax_window::data_extents(&file, range.foffset, fend).map_err(|e| errno(&e))?;
+            match (extents.first(), extents.last()) {
+                (Some(first), Some(last)) => {
+                    let s = (first.start / DAX_PAGE * DAX_PAGE).max(range.foffset);
+                    let t = round_up(last.end).min(fend);
+                    (moffset + s - range.foffset, moffset + t - range.foffset)
                 }
+                _ => (moffset, moffset),
             }
-            v
         };
 
-        // 3. Map the free parts of each wanted interval.
-        for (ws, we) in wanted {
-            let mut pos = ws;
-            let taken: Vec<(u64, u64)> = st
-                .regions
-                .range(..we)
-                .filter(|(&o, r)| o + r.len > ws)
-                .map(|(&o, r)| (o, o + r.len))
+        // 3.
+        let cap = self.cfg.regions_per_range(self.read_only);
+        while let Some(gap) = first_gap(&st.regions_in(moffset, rend), wanted) {
+            let live = st.regions_in(moffset, rend);
+            if (live.len() as u64) < cap {
+                st.map(channel, gap, fd, foffset_of(gap.0), fd_writable)?;
+                continue;
+            }
+            let mut merged: Vec<(u64, u64)> = live
+                .iter()
+                .copied()
+                .filter(|&(s, e)| e == gap.0 || s == gap.1)
                 .collect();
-            let mut gaps = Vec::new();
-            for (a, b) in taken {
-                if a > pos {
-                    gaps.push((pos, a));
-                }
-                pos = pos.max(b);
+            if merged.is_empty() {
+                merged = live;
             }
-            if pos < we {
-                gaps.push((pos, we));
+            let start = merged.iter().map(|r| r.0).min().unwrap_or(gap.0).min(gap.0);
+            let end = merged.iter().map(|r| r.1).max().unwrap_or(gap.1).max(gap.1);
+            for (s, _) in merged {
+                st.unmap(channel, s)?;
             }
-            for (a, b) in gaps {
-                let foff = range.foffset + (a - moffset);
-                channel.map(a, b - a, fd, foff, fd_writable).map_err(|e| {
-                    tracing::warn!("SHMEM_MAP {a:#x}+{:#x}: {e}", b - a);
-                    libc::EIO
-                })?;
-                st.regions.insert(
-                    a,
-                    Region {
-                        len: b - a,
-                        writable: fd_writable,
-                    },
-                );
-            }
+            st.stats.merges += 1;
+            st.map(channel, (start, end), fd, foffset_of(start), fd_writable)?;
         }
         Ok(())
     }
@@ -439,12 +590,14 @@ impl Dax {
                 return Err(libc::EINVAL);
             }
             let end = moffset.checked_add(len).ok_or(libc::EINVAL)?;
-            if end > self.cfg.window_len {
+            if end > self.window_len {
                 return Err(libc::EINVAL);
             }
         }
         let mut st = self.lock();
+        st.stats.removes += 1;
         for &(moffset, len) in list {
+            tracing::debug!(moffset, len, "REMOVEMAPPING");
             let end = moffset + len;
             let cut = st
                 .ranges
@@ -469,17 +622,8 @@ impl Dax {
         moffset: u64,
         end: u64,
     ) -> Result<(), i32> {
-        let regions: Vec<(u64, u64)> = st
-            .regions
-            .range(moffset..end)
-            .map(|(&o, r)| (o, r.len))
-            .collect();
-        for (o, l) in regions {
-            channel.unmap(o, l).map_err(|e| {
-                tracing::warn!("SHMEM_UNMAP {o:#x}+{l:#x}: {e}");
-                libc::EIO
-            })?;
-            st.regions.remove(&o);
+        for (o, _) in st.regions_in(moffset, end) {
+            st.unmap(channel, o)?;
         }
         let ranges: Vec<(u64, u64)> = st
             .ranges
@@ -499,10 +643,21 @@ impl Dax {
     }
 
     /// Coherence: zerodax changed `node`'s data or size (WRITE, COPY_FILE_RANGE, FALLOCATE,
-    /// SETATTR size). Its live ranges get the new data mapped and anything past the new EOF
-    /// unmapped, before the request is answered. Failures are logged; the request's own
-    /// result stands.
+    /// SETATTR size, OPEN/CREATE with O_TRUNC). Its live ranges get the new data mapped and
+    /// anything past the new EOF unmapped, before the request is answered. Failures are
+    /// logged; the request's own result stands.
     pub fn file_changed(&self, fs: &FileSystem, node: u64) {
+        self.resync(fs, node, u64::MAX);
+    }
+
+    /// Coherence before zerodax makes `node` shorter than `new_size` bytes (a truncating
+    /// SETATTR, O_TRUNC): what its live ranges map past `new_size` is unmapped first, so
+    /// the VMM never holds a mapping past EOF, where an access is SIGBUS for the VMM.
+    pub fn will_shrink(&self, fs: &FileSystem, node: u64, new_size: u64) {
+        self.resync(fs, node, new_size);
+    }
+
+    fn resync(&self, fs: &FileSystem, node: u64, size_cap: u64) {
         let Some(channel) = self.channel() else {
             return;
         };
@@ -518,7 +673,7 @@ impl Dax {
             }
         };
         let size = match file_size(fd.as_fd()) {
-            Ok(s) => s,
+            Ok(s) => s.min(size_cap),
             Err(e) => {
                 tracing::warn!(node, "DAX coherence: fstat: errno {e}");
                 return;
@@ -532,6 +687,25 @@ impl Dax {
             }
         }
     }
+}
+
+/// The first part of `wanted` that no interval of `taken` (sorted, disjoint) covers.
+fn first_gap(taken: &[(u64, u64)], (start, end): (u64, u64)) -> Option<(u64, u64)> {
+    let mut pos = start;
+    for &(s, e) in taken {
+        if e <= pos {
+            continue;
+        }
+        if s > pos {
+            break;
+        }
+        pos = e;
+    }
+    if pos >= end {
+        return None;
+    }
+    let next = taken.iter().map(|r| r.0).find(|&s| s > pos).unwrap_or(end);
+    Some((pos, next.min(end)))
 }
 
 fn file_size(fd: BorrowedFd<'_>) -> Result<u64, i32> {
@@ -578,6 +752,7 @@ mod tests {
                 window_len: 4 << 20,
                 holes: DaxHoles::Map,
                 inodes: DaxInodes::All,
+                slots: DEFAULT_SLOTS,
             },
             false,
         );
@@ -602,5 +777,135 @@ mod tests {
         assert_eq!(frontend.mapped.load(Ordering::SeqCst), 1);
         assert_eq!(dax.counts().ranges, 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A VMM as strict as vhost-user's rules: a map over a live region and an unmap that is
+    /// not exactly one region are refused.
+    #[derive(Default)]
+    struct StrictVmm {
+        live: Mutex<BTreeMap<u64, u64>>,
+    }
+
+    impl ShmemChannel for StrictVmm {
+        fn map(&self, o: u64, len: u64, _: BorrowedFd<'_>, _: u64, _: bool) -> io::Result<()> {
+            let mut live = self.live.lock().unwrap();
+            if live.range(..o + len).any(|(&s, &l)| s + l > o) {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            live.insert(o, len);
+            Ok(())
+        }
+        fn unmap(&self, o: u64, len: u64) -> io::Result<()> {
+            match self.live.lock().unwrap().remove(&o) {
+                Some(l) if l == len => Ok(()),
+                _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            }
+        }
+    }
+
+    impl StrictVmm {
+        /// Live regions and the bytes they cover from window offset 0 on without a gap.
+        fn shape(&self) -> (usize, u64) {
+            let live = self.live.lock().unwrap();
+            let mut end = 0;
+            for (&s, &l) in live.iter() {
+                if s != end {
+                    break;
+                }
+                end = s + l;
+            }
+            (live.len(), end)
+        }
+    }
+
+    #[test]
+    fn the_offered_window_fits_the_slots_and_is_a_power_of_two() {
+        let cfg = |holes, slots, window_len| DaxConfig {
+            window_len,
+            holes,
+            inodes: DaxInodes::All,
+            slots,
+        };
+        // 256 slots: 256 ranges of one region (512 MiB), or 85 of three, cut to 64 (128 MiB).
+        assert_eq!(
+            cfg(DaxHoles::Map, 256, 1 << 30).offered_window(false),
+            512 << 20
+        );
+        assert_eq!(
+            cfg(DaxHoles::Zero, 256, 1 << 30).offered_window(false),
+            128 << 20
+        );
+        assert_eq!(
+            cfg(DaxHoles::Zero, 256, 1 << 30).offered_window(true),
+            512 << 20
+        );
+        // What was asked for, when the slots afford it; a power of two below it otherwise.
+        assert_eq!(
+            cfg(DaxHoles::Map, 256, 64 << 20).offered_window(false),
+            64 << 20
+        );
+        assert_eq!(
+            cfg(DaxHoles::Map, 4096, 6 << 20).offered_window(false),
+            4 << 20
+        );
+        assert_eq!(
+            cfg(DaxHoles::Zero, 3, 1 << 30).offered_window(false),
+            2 << 20
+        );
+    }
+
+    /// A file that grows a page at a time under a live range (a guest appending with
+    /// FUSE_WRITE) keeps the range within its region cap and mapped without a gap.
+    #[test]
+    fn growth_under_a_live_range_stays_within_the_region_cap() {
+        for (holes, cap) in [(DaxHoles::Map, 1), (DaxHoles::Zero, 3)] {
+            let dir = std::env::temp_dir()
+                .join(format!("zerodax-dax-grow-{}-{holes:?}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("f");
+            std::fs::write(&path, vec![1u8; 4096]).unwrap();
+            let fs = FileSystem::new(&dir, Config::default()).unwrap();
+            let node = fs.lookup(&Context::default(), 1, c"f").unwrap().node;
+            let dax = Dax::new(
+                DaxConfig {
+                    window_len: 4 << 20,
+                    holes,
+                    inodes: DaxInodes::All,
+                    slots: DEFAULT_SLOTS,
+                },
+                false,
+            );
+            let vmm = Arc::new(StrictVmm::default());
+            dax.set_channel(vmm.clone());
+            let setup = |flags| FuseSetupmappingIn {
+                fh: u64::MAX,
+                foffset: 0,
+                len: RANGE,
+                flags,
+                moffset: 0,
+            };
+            dax.setup(&fs, node, &setup(FUSE_SETUPMAPPING_FLAG_READ))
+                .unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            for pages in 2..=64u64 {
+                use std::os::unix::fs::FileExt;
+                file.write_all_at(&[2u8; 4096], (pages - 1) * 4096).unwrap();
+                dax.file_changed(&fs, node);
+                if pages == 32 {
+                    // The guest's write fault upgrades the range halfway.
+                    dax.setup(&fs, node, &setup(FUSE_SETUPMAPPING_FLAG_WRITE))
+                        .unwrap();
+                }
+                let (regions, covered) = vmm.shape();
+                assert!(
+                    regions <= cap,
+                    "{holes:?}: {regions} regions at {pages} pages"
+                );
+                assert_eq!(covered, pages * 4096, "{holes:?}: mapped without a gap");
+            }
+            assert!(dax.stats().merges > 0, "{holes:?}");
+            assert_eq!(dax.counts().regions, vmm.shape().0);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -57,7 +57,10 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("file name is not UTF-8")?;
-    let window_len = size.div_ceil(RANGE_SIZE) * RANGE_SIZE;
+    // The window holds the whole file (a power of two, as a VMM's BAR must be).
+    let window_len = (size.div_ceil(RANGE_SIZE) * RANGE_SIZE)
+        .max(RANGE_SIZE)
+        .next_power_of_two();
     let holes = match args.dax_holes {
         DaxHoles::Map => "map",
         DaxHoles::Zero => "zero",
@@ -87,7 +90,16 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
         BackendKind::Zerodax => {
             let mut spec = BackendSpec::zerodax(exe);
             let size_arg = window_len.to_string();
-            let mut extra = vec!["--cache-size", &size_arg, "--dax-holes", holes];
+            // The built-in frontend has no memory-slot limit: enough slots for every range.
+            let slots_arg = (window_len / RANGE_SIZE * 3).to_string();
+            let mut extra = vec![
+                "--cache-size",
+                &size_arg,
+                "--dax-holes",
+                holes,
+                "--dax-slots",
+                &slots_arg,
+            ];
             if !writable {
                 extra.push("--read-only");
             }

@@ -16,7 +16,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::dax::{DaxConfig, DaxHoles, DaxInodes};
+use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
 use crate::server::{CachePolicy, Server, ServerOptions};
@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// Which inodes carry FUSE_ATTR_DAX (guests mounted without `-o dax=always`).
     #[arg(long, value_enum, default_value_t = DaxInodes::All)]
     pub dax_inodes: DaxInodes,
+    /// The most SHMEM_MAP regions live at once. A VMM may hold each as a memory slot
+    /// (QEMU 11.1: 512 for guest RAM and every vhost-user device together, and it aborts
+    /// past them): the window offered is cut so that it can never need more.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SLOTS,
+          value_parser = clap::value_parser!(u32).range(3..))]
+    pub dax_slots: u32,
     /// Accepted for virtiofsd compatibility: extended attributes are always served.
     #[arg(long, hide = true)]
     pub xattr: bool,
@@ -337,12 +343,13 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
                 window_len: args.cache_size,
                 holes: args.dax_holes,
                 inodes: args.dax_inodes,
+                slots: args.dax_slots,
             }),
         },
     ));
     let backend = Arc::new(
         FsBackend::new(
-            server,
+            server.clone(),
             DeviceOptions {
                 request_queues: args.request_queues,
                 thread_pool_size: args.thread_pool_size,
@@ -395,6 +402,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     match &result {
         Ok(()) => tracing::info!("frontend disconnected"),
         Err(e) => tracing::info!("connection ended: {e}"),
+    }
+    if let Some(dax) = server.dax() {
+        tracing::info!("DAX window: {}", dax.stats());
     }
     // Stop every queue worker (exit_event), and make sure an unresponsive one cannot keep
     // the process alive.

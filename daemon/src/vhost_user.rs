@@ -628,7 +628,7 @@ impl VhostUserBackend for FsBackend {
     /// Shared memory region 0: the virtio-fs cache window.
     fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
         match self.server.dax() {
-            Some(dax) => Ok(VhostUserShMemConfig::new(1, &[dax.config().window_len])),
+            Some(dax) => Ok(VhostUserShMemConfig::new(1, &[dax.window_len()])),
             None => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "no DAX window (--cache-size 0)",
