@@ -433,6 +433,13 @@ impl Server {
         }
     }
 
+    /// Coherence of the DAX window before zerodax makes the node shorter than `new_size`.
+    fn will_shrink(&self, node: u64, new_size: u64) {
+        if let Some(dax) = &self.dax {
+            dax.will_shrink(&self.fs, node, new_size);
+        }
+    }
+
     /// The filesystem core behind this server.
     pub fn fs(&self) -> &Arc<FileSystem> {
         &self.fs
@@ -760,6 +767,9 @@ impl Server {
                 attr(chain, fs.getattr(&ctx, node, fh))
             }
             O::Setattr(ref s) => {
+                if s.valid & FATTR_SIZE != 0 {
+                    self.will_shrink(node, s.size);
+                }
                 let r = fs.setattr(&ctx, node, &set_attr(s));
                 if r.is_ok() && s.valid & FATTR_SIZE != 0 {
                     self.file_changed(|| Some(node));
@@ -796,7 +806,15 @@ impl Server {
             ),
             O::Link { arg, name } => entry(chain, fs.link(&ctx, arg.oldnodeid, node, name)),
             O::Open(o) => {
-                let open = fs.open(&ctx, node, o.flags as i32).map_err(errno)?;
+                let trunc = o.flags as i32 & libc::O_TRUNC != 0;
+                if trunc {
+                    self.will_shrink(node, 0);
+                }
+                let open = fs.open(&ctx, node, o.flags as i32);
+                if trunc {
+                    self.file_changed(|| Some(node));
+                }
+                let open = open.map_err(errno)?;
                 let out = open_out(open.fh, self.opts.cache.open_flags());
                 sent(reply::reply_open(&mut sink(chain), unique, &out))
             }
@@ -810,6 +828,12 @@ impl Server {
                         arg.flags as i32,
                     )
                     .map_err(errno)?;
+                // CREATE of an existing file with O_TRUNC (Linux sends it so): ranges of it
+                // that are live are cut to the new size before the reply (not before the
+                // truncate: the node is only known now).
+                if arg.flags as i32 & libc::O_TRUNC != 0 {
+                    self.file_changed(|| Some(e.node));
+                }
                 let out = open_out(open.fh, self.opts.cache.open_flags());
                 sent(reply::reply_create(
                     &mut sink(chain),

@@ -238,7 +238,15 @@ fn zero_mode_holes_are_zero_pages_and_cost_nothing() {
     let data = scattered(size, extents, extent_len);
     let mut h = start(
         "dax-zero",
-        &["--cache-size", "1G", "--dax-holes", "zero"],
+        // The built-in frontend has no memory-slot limit: slots for every range of 1 GiB.
+        &[
+            "--cache-size",
+            "1G",
+            "--dax-holes",
+            "zero",
+            "--dax-slots",
+            "1536",
+        ],
         |d| make_sparse(&d.join("sparse"), size, &data),
     );
     let r = read_through_window(&mut h, "sparse");
@@ -328,7 +336,22 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
     let base = guest.window_offset(node, 0).unwrap();
     let path = h.host("f");
     let blocks_before = std::fs::metadata(&path).unwrap().blocks();
-    let hole_off = 128 << 10;
+    // A hole between the two extents lies inside the range's one data region (first data
+    // page to last: the slot budget's shape), so it is a file page reading zeros; the hole
+    // past the last extent is outside it and stays the zero page until written.
+    let mut inner = vec![1u8; PAGE_SIZE];
+    guest.read(&mut h.fs, node, 128 << 10, &mut inner).unwrap();
+    assert!(inner.iter().all(|&b| b == 0));
+    assert_eq!(
+        guest
+            .window()
+            .page_states(base + (128 << 10), PAGE_SIZE)
+            .unwrap()
+            .file,
+        1,
+        "a hole inside the data span is mapped from the file"
+    );
+    let hole_off = 1 << 20;
     let mut hole = vec![1u8; PAGE_SIZE];
     guest
         .read(&mut h.fs, node, hole_off as u64, &mut hole)
@@ -423,8 +446,8 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
         data,
         vec![
             (0, 64 << 10),
-            (hole_off as u64, hole_off as u64 + PAGE),
-            (256 << 10, 320 << 10)
+            (256 << 10, 320 << 10),
+            (hole_off as u64, hole_off as u64 + PAGE)
         ],
         "only the written page became data"
     );
@@ -943,4 +966,37 @@ fn write_setup_of_a_file_zerodax_cannot_write_is_eacces() {
         .arg("-i")
         .arg(h.host("f"))
         .status();
+}
+
+/// OPEN with O_TRUNC (a hostile guest may send it; Linux sends it on CREATE) empties a file
+/// that has live ranges: the backend unmaps them before it truncates, and nothing is left
+/// mapped past the new EOF, where an access would be SIGBUS for the VMM.
+#[test]
+fn open_with_o_trunc_leaves_no_mapping_past_eof() {
+    let _serial = serial();
+    for holes in ["map", "zero"] {
+        let mut h = start(
+            &format!("dax-otrunc-{holes}"),
+            &["--cache-size", "8M", "--dax-holes", holes],
+            |d| make_sparse(&d.join("f"), 3 * MIB, &[(0, pattern(91, 3 * MIB as usize))]),
+        );
+        let node = lookup(&mut h, "f");
+        let mut guest = DaxGuest::new(&mut h.fs).unwrap();
+        guest.map_for_read(&mut h.fs, node, 0, RANGE_SIZE).unwrap();
+        guest
+            .map_for_read(&mut h.fs, node, RANGE_SIZE, RANGE_SIZE)
+            .unwrap();
+        assert!(!guest.window().mappings().is_empty());
+        let opened =
+            h.fs.open(node, (libc::O_RDWR | libc::O_TRUNC) as u32)
+                .unwrap();
+        assert_eq!(std::fs::metadata(h.host("f")).unwrap().len(), 0);
+        assert!(
+            guest.window().mappings().is_empty(),
+            "{holes}: mapped past EOF after O_TRUNC: {:?}",
+            guest.window().mappings()
+        );
+        h.fs.release(node, opened.fh, 0).unwrap();
+        assert_eq!(guest.shmem().stats().refused, 0);
+    }
 }
