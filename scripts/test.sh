@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test zerodax has: formatting and lints, the Rust unit and integration tests (real
-# mounts, real windows), pjdfstest and fsx against `zerodax mount` in both passthrough modes.
+# mounts, real windows), pjdfstest and fsx against `zerodax mount` in both passthrough modes, a
+# real Linux guest against the C virtiofsd, and the DAX window behind QEMU 11.1.
 # Needs root and /dev/fuse. Installs what it needs first (scripts/setup.sh) unless
 # ZERODAX_SKIP_SETUP=1.
 set -uo pipefail
@@ -33,6 +34,8 @@ suite pjdfstest tests/pjdfstest/run.sh off on
 suite fsx tests/fsx/run.sh off on
 # A real Linux guest mounting `zerodax serve`, against the C virtiofsd as the reference.
 suite guest tests/guest/compare.sh --no-prepare --modes auto,always zerodax c-virtiofsd
+# The DAX window behind a real VMM (QEMU 11.1) and a real guest, both hole modes.
+suite guest-dax tests/guest/dax-suite.sh
 
 echo
 echo "suites: $passed passed, $failed failed"

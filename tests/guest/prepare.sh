@@ -3,6 +3,8 @@
 # initramfs carrying pjdfstest, fsx, coreutils `sleep`, the seekmap and etxtbsy probes and the
 # guest /init.
 # Usage: tests/guest/prepare.sh [--with-rust-virtiofsd]
+# Also QEMU >= 11.1 (the VMM with a DAX window, from Debian's sid suite) in a chroot at
+# $cache/qemu-sid, made with debootstrap once and kept.
 # Run as root on Debian 12. Idempotent: the kernel is downloaded only when a newer one appears
 # (or none is cached), the initramfs is rebuilt only when one of its inputs changed.
 #
@@ -28,7 +30,8 @@ mkdir -p "$cache"
 # seekmap links against; libacl1-dev for building pjdfstest (as scripts/setup.sh);
 # libseccomp-dev/libcap-ng-dev/pkg-config let `cargo install virtiofsd` build.
 packages=(qemu-system-x86 qemu-system-common busybox-static coreutils cpio gzip e2fsprogs
-    util-linux mount libc6-dev libacl1-dev pkg-config libseccomp-dev libcap-ng-dev)
+    util-linux mount libc6-dev libacl1-dev pkg-config libseccomp-dev libcap-ng-dev debootstrap
+    procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -50,6 +53,28 @@ have fsx 0.3.2 || cargo install --locked --quiet fsx@0.3.2
 if [[ ${1:-} == --with-rust-virtiofsd ]] && ! have virtiofsd 1.14.0; then
     log "building virtiofsd 1.14.0 (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-default})"
     cargo install --locked --quiet virtiofsd --version 1.14.0
+fi
+
+# --- QEMU >= 11.1 for the DAX suite ----------------------------------------------------------------
+# Debian 12's QEMU (7.2) and trixie's (10.0) have no vhost-user SHMEM; sid's has. It runs
+# chrooted (run.sh --vmm dax), so the host keeps its own QEMU for the other runs.
+qemu_root=$cache/qemu-sid
+qemu_ok() {
+    local v
+    v=$(chroot "$qemu_root" qemu-system-x86_64 --version 2>/dev/null | sed -n 's/^QEMU emulator version \([0-9]*\.[0-9]*\).*/\1/p')
+    [[ -n $v ]] && dpkg --compare-versions "$v" ge 11.1
+}
+if qemu_ok; then
+    log "QEMU for the DAX suite: $(chroot "$qemu_root" qemu-system-x86_64 --version | head -1)"
+else
+    log "debootstrap of Debian sid with qemu-system-x86 into $qemu_root (about a minute)"
+    rm -rf "$qemu_root.new"
+    debootstrap --variant=minbase --include=qemu-system-x86 sid "$qemu_root.new" \
+        >"$cache/debootstrap.log" 2>&1 || die "debootstrap failed: $(tail -5 "$cache/debootstrap.log")"
+    rm -rf "$qemu_root"
+    mv "$qemu_root.new" "$qemu_root"
+    qemu_ok || die "the sid chroot has no QEMU >= 11.1"
+    log "QEMU for the DAX suite: $(chroot "$qemu_root" qemu-system-x86_64 --version | head -1)"
 fi
 
 # --- kernel: the newest linux-image-6.12.*-cloud-amd64 -------------------------------------------

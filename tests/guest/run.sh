@@ -17,6 +17,14 @@
 #   --pjdfstest-cases LIST   only these pjdfstest cases, comma separated exact names
 #   --timeout SECS      limit for the whole guest run (default 900)
 #   --script FILE       also run FILE in the guest (sh, cwd /), for debugging a backend by hand
+#   --vmm NAME          qemu: Debian's QEMU with vhost-user-fs-pci (default, no DAX window);
+#                       dax: QEMU 11.1 from the chroot prepare.sh --dax made, with the generic
+#                       vhost-user device, whose window the backend sizes (GET_SHMEM_CONFIG)
+#   --extra ARGS        more backend arguments, split on spaces (e.g. zerodax's DAX flags)
+# Scenario `dax` (with --vmm dax): the host makes files (sparse, fragmented, twice the window, many
+# small ones), the guest reads each whole through read(2) and through mmap, byte for byte; then
+# the host checks the VMM survived, its mapping count, the files' page cache (cachestat) and
+# their disk allocation.
 # Results in OUT: cases.tsv (CASE<TAB>PASS|FAIL|SKIP<TAB>detail), console.log, backend.log, summary.
 # Exit: 0 every case passed; 1 a case failed; 2 nothing proven (backend did not start, the guest did
 # not boot, or did not mount).
@@ -28,7 +36,7 @@ source "$here/backends.sh"
 cache_dir=${ZERODAX_GUEST_CACHE:-/var/cache/zerodax-guest}
 
 cache=auto out='' label='' scenarios=pjdfstest,fsx,sparse fsx_ops=10000 seed=20261125
-mount_opts='' pjdfilter='' limit=900 backend='' template=() script=
+mount_opts='' pjdfilter='' limit=900 backend='' template=() script= vmm=qemu extra=
 usage() { sed -n '2,/^set -e/p' "$0" | sed -n 's/^# \{0,1\}//p' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -42,6 +50,8 @@ while [[ $# -gt 0 ]]; do
         --pjdfstest-cases) pjdfilter=$2; shift 2 ;;
         --timeout) limit=$2; shift 2 ;;
         --script) script=$2; shift 2 ;;
+        --vmm) vmm=$2; shift 2 ;;
+        --extra) extra=$2; shift 2 ;;
         --backend)
             backend=$2
             mapfile -t template < <(backend_template "$backend") || true
@@ -58,6 +68,12 @@ done
 for f in vmlinuz initrd.gz seekmap; do
     [[ -s $cache_dir/$f ]] || { echo "run.sh: $cache_dir/$f missing: run tests/guest/prepare.sh first" >&2; exit 2; }
 done
+[[ $vmm == qemu || $vmm == dax ]] || { echo "run.sh: --vmm qemu|dax, not $vmm" >&2; exit 2; }
+qemu_root=$cache_dir/qemu-sid
+if [[ $vmm == dax ]] && ! chroot "$qemu_root" qemu-system-x86_64 --version >/dev/null 2>&1; then
+    echo "run.sh: no QEMU in $qemu_root: run tests/guest/prepare.sh --dax first" >&2
+    exit 2
+fi
 label=${label:-${backend:-custom}-$cache}
 out=${out:-/tmp/zdg-guest-results/$label}
 rm -rf "$out"
@@ -66,7 +82,13 @@ mkdir -p "$out"
 work=$(mktemp -d /tmp/zdg-guest.XXXXXX)
 chmod 0755 "$work"
 backing=$work/backing sock=$work/vhost-fs.sock
-backend_pid='' qemu_pid=''
+backend_pid='' qemu_pid='' sampler_pid='' vmm_dir=''
+if [[ $vmm == dax ]]; then
+    # QEMU runs chrooted: its socket, kernel and initramfs live inside the chroot.
+    vmm_dir=$(mktemp -d "$qemu_root/zdg-run.XXXXXX")
+    sock=$vmm_dir/vhost-fs.sock
+    cp "$cache_dir/vmlinuz" "$cache_dir/initrd.gz" "$vmm_dir/"
+fi
 
 # stop PID NAME: SIGTERM, then SIGKILL after 5 s; always reaped.
 stop() {
@@ -86,23 +108,32 @@ stop() {
 cleanup() {
     stop "$qemu_pid" qemu
     qemu_pid=''
+    stop "$sampler_pid" sampler
+    sampler_pid=''
     stop "$backend_pid" backend
     backend_pid=''
     if grep -qs " $backing " /proc/self/mounts; then
         umount "$backing" 2>/dev/null || umount -l "$backing" || true
     fi
-    rm -rf "$work"
+    rm -rf "$work" ${vmm_dir:+"$vmm_dir"}
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- the shared directory: a fresh ext4 image, so holes are real and results don't depend on /tmp
-truncate -s 1G "$work/img"
+truncate -s 8G "$work/img"
 mkfs.ext4 -q -F -b 4096 "$work/img"
 mkdir -p "$backing"
 mount -o loop "$work/img" "$backing"
 chmod 0755 "$backing"
 [[ -z $script ]] || install -m 0644 "$script" "$backing/zdg-script.sh"
+if [[ ,$scenarios, == *,dax,* ]]; then
+    # shellcheck source-path=SCRIPTDIR source=dax.sh
+    source "$here/dax.sh"
+    dax_make_files "$backing/zdg-dax" "$cache_dir/seekmap" "$extra"
+    # A cold start: nothing of the files in the host's page cache.
+    umount "$backing" && mount -o loop "$work/img" "$backing"
+fi
 
 # --- the backend -------------------------------------------------------------------------------
 backend_cache=$cache
@@ -113,6 +144,8 @@ for word in "${template[@]}"; do
     word=${word//\{dir\}/$backing}
     cmd+=("${word//\{cache\}/$backend_cache}")
 done
+[[ -z $extra ]] || read -r -a extra_words <<<"$extra"
+cmd+=("${extra_words[@]}")
 echo "${cmd[*]}" >"$out/backend.cmd"
 echo "=== guest suite [$label]: ${cmd[*]}"
 "${cmd[@]}" >"$out/backend.log" 2>&1 </dev/null &
@@ -133,15 +166,45 @@ fi
 append="console=ttyS0 panic=-1 quiet zdg.tag=zdg zdg.run=$scenarios zdg.fsxops=$fsx_ops zdg.seed=$seed"
 [[ -z $mount_opts ]] || append+=" zdg.mountopts=$mount_opts"
 [[ -z $pjdfilter ]] || append+=" zdg.pjdfilter=$pjdfilter"
-qemu=(qemu-system-x86_64 -accel tcg -m 512 -smp 1
-    -object 'memory-backend-memfd,id=mem,size=512M,share=on' -machine memory-backend=mem
-    -chardev "socket,id=c0,path=$sock" -device 'vhost-user-fs-pci,chardev=c0,tag=zdg'
-    -kernel "$cache_dir/vmlinuz" -initrd "$cache_dir/initrd.gz" -append "$append"
-    -nographic -no-reboot)
+if [[ $vmm == dax ]]; then
+    # QEMU 11.1's vhost-user-fs-pci has no cache window; the generic device asks the backend
+    # for the virtio-fs config (tag) and for its shared memory (GET_SHMEM_CONFIG).
+    inside=${vmm_dir#"$qemu_root"}
+    qemu=(chroot "$qemu_root" qemu-system-x86_64 -accel tcg -m 1G -smp 1 -machine q35
+        -object 'memory-backend-memfd,id=mem,size=1G,share=on' -numa node,memdev=mem
+        -chardev "socket,id=c0,path=$inside/vhost-fs.sock"
+        -device 'vhost-user-test-device-pci,chardev=c0,virtio-id=26,num_vqs=2,config_size=40'
+        -kernel "$inside/vmlinuz" -initrd "$inside/initrd.gz" -append "$append"
+        -nographic -no-reboot)
+else
+    qemu=(qemu-system-x86_64 -accel tcg -m 512 -smp 1
+        -object 'memory-backend-memfd,id=mem,size=512M,share=on' -machine memory-backend=mem
+        -chardev "socket,id=c0,path=$sock" -device 'vhost-user-fs-pci,chardev=c0,tag=zdg'
+        -kernel "$cache_dir/vmlinuz" -initrd "$cache_dir/initrd.gz" -append "$append"
+        -nographic -no-reboot)
+fi
 echo "${qemu[*]}" >"$out/qemu.cmd"
 t0=$SECONDS
 timeout --kill-after=10 "$limit" "${qemu[@]}" >"$out/console.raw" 2>"$out/qemu.log" </dev/null &
 qemu_pid=$!
+if [[ $vmm == dax ]]; then
+    # The VMM as the host sees it, twice a second: its mappings of shared files and its RSS.
+    (
+        peak_maps=0 peak_rss=0
+        while kill -0 "$qemu_pid" 2>/dev/null; do
+            vm=$(pgrep -P "$qemu_pid" qemu-system 2>/dev/null | head -1)
+            if [[ -n $vm ]]; then
+                n=$(grep -c " $backing/" "/proc/$vm/maps" 2>/dev/null || true)
+                r=$(awk '/^VmRSS:/ {print $2}' "/proc/$vm/status" 2>/dev/null || true)
+                ((${n:-0} > peak_maps)) && peak_maps=$n
+                ((${r:-0} > peak_rss)) && peak_rss=$r
+                echo "$peak_maps $peak_rss" >"$out/vmm-peak"
+            fi
+            sleep 0.5
+        done
+    ) &
+    sampler_pid=$!
+fi
 qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
 qemu_pid=''
@@ -180,6 +243,13 @@ else
     result guest/mount FAIL "${mount_line:-no mount marker}"
 fi
 if [[ -n $(marker DONE) ]]; then result guest/done PASS "qemu rc=$qemu_rc, ${wall} s"; else result guest/done FAIL "guest did not finish (qemu rc=$qemu_rc after ${wall} s)"; fi
+# The VMM ended by the guest's poweroff, not by an abort, a signal or our time limit.
+crash=$(grep -m1 -E 'Assertion|Aborted|Segmentation|core dumped|backing store size|Bad offset' "$out/qemu.log" || true)
+if [[ $qemu_rc == 0 && -z $crash ]]; then
+    result vmm/survived PASS "$vmm"
+else
+    result vmm/survived FAIL "qemu rc=$qemu_rc ${crash}"
+fi
 
 if [[ -n $(marker DONE) ]]; then
     # Only meaningful after a clean guest run: a timed-out QEMU was killed, not shut down.
@@ -273,6 +343,11 @@ for s in "${wanted[@]}"; do
             else
                 result sparse/host-data FAIL "ranges differ on the host:${bad:- none reported}"
             fi
+            ;;
+        dax)
+            marker 'CHECK dax/' | awk '{print $3 "\t" $4 "\t"}' >>"$cases"
+            [[ -n $end ]] || result dax/complete FAIL "the dax scenario did not finish"
+            dax_host_checks "$backing/zdg-dax" "$cache_dir/seekmap" "$out" "$extra"
             ;;
         etxtbsy)
             line=$(marker 'etxtbsy etxtbsy: ' | sed 's/^@@ZDG etxtbsy //')

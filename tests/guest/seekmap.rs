@@ -10,6 +10,11 @@
 //!   seekmap mmap-fill FILE OFF LEN SEED   the same pattern written through a shared mapping
 //!   seekmap check FILE OFF LEN SEED   fail unless [OFF, OFF+LEN) holds that pattern
 //!   seekmap punch FILE OFF LEN        fallocate(PUNCH_HOLE | KEEP_SIZE)
+//!   seekmap make FILE SIZE LIST       a file of SIZE whose data is LIST's ranges (lines
+//!                                     `OFF LEN SEED`, each the pattern of SEED), holes elsewhere
+//!   seekmap verify FILE LIST read|mmap   every byte of FILE, read with pread or through one
+//!                                     shared mapping: LIST's patterns, zeros elsewhere
+//!   seekmap cachestat FILE            the file's pages in the page cache (cachestat(2))
 //!
 //! Exit status: 0 on success, 1 when a check fails, 2 on usage or I/O errors.
 
@@ -39,7 +44,10 @@ extern "C" {
         -> *mut c_void;
     fn msync(addr: *mut c_void, len: usize, flags: i32) -> i32;
     fn munmap(addr: *mut c_void, len: usize) -> i32;
+    fn syscall(n: i64, ...) -> i64;
 }
+
+const SYS_CACHESTAT: i64 = 451;
 
 enum Failure {
     Usage(String),
@@ -279,6 +287,122 @@ fn cmd_punch(path: &str, off: u64, len: u64) -> Result<()> {
     Ok(())
 }
 
+/// LIST: one `OFF LEN SEED` a line (blank lines and `#` comments skipped), sorted by OFF.
+fn read_list(path: &str) -> Result<Vec<(u64, u64, u64)>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut v = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [o, l, s] = w.as_slice() else {
+            return Err(Failure::Usage(format!("{path}: not OFF LEN SEED: {line}")));
+        };
+        v.push((num(o)?, num(l)?, num(s)?));
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn cmd_make(path: &str, size: u64, list: &str) -> Result<()> {
+    let ranges = read_list(list)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    for &(off, len, seed) in &ranges {
+        file.write_all_at(&pattern(seed, off, len), off)
+            .map_err(io_err(path))?;
+    }
+    file.set_len(size).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))?;
+    println!("make ok size={size} ranges={}", ranges.len());
+    Ok(())
+}
+
+/// Fills `out` with what a file made from `ranges` holds at `base..`.
+fn expected_into(ranges: &[(u64, u64, u64)], base: u64, out: &mut [u8]) {
+    out.fill(0);
+    let end = base + out.len() as u64;
+    let first = ranges.partition_point(|r| r.0 + r.1 <= base);
+    for &(o, l, seed) in ranges[first..].iter().take_while(|r| r.0 < end) {
+        for off in o.max(base)..(o + l).min(end) {
+            out[(off - base) as usize] = pattern_byte(seed, off);
+        }
+    }
+}
+
+fn cmd_verify(path: &str, list: &str, via: &str) -> Result<()> {
+    let ranges = read_list(list)?;
+    let file = open(path, false)?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    let mut bad = None;
+    let mut want = vec![0u8; 1 << 20];
+    let mut check = |base: u64, buf: &[u8]| {
+        if bad.is_none() {
+            let want = &mut want[..buf.len()];
+            expected_into(&ranges, base, want);
+            if let Some(i) = buf.iter().zip(want.iter()).position(|(a, b)| a != b) {
+                bad = Some((base + i as u64, buf[i], want[i]));
+            }
+        }
+    };
+    match via {
+        "read" => {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0;
+            while off < size {
+                let n = (size - off).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], off).map_err(io_err(path))?;
+                check(off, &buf[..n]);
+                off += n as u64;
+            }
+        }
+        "mmap" if size > 0 => {
+            // SAFETY: a fresh read-only shared mapping of our own descriptor, checked for
+            // MAP_FAILED, read only inside [0, size), unmapped below.
+            let addr = unsafe {
+                mmap(std::ptr::null_mut(), size as usize, PROT_READ, MAP_SHARED, file.as_raw_fd(), 0)
+            };
+            if addr as isize == -1 {
+                return Err(Failure::Io("mmap".into(), io::Error::last_os_error()));
+            }
+            // SAFETY: the mapping above is `size` bytes long and stays mapped until munmap.
+            let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, size as usize) };
+            for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
+                check((i as u64) << 20, chunk);
+            }
+            // SAFETY: exactly the mapping made above, unmapped once.
+            unsafe { munmap(addr, size as usize) };
+        }
+        "mmap" => {}
+        _ => return Err(Failure::Usage(format!("verify: read or mmap, not {via}"))),
+    }
+    if let Some((off, got, want)) = bad {
+        return Err(Failure::Check(format!(
+            "{path} ({via}) differs at {off}: {got:#04x} instead of {want:#04x}"
+        )));
+    }
+    println!("verify ok {path} size={size} ranges={} via={via}", ranges.len());
+    Ok(())
+}
+
+fn cmd_cachestat(path: &str) -> Result<()> {
+    let file = open(path, false)?;
+    let range = [0u64, 0u64]; // offset 0, length 0: the whole file
+    let mut cs = [0u64; 5]; // cache, dirty, writeback, evicted, recently_evicted
+    // SAFETY: cachestat(fd, &range, &cs, 0) reads 16 bytes and writes 40, both arrays above.
+    let r = unsafe { syscall(SYS_CACHESTAT, file.as_raw_fd(), range.as_ptr(), cs.as_mut_ptr(), 0) };
+    if r != 0 {
+        return Err(Failure::Io("cachestat".into(), io::Error::last_os_error()));
+    }
+    println!("cache={} dirty={} writeback={}", cs[0], cs[1], cs[2]);
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
@@ -288,8 +412,13 @@ fn run(args: &[String]) -> Result<()> {
         ["mmap-fill", f, o, l, s] => cmd_mmap_fill(f, num(o)?, num(l)?, num(s)?),
         ["check", f, o, l, s] => cmd_check(f, num(o)?, num(l)?, num(s)?),
         ["punch", f, o, l] => cmd_punch(f, num(o)?, num(l)?),
+        ["make", f, size, list] => cmd_make(f, num(size)?, list),
+        ["verify", f, list, via] => cmd_verify(f, list, via),
+        ["cachestat", f] => cmd_cachestat(f),
         _ => Err(Failure::Usage(
-            "usage: seekmap map|holes-zero FILE | fill|mmap-fill|check FILE OFF LEN SEED | punch FILE OFF LEN".into(),
+            "usage: seekmap map|holes-zero|cachestat FILE | fill|mmap-fill|check FILE OFF LEN SEED \
+             | punch FILE OFF LEN | make FILE SIZE LIST | verify FILE LIST read|mmap"
+                .into(),
         )),
     }
 }
