@@ -96,16 +96,22 @@ pub const DEFAULT_SLOTS: u32 = 256;
 pub const RANGE: u64 = 2 << 20;
 
 impl DaxConfig {
-    /// The most regions one range can hold. `map` mode maps a range as one region. `zero`
-    /// mode maps a READ range's data as one region (first data page to last), and a WRITE
-    /// adds the holes before and after it, as two more regions, so that no region is ever
-    /// unmapped while the guest may be reading it.
-    pub fn regions_per_range(&self, read_only: bool) -> u64 {
+    /// The most regions of the file itself one range can hold. `map` mode maps a range as
+    /// one region. `zero` mode maps a READ range's data as one region (first data page to
+    /// last), and a WRITE adds the holes before and after it, as two more regions, so that
+    /// no region is ever unmapped while the guest may be reading it.
+    fn file_regions_per_range(&self, read_only: bool) -> u64 {
         match self.holes {
             DaxHoles::Map => 1,
             DaxHoles::Zero if read_only => 1,
             DaxHoles::Zero => 3,
         }
+    }
+
+    /// The most regions one range can hold: those of the file, and one for the file's last
+    /// page when it is partial ([`Tail`]).
+    pub fn regions_per_range(&self, read_only: bool) -> u64 {
+        self.file_regions_per_range(read_only) + 1
     }
 
     /// The window offered to the VMM: what was asked for, cut to whole ranges that
@@ -130,6 +136,104 @@ struct Region {
     writable: bool,
 }
 
+/// The last page of a file whose size is not a multiple of the page size, as the VMM sees it
+/// through one range: a one-page memfd, kept in step with the file.
+///
+/// Why: a VMM may refuse to map a file past its size (QEMU 11.1 maps each SHMEM_MAP with
+/// memory_region_init_ram_from_fd, which checks offset + len against the file's size), and a
+/// page-granular mapping of a file's last partial page always reaches past it. So that page
+/// is copied into a memfd, mapped in its place. The guest's stores into it (through a WRITE
+/// range) reach the file when zerodax *settles* the tail: before it serves any request that
+/// reads or changes that file, and before the range is removed. Only the bytes the guest
+/// changed since the last sync are written back, so concurrent changes of other bytes of the
+/// page are kept; bytes past EOF are never written (as any filesystem drops them).
+struct Tail {
+    node: u64,
+    /// The file, to write the guest's stores back to (read-write on a writable export).
+    file: std::os::fd::OwnedFd,
+    memfd: std::os::fd::OwnedFd,
+    /// File offset of the page.
+    foffset: u64,
+    /// Bytes of file data in the page (1..DAX_PAGE).
+    len: usize,
+    /// The page as last synced with the file: what the guest has not changed.
+    base: Vec<u8>,
+}
+
+impl Tail {
+    fn new(node: u64, file: BorrowedFd<'_>, foffset: u64, len: usize) -> io::Result<Self> {
+        let memfd = rustix::fs::memfd_create("zerodax-tail", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&memfd, DAX_PAGE)?;
+        let mut t = Tail {
+            node,
+            file: file.try_clone_to_owned()?,
+            memfd,
+            foffset,
+            len,
+            base: vec![0; DAX_PAGE as usize],
+        };
+        t.refresh(len)?;
+        Ok(t)
+    }
+
+    /// Writes back what the guest stored into the page since the last sync.
+    fn settle(&mut self) -> io::Result<()> {
+        let mut now = vec![0u8; DAX_PAGE as usize];
+        read_full(self.memfd.as_fd(), &mut now, 0)?;
+        let mut i = 0;
+        while i < self.len {
+            if now[i] == self.base[i] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < self.len && now[j] != self.base[j] {
+                j += 1;
+            }
+            write_full(self.file.as_fd(), &now[i..j], self.foffset + i as u64)?;
+            i = j;
+        }
+        self.base = now;
+        Ok(())
+    }
+
+    /// Loads the page from the file, now holding `len` bytes of data (zeros past EOF).
+    fn refresh(&mut self, len: usize) -> io::Result<()> {
+        let mut page = vec![0u8; DAX_PAGE as usize];
+        read_full(self.file.as_fd(), &mut page[..len], self.foffset)?;
+        write_full(self.memfd.as_fd(), &page, 0)?;
+        self.len = len;
+        self.base = page;
+        Ok(())
+    }
+}
+
+fn read_full(fd: BorrowedFd<'_>, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pread(fd, &mut *buf, off)? {
+            // The file got shorter: what is past its end reads as zeros.
+            0 => {
+                buf.fill(0);
+                return Ok(());
+            }
+            n => {
+                buf = &mut buf[n..];
+                off += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_full(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = rustix::io::pwrite(fd, buf, off)?;
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy)]
 struct LiveRange {
     node: u64,
@@ -142,6 +246,8 @@ struct LiveRange {
 #[derive(Default)]
 struct State {
     regions: BTreeMap<u64, Region>,
+    /// The regions that are a file's last partial page, by window offset.
+    tails: BTreeMap<u64, Tail>,
     ranges: BTreeMap<u64, LiveRange>,
     by_node: HashMap<u64, BTreeSet<u64>>,
     stats: DaxStats,
@@ -186,17 +292,24 @@ impl State {
         Ok(())
     }
 
-    /// SHMEM_UNMAP of the region at `start`, forgotten once the VMM acked it.
+    /// SHMEM_UNMAP of the region at `start`, forgotten once the VMM acked it. A tail's
+    /// stores are written back first.
     fn unmap(&mut self, channel: &dyn ShmemChannel, start: u64) -> Result<(), i32> {
         let Some(r) = self.regions.get(&start).copied() else {
             return Ok(());
         };
+        if let Some(t) = self.tails.get_mut(&start) {
+            if let Err(e) = t.settle() {
+                tracing::warn!(node = t.node, "DAX tail page write-back: {e}");
+            }
+        }
         channel.unmap(start, r.len).map_err(|e| {
             tracing::warn!("SHMEM_UNMAP {start:#x}+{:#x}: {e}", r.len);
             libc::EIO
         })?;
         tracing::debug!(start, len = r.len, "SHMEM_UNMAP");
         self.regions.remove(&start);
+        self.tails.remove(&start);
         self.stats.shmem_unmaps += 1;
         Ok(())
     }
@@ -258,6 +371,8 @@ pub struct Dax {
     read_only: bool,
     channel: Mutex<Option<Arc<dyn ShmemChannel>>>,
     state: Mutex<State>,
+    /// A tail has existed since the frontend connected: requests then settle tails.
+    tails_seen: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Dax {
@@ -296,6 +411,7 @@ impl Dax {
             read_only,
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
+            tails_seen: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -317,6 +433,7 @@ impl Dax {
     pub fn set_channel(&self, channel: Arc<dyn ShmemChannel>) {
         *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
         // A new frontend starts with an empty window.
+        self.settle(None);
         let mut st = self.lock();
         let stats = st.stats;
         *st = State {
@@ -522,11 +639,26 @@ impl Dax {
         let rend = moffset + range.len;
         let foffset_of = |w: u64| range.foffset + (w - moffset);
 
+        // A partial last page inside the range is a tail ([`Tail`]); the file's own
+        // regions end before it.
+        let tail = (size % DAX_PAGE != 0)
+            .then_some(size / DAX_PAGE * DAX_PAGE)
+            .filter(|&fo| fo >= range.foffset && fo < range.foffset + range.len)
+            .map(|fo| (moffset + fo - range.foffset, (size % DAX_PAGE) as usize));
+        let file_end = tail.map_or(wend, |(w, _)| w);
+
         // 1.
         let stale: Vec<u64> = st
             .regions
             .range(moffset..rend)
-            .filter(|(&o, r)| o + r.len > wend || (range.write && !r.writable))
+            .filter(|(&o, r)| {
+                let moved = if st.tails.contains_key(&o) {
+                    Some(o) != tail.map(|t| t.0)
+                } else {
+                    o + r.len > file_end
+                };
+                moved || (range.write && !r.writable)
+            })
             .map(|(&o, _)| o)
             .collect();
         for o in stale {
@@ -534,6 +666,16 @@ impl Dax {
         }
         if range.write && !fd_writable {
             return Err(libc::EACCES);
+        }
+        if let Some((w, len)) = tail {
+            if let Some(t) = st.tails.get_mut(&w) {
+                // zerodax may just have changed the page: the guest's stores first, then
+                // the file's bytes.
+                t.settle().and_then(|()| t.refresh(len)).map_err(|e| {
+                    tracing::warn!(node = range.node, "DAX tail page: {e}");
+                    errno(&e)
+                })?;
+            }
         }
 
         // 2.
@@ -552,11 +694,19 @@ impl Dax {
                 _ => (moffset, moffset),
             }
         };
+        let tail_wanted = tail.filter(|&(w, _)| wanted.1 > w);
+        let wanted = (wanted.0.min(file_end), wanted.1.min(file_end));
 
         // 3.
-        let cap = self.cfg.regions_per_range(self.read_only);
-        while let Some(gap) = first_gap(&st.regions_in(moffset, rend), wanted) {
-            let live = st.regions_in(moffset, rend);
+        let cap = self.cfg.file_regions_per_range(self.read_only);
+        let file_regions = |st: &State| -> Vec<(u64, u64)> {
+            st.regions_in(moffset, rend)
+                .into_iter()
+                .filter(|(o, _)| !st.tails.contains_key(o))
+                .collect()
+        };
+        while let Some(gap) = first_gap(&file_regions(st), wanted) {
+            let live = file_regions(st);
             if (live.len() as u64) < cap {
                 st.map(channel, gap, fd, foffset_of(gap.0), fd_writable)?;
                 continue;
@@ -576,6 +726,20 @@ impl Dax {
             }
             st.stats.merges += 1;
             st.map(channel, (start, end), fd, foffset_of(start), fd_writable)?;
+        }
+
+        // 4. The tail, from its memfd.
+        if let Some((w, len)) = tail_wanted {
+            if !st.regions.contains_key(&w) {
+                let t = Tail::new(range.node, fd, foffset_of(w), len).map_err(|e| {
+                    tracing::warn!(node = range.node, "DAX tail page: {e}");
+                    errno(&e)
+                })?;
+                st.map(channel, (w, w + DAX_PAGE), t.memfd.as_fd(), 0, fd_writable)?;
+                st.tails.insert(w, t);
+                self.tails_seen
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
         }
         Ok(())
     }
@@ -640,6 +804,23 @@ impl Dax {
             }
         }
         Ok(())
+    }
+
+    /// Writes back the guest's stores into `node`'s tail pages ([`Tail`]); `None`: every
+    /// node's. Called before zerodax serves a request that reads or changes the file, so
+    /// that the file holds what the guest wrote through the window.
+    pub fn settle(&self, node: Option<u64>) {
+        if !self.tails_seen.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut st = self.lock();
+        for t in st.tails.values_mut() {
+            if node.is_none_or(|n| n == t.node) {
+                if let Err(e) = t.settle() {
+                    tracing::warn!(node = t.node, "DAX tail page write-back: {e}");
+                }
+            }
+        }
     }
 
     /// Coherence: zerodax changed `node`'s data or size (WRITE, COPY_FILE_RANGE, FALLOCATE,
@@ -781,21 +962,33 @@ mod tests {
 
     /// A VMM as strict as vhost-user's rules: a map over a live region and an unmap that is
     /// not exactly one region are refused.
+    /// A VMM as strict as vhost-user's rules, and QEMU 11.1's: a map over a live region,
+    /// an unmap that is not exactly one region, and a map past the end of its file are
+    /// refused. It keeps each region's descriptor, as a VMM's mapping does.
     #[derive(Default)]
     struct StrictVmm {
         live: Mutex<BTreeMap<u64, u64>>,
+        fds: Mutex<BTreeMap<u64, (std::os::fd::OwnedFd, u64)>>,
     }
 
     impl ShmemChannel for StrictVmm {
-        fn map(&self, o: u64, len: u64, _: BorrowedFd<'_>, _: u64, _: bool) -> io::Result<()> {
+        fn map(&self, o: u64, len: u64, fd: BorrowedFd<'_>, off: u64, _: bool) -> io::Result<()> {
             let mut live = self.live.lock().unwrap();
             if live.range(..o + len).any(|(&s, &l)| s + l > o) {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
             }
+            if file_size(fd).unwrap() < off + len {
+                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+            }
             live.insert(o, len);
+            self.fds
+                .lock()
+                .unwrap()
+                .insert(o, (fd.try_clone_to_owned()?, off));
             Ok(())
         }
         fn unmap(&self, o: u64, len: u64) -> io::Result<()> {
+            self.fds.lock().unwrap().remove(&o);
             match self.live.lock().unwrap().remove(&o) {
                 Some(l) if l == len => Ok(()),
                 _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
@@ -826,32 +1019,94 @@ mod tests {
             inodes: DaxInodes::All,
             slots,
         };
-        // 256 slots: 256 ranges of one region (512 MiB), or 85 of three, cut to 64 (128 MiB).
-        assert_eq!(
-            cfg(DaxHoles::Map, 256, 1 << 30).offered_window(false),
-            512 << 20
-        );
-        assert_eq!(
-            cfg(DaxHoles::Zero, 256, 1 << 30).offered_window(false),
-            128 << 20
-        );
-        assert_eq!(
-            cfg(DaxHoles::Zero, 256, 1 << 30).offered_window(true),
-            512 << 20
-        );
+        // 256 slots: 128 ranges of one region and a tail (256 MiB), or 64 of three and a
+        // tail (128 MiB).
+        let window = |holes, slots, len, ro| cfg(holes, slots, len).offered_window(ro);
+        assert_eq!(window(DaxHoles::Map, 256, 1 << 30, false), 256 << 20);
+        assert_eq!(window(DaxHoles::Zero, 256, 1 << 30, false), 128 << 20);
+        assert_eq!(window(DaxHoles::Zero, 256, 1 << 30, true), 256 << 20);
         // What was asked for, when the slots afford it; a power of two below it otherwise.
-        assert_eq!(
-            cfg(DaxHoles::Map, 256, 64 << 20).offered_window(false),
-            64 << 20
-        );
-        assert_eq!(
-            cfg(DaxHoles::Map, 4096, 6 << 20).offered_window(false),
-            4 << 20
-        );
-        assert_eq!(
-            cfg(DaxHoles::Zero, 3, 1 << 30).offered_window(false),
-            2 << 20
-        );
+        assert_eq!(window(DaxHoles::Map, 256, 64 << 20, false), 64 << 20);
+        assert_eq!(window(DaxHoles::Map, 4096, 6 << 20, false), 4 << 20);
+        assert_eq!(window(DaxHoles::Zero, 4, 1 << 30, false), 2 << 20);
+        assert_eq!(window(DaxHoles::Zero, 200, 1 << 30, false), 64 << 20);
+    }
+
+    /// A file whose size is not a multiple of the page size: its last page is mapped from a
+    /// memfd (the VMM refuses a map past the file's end), the guest's stores into it reach
+    /// the file when zerodax settles, bytes past EOF never do, and other bytes changed in
+    /// the file meanwhile are kept.
+    #[test]
+    fn a_partial_last_page_is_a_tail_kept_in_step_with_the_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = std::env::temp_dir().join(format!("zerodax-dax-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, vec![1u8; 5000]).unwrap();
+        let fs = FileSystem::new(&dir, Config::default()).unwrap();
+        let node = fs.lookup(&Context::default(), 1, c"f").unwrap().node;
+        for holes in [DaxHoles::Map, DaxHoles::Zero] {
+            let dax = Dax::new(
+                DaxConfig {
+                    window_len: 4 << 20,
+                    holes,
+                    inodes: DaxInodes::All,
+                    slots: DEFAULT_SLOTS,
+                },
+                false,
+            );
+            let vmm = Arc::new(StrictVmm::default());
+            dax.set_channel(vmm.clone());
+            let setup = FuseSetupmappingIn {
+                fh: u64::MAX,
+                foffset: 0,
+                len: RANGE,
+                flags: FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE,
+                moffset: 0,
+            };
+            dax.setup(&fs, node, &setup).unwrap();
+            assert_eq!(
+                vmm.shape(),
+                (2, 8192),
+                "{holes:?}: the file's page, then the tail"
+            );
+            let tail = {
+                let fds = vmm.fds.lock().unwrap();
+                let (fd, off) = &fds[&4096];
+                assert_eq!(*off, 0);
+                std::fs::File::from(fd.try_clone().unwrap())
+            };
+            let mut page = vec![0u8; 4096];
+            tail.read_exact_at(&mut page, 0).unwrap();
+            assert!(page[..904].iter().all(|&b| b == 1), "{holes:?}");
+            assert!(
+                page[904..].iter().all(|&b| b == 0),
+                "{holes:?}: zeros past EOF"
+            );
+
+            // The guest stores into the tail, past EOF too; the host changes another byte.
+            tail.write_all_at(b"guest", 100).unwrap();
+            tail.write_all_at(b"past EOF", 2000).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(b"H", 4096 + 500).unwrap();
+            dax.settle(Some(node));
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), 5000, "{holes:?}: the size is the file's");
+            assert_eq!(&bytes[4196..4201], b"guest", "{holes:?}");
+            assert_eq!(bytes[4596], b'H', "{holes:?}: the host's byte is kept");
+
+            // zerodax grows the file past the page: the tail becomes the file's own page.
+            file.set_len(10000).unwrap();
+            dax.file_changed(&fs, node);
+            let (regions, covered) = vmm.shape();
+            assert_eq!(covered, 12288, "{holes:?}");
+            assert!(regions <= 4, "{holes:?}: {regions}");
+            assert_eq!(dax.counts().regions, regions);
+            dax.remove(&[(0, RANGE)]).unwrap();
+            assert_eq!(vmm.shape(), (0, 0));
+            std::fs::write(&path, vec![1u8; 5000]).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A file that grows a page at a time under a live range (a guest appending with

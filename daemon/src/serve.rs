@@ -92,7 +92,7 @@ pub struct ServeArgs {
     /// (QEMU 11.1: 512 for guest RAM and every vhost-user device together, and it aborts
     /// past them): the window offered is cut so that it can never need more.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SLOTS,
-          value_parser = clap::value_parser!(u32).range(3..))]
+          value_parser = clap::value_parser!(u32).range(4..))]
     pub dax_slots: u32,
     /// Accepted for virtiofsd compatibility: extended attributes are always served.
     #[arg(long, hide = true)]
@@ -404,6 +404,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         Err(e) => tracing::info!("connection ended: {e}"),
     }
     if let Some(dax) = server.dax() {
+        // What the guest stored into tail pages last (no DESTROY when a VMM just ends).
+        dax.settle(None);
         tracing::info!("DAX window: {}", dax.stats());
     }
     // Stop every queue worker (exit_event), and make sure an unresponsive one cannot keep

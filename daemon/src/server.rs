@@ -745,6 +745,28 @@ impl Server {
             open_flags,
             backing_id: 0,
         };
+        if let Some(d) = &self.dax {
+            // The guest's stores into a tail page of the window reach the file before
+            // zerodax reads or changes it.
+            match req.op {
+                O::Read(_)
+                | O::Write { .. }
+                | O::Setattr(_)
+                | O::Getattr(_)
+                | O::Open(_)
+                | O::Flush(_)
+                | O::Fsync(_)
+                | O::Release(_)
+                | O::Lseek(_)
+                | O::Fallocate(_) => d.settle(Some(node)),
+                O::CopyFileRange(c) | O::CopyFileRange64(c) => {
+                    d.settle(Some(node));
+                    d.settle(Some(c.nodeid_out));
+                }
+                O::Destroy | O::Syncfs(_) => d.settle(None),
+                _ => {}
+            }
+        }
         match req.op {
             O::Init(ref k) => self.init(chain, unique, k),
             O::Destroy => {

@@ -3,7 +3,8 @@
 # Linux guest, in both hole modes and both guest DAX policies (dax=always, dax=inode). Each run:
 # the dax scenario (sparse, fragmented, twice-the-window and many files, read whole through
 # read(2) and mmap; host checks of the VMM, page cache and allocation: tests/guest/dax.sh) and
-# the sparse scenario (stores into holes through the window, punch, truncate).
+# the sparse scenario (stores into holes through the window, punch, truncate); with dax=always
+# also fsx (mmap reads and writes, truncate, punch) and pjdfstest, every file through the window.
 #
 # Usage: tests/guest/dax-suite.sh [--out DIR] [--runs LIST]
 #   --runs LIST   comma separated HOLES-POLICY pairs (default zero-always,zero-inode,map-always,map-inode)
@@ -23,9 +24,10 @@ done
 passed=0 failed=0
 IFS=, read -r -a list <<<"$runs"
 for run in "${list[@]}"; do
-    holes=${run%-*} policy=${run#*-}
+    holes=${run%-*} policy=${run#*-} scenarios=dax,sparse
+    [[ $policy == always ]] && scenarios+=,fsx,pjdfstest
     if bash "$here/run.sh" --vmm dax --backend zerodax --label "dax-$run" --out "$out/$run" \
-        --scenarios dax,sparse --mount-opts "dax=$policy" --timeout 600 \
+        --scenarios "$scenarios" --mount-opts "dax=$policy" --timeout 900 \
         --extra "--tag zdg --cache-size 1G --dax-holes $holes"; then
         passed=$((passed + 1))
     else
