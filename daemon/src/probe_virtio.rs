@@ -91,7 +91,7 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
             let mut spec = BackendSpec::zerodax(exe);
             let size_arg = window_len.to_string();
             // The built-in frontend has no memory-slot limit: enough slots for every range.
-            let slots_arg = (window_len / RANGE_SIZE * 3).to_string();
+            let slots_arg = (window_len / RANGE_SIZE * 4).to_string();
             let mut extra = vec![
                 "--cache-size",
                 &size_arg,
