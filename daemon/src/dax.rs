@@ -777,6 +777,29 @@ impl Dax {
         Ok(())
     }
 
+    /// The guest's FUSE session ended (DESTROY: its unmount, which sends no REMOVEMAPPING):
+    /// every region is unmapped and every range forgotten, so the VMM holds no mapping of
+    /// a session that is gone (QEMU 11.1 crashes at the next device start if it still holds
+    /// some when the guest resets: docs/dax.md).
+    pub fn end_session(&self) {
+        let Some(channel) = self.channel() else {
+            return;
+        };
+        let mut st = self.lock();
+        let live = (st.ranges.len(), st.regions.len());
+        if let Err(e) = Self::drop_ranges(&mut st, &*channel, 0, u64::MAX) {
+            tracing::warn!(
+                "DAX session end: errno {e}; regions left: {}",
+                st.regions.len()
+            );
+        }
+        tracing::debug!(
+            ranges = live.0,
+            regions = live.1,
+            "DAX session ended: window emptied"
+        );
+    }
+
     /// Unmaps every region in `[moffset, end)` (SHMEM_UNMAP) and forgets the ranges that
     /// start there. Stops at the first unmap the frontend refuses; what is left stays
     /// recorded.

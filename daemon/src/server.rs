@@ -433,6 +433,16 @@ impl Server {
         }
     }
 
+    /// The guest's FUSE session ends (DESTROY) or starts anew (INIT): the DAX window is
+    /// emptied (a guest unmounting sends no REMOVEMAPPING; docs/dax.md, *Session
+    /// lifecycle*), and every node and handle of the old session forgotten.
+    fn end_session(&self) {
+        if let Some(dax) = &self.dax {
+            dax.end_session();
+        }
+        self.fs.reset_session();
+    }
+
     /// Coherence of the DAX window before zerodax makes the node shorter than `new_size`.
     fn will_shrink(&self, node: u64, new_size: u64) {
         if let Some(dax) = &self.dax {
@@ -675,6 +685,9 @@ impl Server {
             }
         };
         if k.major == FUSE_KERNEL_VERSION {
+            // A second INIT on one connection is a guest that reset its device (a reboot):
+            // nothing of the old session may leak into the new one.
+            self.end_session();
             let max_pages = self.max_pages();
             out.max_pages = max_pages;
             out.max_write = u32::from(max_pages) * PAGE_SIZE;
@@ -770,6 +783,7 @@ impl Server {
         match req.op {
             O::Init(ref k) => self.init(chain, unique, k),
             O::Destroy => {
+                self.end_session();
                 self.initialized.store(false, Ordering::Release);
                 sent(reply::reply_empty(&mut sink(chain), unique))
             }

@@ -1001,3 +1001,60 @@ fn open_with_o_trunc_leaves_no_mapping_past_eof() {
         assert_eq!(guest.shmem().stats().refused, 0);
     }
 }
+
+/// DESTROY (a guest's unmount sends no REMOVEMAPPING) and a second INIT (a guest that reset
+/// its device) end the session: the window is emptied in the VMM, and the old session's node
+/// ids and handles are gone (ESTALE, EBADF), never another file's.
+#[test]
+fn destroy_and_a_second_init_end_the_session() {
+    let _serial = serial();
+    for end in ["destroy", "init"] {
+        let mut h = start(
+            &format!("dax-session-{end}"),
+            &["--cache-size", "8M", "--dax-holes", "zero"],
+            |d| make_sparse(&d.join("f"), 3 * MIB, &[(0, pattern(95, 4096))]),
+        );
+        let node = lookup(&mut h, "f");
+        let fh = h.fs.open(node, libc::O_RDONLY as u32).unwrap().fh;
+        let mut guest = DaxGuest::new(&mut h.fs).unwrap();
+        guest.map_for_read(&mut h.fs, node, 0, RANGE_SIZE).unwrap();
+        assert!(!guest.window().mappings().is_empty());
+        let flags = h.fs.accepted_flags();
+        if end == "destroy" {
+            h.fs.destroy().unwrap();
+        }
+        h.fs.init(flags).unwrap();
+        assert!(
+            guest.window().mappings().is_empty(),
+            "{end}: the VMM still maps {:?}",
+            guest.window().mappings()
+        );
+        assert_eq!(guest.shmem().stats().refused, 0, "{end}");
+        assert_eq!(
+            h.fs.getattr(node, None).err().map(|e| errno_of(Err(e))),
+            Some(libc::ESTALE),
+            "{end}: an old node id"
+        );
+        assert_eq!(
+            h.fs.read(node, fh, 0, 4096).err().map(|e| errno_of(Err(e))),
+            Some(libc::EBADF),
+            "{end}: an old handle"
+        );
+        // The new session works, and maps the window offset the old one held.
+        let node = lookup(&mut h, "f");
+        h.fs.setupmapping(
+            node,
+            FuseSetupmappingIn {
+                fh: u64::MAX,
+                foffset: 0,
+                len: RANGE_SIZE,
+                flags: FUSE_SETUPMAPPING_FLAG_READ,
+                moffset: 0,
+            },
+        )
+        .unwrap();
+        let mut got = vec![0u8; 4096];
+        guest.window().read_at(0, &mut got).unwrap();
+        assert_eq!(got, pattern(95, 4096), "{end}");
+    }
+}

@@ -21,6 +21,8 @@
 #                       dax: QEMU 11.1 from the chroot prepare.sh --dax made, with the generic
 #                       vhost-user device, whose window the backend sizes (GET_SHMEM_CONFIG)
 #   --extra ARGS        more backend arguments, split on spaces (e.g. zerodax's DAX flags)
+#   --reboot MODE       the reboot scenario's reboot: clean (unmount first, as a shutdown does;
+#                       default) or forced (reboot -f with the share mounted, as a crash)
 # Scenario `dax` (with --vmm dax): the host makes files (sparse, fragmented, twice the window, many
 # small ones), the guest reads each whole through read(2) and through mmap, byte for byte; then
 # the host checks the VMM survived, its mapping count, the files' page cache (cachestat) and
@@ -36,7 +38,7 @@ source "$here/backends.sh"
 cache_dir=${ZERODAX_GUEST_CACHE:-/var/cache/zerodax-guest}
 
 cache=auto out='' label='' scenarios=pjdfstest,fsx,sparse fsx_ops=10000 seed=20261125
-mount_opts='' pjdfilter='' limit=900 backend='' template=() script= vmm=qemu extra=
+mount_opts='' pjdfilter='' limit=900 backend='' template=() script= vmm=qemu extra='' reboot_mode=clean
 usage() { sed -n '2,/^set -e/p' "$0" | sed -n 's/^# \{0,1\}//p' >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -52,6 +54,7 @@ while [[ $# -gt 0 ]]; do
         --script) script=$2; shift 2 ;;
         --vmm) vmm=$2; shift 2 ;;
         --extra) extra=$2; shift 2 ;;
+        --reboot) reboot_mode=$2; shift 2 ;;
         --backend)
             backend=$2
             mapfile -t template < <(backend_template "$backend") || true
@@ -166,6 +169,7 @@ fi
 append="console=ttyS0 panic=-1 quiet zdg.tag=zdg zdg.run=$scenarios zdg.fsxops=$fsx_ops zdg.seed=$seed"
 [[ -z $mount_opts ]] || append+=" zdg.mountopts=$mount_opts"
 [[ -z $pjdfilter ]] || append+=" zdg.pjdfilter=$pjdfilter"
+append+=" zdg.reboot=$reboot_mode"
 if [[ $vmm == dax ]]; then
     # QEMU 11.1's vhost-user-fs-pci has no cache window; the generic device asks the backend
     # for the virtio-fs config (tag) and for its shared memory (GET_SHMEM_CONFIG).
@@ -175,14 +179,16 @@ if [[ $vmm == dax ]]; then
         -chardev "socket,id=c0,path=$inside/vhost-fs.sock"
         -device 'vhost-user-test-device-pci,chardev=c0,virtio-id=26,num_vqs=2,config_size=40'
         -kernel "$inside/vmlinuz" -initrd "$inside/initrd.gz" -append "$append"
-        -nographic -no-reboot)
+        -nographic)
 else
     qemu=(qemu-system-x86_64 -accel tcg -m 512 -smp 1
         -object 'memory-backend-memfd,id=mem,size=512M,share=on' -machine memory-backend=mem
         -chardev "socket,id=c0,path=$sock" -device 'vhost-user-fs-pci,chardev=c0,tag=zdg'
         -kernel "$cache_dir/vmlinuz" -initrd "$cache_dir/initrd.gz" -append "$append"
-        -nographic -no-reboot)
+        -nographic)
 fi
+# A guest reboot ends QEMU, except in the reboot scenario, which reboots once on purpose.
+[[ ,$scenarios, == *,reboot,* ]] || qemu+=(-no-reboot)
 echo "${qemu[*]}" >"$out/qemu.cmd"
 t0=$SECONDS
 timeout --kill-after=10 "$limit" "${qemu[@]}" >"$out/console.raw" 2>"$out/qemu.log" </dev/null &
@@ -348,6 +354,14 @@ for s in "${wanted[@]}"; do
             marker 'CHECK dax/' | awk '{print $3 "\t" $4 "\t"}' >>"$cases"
             [[ -n $end ]] || result dax/complete FAIL "the dax scenario did not finish"
             dax_host_checks "$backing/zdg-dax" "$cache_dir/seekmap" "$out" "$extra"
+            ;;
+        reboot)
+            boots=$(marker BOOT | wc -l)
+            if [[ ${end%% *} == 0 && $boots == 2 && -n $(marker REBOOTING) ]]; then
+                result reboot PASS "two boots; the second read and wrote the share through the window"
+            else
+                result reboot FAIL "boots=$boots rc=${end%% *} (console.log)"
+            fi
             ;;
         etxtbsy)
             line=$(marker 'etxtbsy etxtbsy: ' | sed 's/^@@ZDG etxtbsy //')

@@ -176,4 +176,12 @@ impl InodeTable {
     pub fn len(&self) -> usize {
         self.lock().by_node.len()
     }
+
+    /// Forgets every node but the root (a new FUSE session). Node ids are not reused, so a
+    /// node id of the old session is ESTALE in the new one, never another file.
+    pub fn reset(&self) {
+        let mut t = self.lock();
+        t.by_node.retain(|&node, _| node == ROOT_NODE);
+        t.by_key.retain(|_, node| *node == ROOT_NODE);
+    }
 }

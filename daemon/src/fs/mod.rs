@@ -380,6 +380,16 @@ impl FileSystem {
         })
     }
 
+    /// A FUSE session ended or a new one began (DESTROY, INIT): every node but the root and
+    /// every open handle of the old session are forgotten, as the client forgot them.
+    pub fn reset_session(&self) {
+        self.inodes.reset();
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
