@@ -84,7 +84,12 @@ pub struct DaxConfig {
     pub inodes: DaxInodes,
     /// `--dax-slots`: how many SHMEM_MAP regions may be live at once.
     pub slots: u32,
+    /// `--dax-ack-timeout`: how long a SHMEM_MAP/SHMEM_UNMAP may wait for the VMM's ack.
+    pub ack_timeout: std::time::Duration,
 }
+
+/// Default of `--dax-ack-timeout`.
+pub const DEFAULT_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default of `--dax-slots`. QEMU 11.1 turns every SHMEM_MAP region into a memory slot of
 /// every vhost-user device and aborts the VM past 512, guest RAM included: half of them
@@ -373,6 +378,9 @@ pub struct Dax {
     state: Mutex<State>,
     /// A tail has existed since the frontend connected: requests then settle tails.
     tails_seen: std::sync::atomic::AtomicBool,
+    /// The nodes with live ranges, readable without `state`: requests on other files
+    /// never wait for the state lock, which is held across SHMEM round trips.
+    live_nodes: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl fmt::Debug for Dax {
@@ -412,6 +420,7 @@ impl Dax {
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
             tails_seen: std::sync::atomic::AtomicBool::new(false),
+            live_nodes: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -440,6 +449,7 @@ impl Dax {
             stats,
             ..State::default()
         };
+        self.publish(&st);
     }
 
     fn channel(&self) -> Option<Arc<dyn ShmemChannel>> {
@@ -452,6 +462,20 @@ impl Dax {
     /// Whether the window is usable (a backend channel exists).
     pub fn active(&self) -> bool {
         self.channel().is_some()
+    }
+
+    /// Publishes which nodes have live ranges (after `st.by_node` changed).
+    fn publish(&self, st: &State) {
+        *self.live_nodes.lock().unwrap_or_else(|e| e.into_inner()) =
+            st.by_node.keys().copied().collect();
+    }
+
+    /// Whether `node` has live ranges, without the state lock.
+    fn is_live(&self, node: u64) -> bool {
+        self.live_nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&node)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -558,6 +582,7 @@ impl Dax {
                 }
             }
         }
+        self.publish(&st);
         res
     }
 
@@ -771,10 +796,11 @@ impl Dax {
                 return Err(libc::EINVAL);
             }
         }
-        for &(moffset, len) in list {
-            Self::drop_ranges(&mut st, &*channel, moffset, moffset + len)?;
-        }
-        Ok(())
+        let res = list
+            .iter()
+            .try_for_each(|&(o, len)| Self::drop_ranges(&mut st, &*channel, o, o + len));
+        self.publish(&st);
+        res
     }
 
     /// The guest's FUSE session ended (DESTROY: its unmount, which sends no REMOVEMAPPING):
@@ -833,7 +859,9 @@ impl Dax {
     /// node's. Called before zerodax serves a request that reads or changes the file, so
     /// that the file holds what the guest wrote through the window.
     pub fn settle(&self, node: Option<u64>) {
-        if !self.tails_seen.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.tails_seen.load(std::sync::atomic::Ordering::Acquire)
+            || node.is_some_and(|n| !self.is_live(n))
+        {
             return;
         }
         let mut st = self.lock();
@@ -865,6 +893,9 @@ impl Dax {
         let Some(channel) = self.channel() else {
             return;
         };
+        if !self.is_live(node) {
+            return;
+        }
         let mut st = self.lock();
         let Some(ranges) = st.by_node.get(&node).cloned() else {
             return;
@@ -957,6 +988,7 @@ mod tests {
                 holes: DaxHoles::Map,
                 inodes: DaxInodes::All,
                 slots: DEFAULT_SLOTS,
+                ack_timeout: DEFAULT_ACK_TIMEOUT,
             },
             false,
         );
@@ -1041,6 +1073,7 @@ mod tests {
             holes,
             inodes: DaxInodes::All,
             slots,
+            ack_timeout: DEFAULT_ACK_TIMEOUT,
         };
         // 256 slots: 128 ranges of one region and a tail (256 MiB), or 64 of three and a
         // tail (128 MiB).
@@ -1075,6 +1108,7 @@ mod tests {
                     holes,
                     inodes: DaxInodes::All,
                     slots: DEFAULT_SLOTS,
+                    ack_timeout: DEFAULT_ACK_TIMEOUT,
                 },
                 false,
             );
@@ -1150,6 +1184,7 @@ mod tests {
                     holes,
                     inodes: DaxInodes::All,
                     slots: DEFAULT_SLOTS,
+                    ack_timeout: DEFAULT_ACK_TIMEOUT,
                 },
                 false,
             );

@@ -16,7 +16,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_SLOTS};
+use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
 use crate::server::{CachePolicy, Server, ServerOptions};
@@ -94,6 +94,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SLOTS,
           value_parser = clap::value_parser!(u32).range(4..))]
     pub dax_slots: u32,
+    /// Seconds a SHMEM_MAP/SHMEM_UNMAP may wait for the VMM's ack. A VMM that misses it is
+    /// taken as hung: that request and every later SETUPMAPPING fail with EIO, so no guest
+    /// request waits on it again.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ACK_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub dax_ack_timeout: u64,
     /// Accepted for virtiofsd compatibility: extended attributes are always served.
     #[arg(long, hide = true)]
     pub xattr: bool,
@@ -344,6 +350,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
                 holes: args.dax_holes,
                 inodes: args.dax_inodes,
                 slots: args.dax_slots,
+                ack_timeout: Duration::from_secs(args.dax_ack_timeout),
             }),
         },
     ));

@@ -17,10 +17,12 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -621,7 +623,10 @@ impl VhostUserBackend for FsBackend {
     /// SETUPMAPPING/REMOVEMAPPING and coherence updates, never from this message thread.
     fn set_backend_req_fd(&self, backend: Backend) {
         if let Some(dax) = self.server.dax() {
-            dax.set_channel(Arc::new(BackendChannel { backend }));
+            match BackendChannel::start(backend, dax.config().ack_timeout) {
+                Ok(channel) => dax.set_channel(Arc::new(channel)),
+                Err(e) => tracing::error!("backend channel thread: {e}; no DAX window"),
+            }
         }
     }
 
@@ -676,11 +681,81 @@ impl VhostUserBackend for FsBackend {
     }
 }
 
-/// SHMEM_MAP/SHMEM_UNMAP through the vhost-user backend channel. `Backend` serialises the
-/// requests with its own mutex and, with REPLY_ACK, waits for the frontend's ack: that mutex
-/// is the only vhost-user lock held while waiting.
+/// SHMEM_MAP/SHMEM_UNMAP through the vhost-user backend channel, with a bound on the wait.
+///
+/// One thread owns the channel (`Backend` serialises requests and, with REPLY_ACK, blocks
+/// until the frontend acks; it has no timeout of its own). A caller hands it a request and
+/// waits at most `ack_timeout`. A frontend that has not answered by then is taken as hung:
+/// the request fails, and so does every later one at once, so no guest request waits on it
+/// again (the window is closed for the rest of the connection; the guest sees EIO).
 struct BackendChannel {
-    backend: Backend,
+    requests: Mutex<mpsc::Sender<ChannelRequest>>,
+    ack_timeout: Duration,
+    hung: AtomicBool,
+}
+
+struct ChannelRequest {
+    msg: VhostUserMMap,
+    /// Present for SHMEM_MAP.
+    fd: Option<OwnedFd>,
+    done: mpsc::SyncSender<io::Result<()>>,
+}
+
+impl BackendChannel {
+    fn start(backend: Backend, ack_timeout: Duration) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<ChannelRequest>();
+        std::thread::Builder::new()
+            .name("backend-channel".into())
+            .spawn(move || {
+                // Ends when the channel is dropped (a new SET_BACKEND_REQ_FD, or exit).
+                for req in rx {
+                    let r = match &req.fd {
+                        Some(fd) => backend.shmem_map(&req.msg, fd),
+                        None => backend.shmem_unmap(&req.msg),
+                    };
+                    let _ = req.done.send(r.map(drop));
+                }
+            })?;
+        Ok(BackendChannel {
+            requests: Mutex::new(tx),
+            ack_timeout,
+            hung: AtomicBool::new(false),
+        })
+    }
+
+    fn call(&self, msg: VhostUserMMap, fd: Option<OwnedFd>) -> io::Result<()> {
+        let what = if fd.is_some() {
+            "SHMEM_MAP"
+        } else {
+            "SHMEM_UNMAP"
+        };
+        if self.hung.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "the frontend stopped answering SHMEM requests",
+            ));
+        }
+        let (done, result) = mpsc::sync_channel(1);
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(ChannelRequest { msg, fd, done })
+            .map_err(|_| io::Error::other("the backend channel is gone"))?;
+        match result.recv_timeout(self.ack_timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.hung.store(true, Ordering::Release);
+                tracing::error!(
+                    "the frontend did not answer {what} within {:?}: DAX window closed for \
+                     this connection",
+                    self.ack_timeout
+                );
+                Err(io::Error::from(io::ErrorKind::TimedOut))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(io::Error::other("the backend channel is gone"))
+            }
+        }
+    }
 }
 
 impl ShmemChannel for BackendChannel {
@@ -705,7 +780,7 @@ impl ShmemChannel for BackendChannel {
             len,
             flags: flags.bits(),
         };
-        self.backend.shmem_map(&msg, &fd).map(drop)
+        self.call(msg, Some(fd.try_clone_to_owned()?))
     }
 
     fn unmap(&self, window_offset: u64, len: u64) -> io::Result<()> {
@@ -717,7 +792,7 @@ impl ShmemChannel for BackendChannel {
             len,
             flags: 0,
         };
-        self.backend.shmem_unmap(&msg).map(drop)
+        self.call(msg, None)
     }
 }
 

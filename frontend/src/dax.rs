@@ -106,6 +106,8 @@ pub struct ShmemWindow {
     maps: AtomicU64,
     unmaps: AtomicU64,
     refused: AtomicU64,
+    /// Milliseconds the next SHMEM_MAP waits before it is served: a slow or hung VMM.
+    stall_ms: AtomicU64,
 }
 
 impl fmt::Debug for ShmemWindow {
@@ -137,6 +139,15 @@ impl ShmemWindow {
     /// The window, once created.
     pub fn window(&self) -> Option<&Window> {
         self.window.get()
+    }
+
+    /// Makes the next SHMEM_MAP wait `d` before it is served and acked, as a VMM that is
+    /// slow or stopped answering would.
+    pub fn stall_next_map(&self, d: std::time::Duration) {
+        self.stall_ms.store(
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Requests served so far.
@@ -178,6 +189,10 @@ impl ShmemWindow {
 
 impl VhostUserFrontendReqHandler for ShmemWindow {
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        let stall = self.stall_ms.swap(0, Ordering::Relaxed);
+        if stall > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(stall));
+        }
         let r = self.checked(req).and_then(|(w, off, len)| {
             let flags = req.flags;
             let writable = VhostUserMMapFlags::from_bits(flags)

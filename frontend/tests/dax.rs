@@ -1058,3 +1058,40 @@ fn destroy_and_a_second_init_end_the_session() {
         assert_eq!(got, pattern(95, 4096), "{end}");
     }
 }
+
+/// A VMM that stops answering SHMEM_MAP: the SETUPMAPPING waiting on it fails (EIO) once
+/// `--dax-ack-timeout` passes, every later one fails at once, and the rest of the
+/// filesystem keeps serving.
+#[test]
+fn a_vmm_that_stops_answering_fails_the_mapping_not_the_daemon() {
+    let _serial = serial();
+    let mut h = start(
+        "dax-hung-vmm",
+        &["--cache-size", "8M", "--dax-ack-timeout", "1"],
+        |d| make_sparse(&d.join("f"), 3 * MIB, &[(0, pattern(97, 8192))]),
+    );
+    let node = lookup(&mut h, "f");
+    let guest = DaxGuest::new(&mut h.fs).unwrap();
+    let setup = |moffset| FuseSetupmappingIn {
+        fh: u64::MAX,
+        foffset: 0,
+        len: RANGE_SIZE,
+        flags: FUSE_SETUPMAPPING_FLAG_READ,
+        moffset,
+    };
+    guest.shmem().stall_next_map(Duration::from_secs(3));
+    assert_eq!(errno_of(h.fs.setupmapping(node, setup(0))), libc::EIO);
+    assert_eq!(
+        errno_of(h.fs.setupmapping(node, setup(RANGE_SIZE))),
+        libc::EIO,
+        "the window is closed for the connection"
+    );
+    // Everything else is served.
+    let fh = h.fs.open(node, libc::O_RDONLY as u32).unwrap().fh;
+    assert_eq!(h.fs.read(node, fh, 0, 8192).unwrap(), pattern(97, 8192));
+    h.fs.release(node, fh, 0).unwrap();
+    assert!(h
+        .backend
+        .log_tail(4000)
+        .contains("did not answer SHMEM_MAP"));
+}
