@@ -67,6 +67,15 @@ dax_make_files() {
     chmod -R a+rX "$dir"
 }
 
+# dax_make_bench DIR SEEKMAP: the benchmark's file: 1 GiB, 1% data (docs/benchmarks.md).
+dax_make_bench() {
+    local dir=$1 seekmap=$2
+    mkdir -p "$dir"
+    dax_list big $((1024 * MIB)) >"$dir/file.list"
+    "$seekmap" make "$dir/file" $((1024 * MIB)) "$dir/file.list" >/dev/null
+    chmod -R a+rX "$dir"
+}
+
 # dax_span_pages LIST: pages from the first data page to the last in each 2 MiB range, summed:
 # what `--dax-holes zero` maps, and so may bring into the page cache, of a file read whole.
 dax_span_pages() {

@@ -130,10 +130,14 @@ mkdir -p "$backing"
 mount -o loop "$work/img" "$backing"
 chmod 0755 "$backing"
 [[ -z $script ]] || install -m 0644 "$script" "$backing/zdg-script.sh"
-if [[ ,$scenarios, == *,dax,* ]]; then
+if [[ ,$scenarios, == *,dax,* || ,$scenarios, == *,bench,* ]]; then
     # shellcheck source-path=SCRIPTDIR source=dax.sh
     source "$here/dax.sh"
-    dax_make_files "$backing/zdg-dax" "$cache_dir/seekmap" "$extra"
+    if [[ ,$scenarios, == *,dax,* ]]; then
+        dax_make_files "$backing/zdg-dax" "$cache_dir/seekmap" "$extra"
+    else
+        dax_make_bench "$backing/zdg-bench" "$cache_dir/seekmap"
+    fi
     # A cold start: nothing of the files in the host's page cache.
     umount "$backing" && mount -o loop "$work/img" "$backing"
 fi
@@ -354,6 +358,18 @@ for s in "${wanted[@]}"; do
             marker 'CHECK dax/' | awk '{print $3 "\t" $4 "\t"}' >>"$cases"
             [[ -n $end ]] || result dax/complete FAIL "the dax scenario did not finish"
             dax_host_checks "$backing/zdg-dax" "$cache_dir/seekmap" "$out" "$extra"
+            ;;
+        bench)
+            cold=$(marker 'BENCH cold' | awk '{print $4}')
+            warm=$(marker 'BENCH warm' | awk '{print $4}')
+            cache=$("$cache_dir/seekmap" cachestat "$backing/zdg-bench/file" | sed -n 's/^cache=\([0-9]*\).*/\1/p')
+            peak_maps=0 peak_rss=0
+            [[ -s $out/vmm-peak ]] && read -r peak_maps peak_rss <"$out/vmm-peak"
+            if [[ ${end%% *} == 0 && -n $cold && -n $warm ]]; then
+                result bench PASS "cold ${cold} s, warm ${warm} s; host page cache $((cache / 256)) MiB; VMM peak RSS $((peak_rss / 1024)) MiB, peak file mappings $peak_maps"
+            else
+                result bench FAIL "rc=${end%% *} cold=${cold:-?} warm=${warm:-?}"
+            fi
             ;;
         reboot)
             boots=$(marker BOOT | wc -l)
