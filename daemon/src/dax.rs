@@ -154,6 +154,7 @@ struct Region {
 /// page are kept; bytes past EOF are never written (as any filesystem drops them).
 struct Tail {
     node: u64,
+    file_id: FileId,
     /// The file, to write the guest's stores back to (read-write on a writable export).
     file: std::os::fd::OwnedFd,
     memfd: std::os::fd::OwnedFd,
@@ -166,11 +167,17 @@ struct Tail {
 }
 
 impl Tail {
-    fn new(node: u64, file: BorrowedFd<'_>, foffset: u64, len: usize) -> io::Result<Self> {
+    fn new(
+        (node, file_id): (u64, FileId),
+        file: BorrowedFd<'_>,
+        foffset: u64,
+        len: usize,
+    ) -> io::Result<Self> {
         let memfd = rustix::fs::memfd_create("zerodax-tail", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&memfd, DAX_PAGE)?;
         let mut t = Tail {
             node,
+            file_id,
             file: file.try_clone_to_owned()?,
             memfd,
             foffset,
@@ -239,9 +246,14 @@ fn write_full(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()
     Ok(())
 }
 
+/// A file as the host knows it (st_dev, st_ino): one file may be reached through several
+/// node ids (a bind mount inside the share), and coherence is per file.
+type FileId = (u64, u64);
+
 #[derive(Debug, Clone, Copy)]
 struct LiveRange {
     node: u64,
+    file_id: FileId,
     foffset: u64,
     len: u64,
     /// The guest asked for WRITE: the whole range (to EOF) is mapped, holes included.
@@ -254,7 +266,8 @@ struct State {
     /// The regions that are a file's last partial page, by window offset.
     tails: BTreeMap<u64, Tail>,
     ranges: BTreeMap<u64, LiveRange>,
-    by_node: HashMap<u64, BTreeSet<u64>>,
+    /// Window offsets of the live ranges of each file.
+    by_file: HashMap<FileId, BTreeSet<u64>>,
     stats: DaxStats,
 }
 
@@ -378,9 +391,9 @@ pub struct Dax {
     state: Mutex<State>,
     /// A tail has existed since the frontend connected: requests then settle tails.
     tails_seen: std::sync::atomic::AtomicBool,
-    /// The nodes with live ranges, readable without `state`: requests on other files
+    /// The files with live ranges, readable without `state`: requests on other files
     /// never wait for the state lock, which is held across SHMEM round trips.
-    live_nodes: Mutex<std::collections::HashSet<u64>>,
+    live_files: Mutex<std::collections::HashSet<FileId>>,
 }
 
 impl fmt::Debug for Dax {
@@ -420,7 +433,7 @@ impl Dax {
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
             tails_seen: std::sync::atomic::AtomicBool::new(false),
-            live_nodes: Mutex::new(std::collections::HashSet::new()),
+            live_files: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -441,8 +454,8 @@ impl Dax {
     /// negotiated): from now on SETUPMAPPING is served.
     pub fn set_channel(&self, channel: Arc<dyn ShmemChannel>) {
         *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
-        // A new frontend starts with an empty window.
-        self.settle(None);
+        // A new frontend starts with an empty window (what the guest stored into a tail
+        // under the old one is lost with it: the old VMM is gone).
         let mut st = self.lock();
         let stats = st.stats;
         *st = State {
@@ -464,18 +477,20 @@ impl Dax {
         self.channel().is_some()
     }
 
-    /// Publishes which nodes have live ranges (after `st.by_node` changed).
+    /// Publishes which files have live ranges (after `st.by_file` changed).
     fn publish(&self, st: &State) {
-        *self.live_nodes.lock().unwrap_or_else(|e| e.into_inner()) =
-            st.by_node.keys().copied().collect();
+        *self.live_files.lock().unwrap_or_else(|e| e.into_inner()) =
+            st.by_file.keys().copied().collect();
     }
 
-    /// Whether `node` has live ranges, without the state lock.
-    fn is_live(&self, node: u64) -> bool {
-        self.live_nodes
+    /// The file `node` names, if it has live ranges; without the state lock.
+    fn live_file(&self, fs: &FileSystem, node: u64) -> Option<FileId> {
+        let file = fs.file_identity(node)?;
+        self.live_files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&node)
+            .contains(&file)
+            .then_some(file)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -519,6 +534,7 @@ impl Dax {
             "SETUPMAPPING"
         );
         let (fd, fd_writable) = self.open(fs, node, write)?;
+        let file_id = fs.file_identity(node).ok_or(libc::ESTALE)?;
         let mut st = self.lock();
         st.stats.setups += 1;
         let overlapping: Vec<u64> = st
@@ -536,12 +552,13 @@ impl Dax {
                     s.moffset,
                     LiveRange {
                         node,
+                        file_id,
                         foffset: s.foffset,
                         len: s.len,
                         write,
                     },
                 );
-                st.by_node.entry(node).or_default().insert(s.moffset);
+                st.by_file.entry(file_id).or_default().insert(s.moffset);
                 None
             }
             // The same range again: the WRITE upgrade of the guest's pfn_mkwrite path, or
@@ -756,10 +773,12 @@ impl Dax {
         // 4. The tail, from its memfd.
         if let Some((w, len)) = tail_wanted {
             if !st.regions.contains_key(&w) {
-                let t = Tail::new(range.node, fd, foffset_of(w), len).map_err(|e| {
-                    tracing::warn!(node = range.node, "DAX tail page: {e}");
-                    errno(&e)
-                })?;
+                let t = Tail::new((range.node, range.file_id), fd, foffset_of(w), len).map_err(
+                    |e| {
+                        tracing::warn!(node = range.node, "DAX tail page: {e}");
+                        errno(&e)
+                    },
+                )?;
                 st.map(channel, (w, w + DAX_PAGE), t.memfd.as_fd(), 0, fd_writable)?;
                 st.tails.insert(w, t);
                 self.tails_seen
@@ -838,17 +857,17 @@ impl Dax {
         for (o, _) in st.regions_in(moffset, end) {
             st.unmap(channel, o)?;
         }
-        let ranges: Vec<(u64, u64)> = st
+        let ranges: Vec<(u64, FileId)> = st
             .ranges
             .range(moffset..end)
-            .map(|(&o, r)| (o, r.node))
+            .map(|(&o, r)| (o, r.file_id))
             .collect();
-        for (o, node) in ranges {
+        for (o, file_id) in ranges {
             st.ranges.remove(&o);
-            if let Some(set) = st.by_node.get_mut(&node) {
+            if let Some(set) = st.by_file.get_mut(&file_id) {
                 set.remove(&o);
                 if set.is_empty() {
-                    st.by_node.remove(&node);
+                    st.by_file.remove(&file_id);
                 }
             }
         }
@@ -858,15 +877,20 @@ impl Dax {
     /// Writes back the guest's stores into `node`'s tail pages ([`Tail`]); `None`: every
     /// node's. Called before zerodax serves a request that reads or changes the file, so
     /// that the file holds what the guest wrote through the window.
-    pub fn settle(&self, node: Option<u64>) {
-        if !self.tails_seen.load(std::sync::atomic::Ordering::Acquire)
-            || node.is_some_and(|n| !self.is_live(n))
-        {
+    pub fn settle(&self, fs: &FileSystem, node: Option<u64>) {
+        if !self.tails_seen.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
+        let file = match node {
+            Some(n) => match self.live_file(fs, n) {
+                Some(f) => Some(f),
+                None => return,
+            },
+            None => None,
+        };
         let mut st = self.lock();
         for t in st.tails.values_mut() {
-            if node.is_none_or(|n| n == t.node) {
+            if file.is_none_or(|f| f == t.file_id) {
                 if let Err(e) = t.settle() {
                     tracing::warn!(node = t.node, "DAX tail page write-back: {e}");
                 }
@@ -889,36 +913,40 @@ impl Dax {
         self.resync(fs, node, new_size);
     }
 
+    /// Brings every live range of the file `node` names in line, through whichever node
+    /// id each range was set up with (one file, several node ids: a bind mount).
     fn resync(&self, fs: &FileSystem, node: u64, size_cap: u64) {
         let Some(channel) = self.channel() else {
             return;
         };
-        if !self.is_live(node) {
+        let Some(file_id) = self.live_file(fs, node) else {
             return;
-        }
+        };
         let mut st = self.lock();
-        let Some(ranges) = st.by_node.get(&node).cloned() else {
+        let Some(ranges) = st.by_file.get(&file_id).cloned() else {
             return;
         };
-        let (fd, fd_writable) = match self.open(fs, node, false) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(node, "DAX coherence: cannot open node: errno {e}");
-                return;
-            }
-        };
-        let size = match file_size(fd.as_fd()) {
-            Ok(s) => s.min(size_cap),
-            Err(e) => {
-                tracing::warn!(node, "DAX coherence: fstat: errno {e}");
-                return;
-            }
-        };
+        let mut fds: HashMap<u64, (std::os::fd::OwnedFd, bool)> = HashMap::new();
         for moffset in ranges {
-            if let Err(e) =
-                self.sync_range(&mut st, &*channel, moffset, fd.as_fd(), fd_writable, size)
-            {
-                tracing::warn!(node, moffset, "DAX coherence: errno {e}");
+            let Some(owner) = st.ranges.get(&moffset).map(|r| r.node) else {
+                continue;
+            };
+            if let std::collections::hash_map::Entry::Vacant(v) = fds.entry(owner) {
+                match self.open(fs, owner, false) {
+                    Ok(x) => v.insert(x),
+                    Err(e) => {
+                        tracing::warn!(node = owner, "DAX coherence: cannot open node: errno {e}");
+                        continue;
+                    }
+                };
+            }
+            let (fd, fd_writable) = &fds[&owner];
+            let res = file_size(fd.as_fd()).and_then(|size| {
+                let size = size.min(size_cap);
+                self.sync_range(&mut st, &*channel, moffset, fd.as_fd(), *fd_writable, size)
+            });
+            if let Err(e) = res {
+                tracing::warn!(node = owner, moffset, "DAX coherence: errno {e}");
             }
         }
     }
@@ -1146,7 +1174,7 @@ mod tests {
             tail.write_all_at(b"past EOF", 2000).unwrap();
             let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             file.write_all_at(b"H", 4096 + 500).unwrap();
-            dax.settle(Some(node));
+            dax.settle(&fs, Some(node));
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len(), 5000, "{holes:?}: the size is the file's");
             assert_eq!(&bytes[4196..4201], b"guest", "{holes:?}");

@@ -412,7 +412,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     }
     if let Some(dax) = server.dax() {
         // What the guest stored into tail pages last (no DESTROY when a VMM just ends).
-        dax.settle(None);
+        dax.settle(server.fs(), None);
         tracing::info!("DAX window: {}", dax.stats());
     }
     // Stop every queue worker (exit_event), and make sure an unresponsive one cannot keep

@@ -771,12 +771,12 @@ impl Server {
                 | O::Fsync(_)
                 | O::Release(_)
                 | O::Lseek(_)
-                | O::Fallocate(_) => d.settle(Some(node)),
+                | O::Fallocate(_) => d.settle(fs, Some(node)),
                 O::CopyFileRange(c) | O::CopyFileRange64(c) => {
-                    d.settle(Some(node));
-                    d.settle(Some(c.nodeid_out));
+                    d.settle(fs, Some(node));
+                    d.settle(fs, Some(c.nodeid_out));
                 }
-                O::Destroy | O::Syncfs(_) => d.settle(None),
+                O::Destroy | O::Syncfs(_) => d.settle(fs, None),
                 _ => {}
             }
         }

@@ -1095,3 +1095,85 @@ fn a_vmm_that_stops_answering_fails_the_mapping_not_the_daemon() {
         .log_tail(4000)
         .contains("did not answer SHMEM_MAP"));
 }
+
+/// Unmounts a bind mount (lazily: the backend may still hold descriptors under it).
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// One file through two node ids (a bind mount inside the share gives each side its own):
+/// a truncate through one id unmaps what the other id's live range maps past the new EOF,
+/// and a write through one shows in the other's range.
+#[test]
+fn coherence_is_per_file_across_node_ids() {
+    let _serial = serial();
+    let mut h = start(
+        "dax-two-ids",
+        &["--cache-size", "8M", "--dax-holes", "map"],
+        |d| {
+            std::fs::create_dir(d.join("a")).unwrap();
+            std::fs::create_dir(d.join("b")).unwrap();
+            make_sparse(
+                &d.join("a/f"),
+                3 * MIB,
+                &[(0, pattern(99, 3 * MIB as usize))],
+            );
+        },
+    );
+    let b = h.host("b");
+    let st = std::process::Command::new("mount")
+        .args(["--bind", h.host("a").to_str().unwrap(), b.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind");
+    let _bind = BindMount(b);
+    let dir_a = h.fs.lookup(FUSE_ROOT_ID, "a").unwrap().nodeid;
+    let dir_b = h.fs.lookup(FUSE_ROOT_ID, "b").unwrap().nodeid;
+    let via_a = h.fs.lookup(dir_a, "f").unwrap();
+    let via_b = h.fs.lookup(dir_b, "f").unwrap();
+    assert_ne!(
+        via_a.nodeid, via_b.nodeid,
+        "the bind mount gives its own node id"
+    );
+    let mut guest = DaxGuest::new(&mut h.fs).unwrap();
+    guest
+        .map_for_read(&mut h.fs, via_a.nodeid, RANGE_SIZE, RANGE_SIZE)
+        .unwrap();
+    assert!(!guest.window().mappings().is_empty());
+
+    // A write through b shows in a's range at once.
+    let fh = h.fs.open(via_b.nodeid, libc::O_RDWR as u32).unwrap().fh;
+    h.fs.write(via_b.nodeid, fh, RANGE_SIZE + 4096, b"through b")
+        .unwrap();
+    let w = guest
+        .window_offset(via_a.nodeid, RANGE_SIZE + 4096)
+        .unwrap();
+    let mut got = vec![0u8; 9];
+    guest.window().read_at(w, &mut got).unwrap();
+    assert_eq!(got, b"through b");
+
+    // A truncate through b leaves nothing of a's range mapped past the new EOF.
+    h.fs.setattr(
+        via_b.nodeid,
+        &FuseSetattrIn {
+            valid: FATTR_SIZE,
+            size: MIB,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        guest.window().mappings().is_empty(),
+        "mapped past EOF through the other node id: {:?}",
+        guest.window().mappings()
+    );
+    h.fs.release(via_b.nodeid, fh, 0).unwrap();
+    assert_eq!(guest.shmem().stats().refused, 0);
+}

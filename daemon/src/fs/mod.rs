@@ -1087,6 +1087,12 @@ impl FileSystem {
         self.reopen(&inode, flags | libc::O_NONBLOCK)
     }
 
+    /// The host file `node` names, as (st_dev, st_ino): the same for every node id of one
+    /// file (bind mounts inside the share give one file several node ids).
+    pub fn file_identity(&self, node: u64) -> Option<(u64, u64)> {
+        self.inodes.get(node).map(|i| (i.key.dev, i.key.ino))
+    }
+
     /// The node an open handle belongs to.
     pub fn handle_node(&self, fh: u64) -> Option<u64> {
         self.handle(fh).ok().map(|h| h.node)
