@@ -297,12 +297,17 @@ impl State {
                 libc::POSIX_FADV_WILLNEED,
             )
         };
+        let bucket = (self.regions.len() / LATENCY_BUCKET).min(LATENCY_BUCKETS - 1);
+        let t0 = std::time::Instant::now();
         channel
             .map(start, len, fd, foffset, writable)
             .map_err(|e| {
                 tracing::warn!("SHMEM_MAP {start:#x}+{len:#x}: {e}");
                 libc::EIO
             })?;
+        let b = &mut self.stats.map_latency[bucket];
+        b.0 += 1;
+        b.1 += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         tracing::debug!(start, len, foffset, writable, "SHMEM_MAP");
         self.regions.insert(start, Region { len, writable });
         self.stats.shmem_maps += 1;
@@ -360,7 +365,14 @@ pub struct DaxStats {
     pub merges: u64,
     /// The most regions live at once (never above `--dax-slots`).
     pub peak_regions: u64,
+    /// SHMEM_MAP round trips (request to the VMM's ack), by the number of regions live
+    /// when it was sent, in buckets of [`LATENCY_BUCKET`]: (count, total nanoseconds).
+    pub map_latency: [(u64, u64); LATENCY_BUCKETS],
 }
+
+/// Width of a [`DaxStats::map_latency`] bucket, in live regions.
+pub const LATENCY_BUCKET: usize = 64;
+const LATENCY_BUCKETS: usize = 8;
 
 impl fmt::Display for DaxStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -369,7 +381,21 @@ impl fmt::Display for DaxStats {
             "setupmapping={} removemapping={} shmem_map={} shmem_unmap={} merges={} peak_regions={}",
             self.setups, self.removes, self.shmem_maps, self.shmem_unmaps, self.merges,
             self.peak_regions
-        )
+        )?;
+        // The VMM's cost of a mapping as the live mappings grow (QEMU rebuilds its memory
+        // map and every vhost-user device's memory table on each one).
+        for (i, &(n, ns)) in self.map_latency.iter().enumerate() {
+            if n > 0 {
+                let lo = i * LATENCY_BUCKET;
+                let hi = if i + 1 == LATENCY_BUCKETS {
+                    "".to_string()
+                } else {
+                    format!("{}", lo + LATENCY_BUCKET - 1)
+                };
+                write!(f, " shmem_map[{lo}-{hi} live]={n}x{}us", ns / n / 1000)?;
+            }
+        }
+        Ok(())
     }
 }
 
