@@ -385,14 +385,14 @@ impl fmt::Display for DaxStats {
         // The VMM's cost of a mapping as the live mappings grow (QEMU rebuilds its memory
         // map and every vhost-user device's memory table on each one).
         for (i, &(n, ns)) in self.map_latency.iter().enumerate() {
-            if n > 0 {
+            if let Some(mean) = ns.checked_div(n) {
                 let lo = i * LATENCY_BUCKET;
                 let hi = if i + 1 == LATENCY_BUCKETS {
                     "".to_string()
                 } else {
                     format!("{}", lo + LATENCY_BUCKET - 1)
                 };
-                write!(f, " shmem_map[{lo}-{hi} live]={n}x{}us", ns / n / 1000)?;
+                write!(f, " shmem_map[{lo}-{hi} live]={n}x{}us", mean / 1000)?;
             }
         }
         Ok(())
