@@ -140,7 +140,7 @@ sleep_bin=$(readlink -f "$(type -P sleep)")
 pjdfstest=$(type -P pjdfstest)
 fsx=$(type -P fsx)
 dynamic=("$sleep_bin" "$pjdfstest" "$fsx")
-inputs=("$0" "$here/init" "$here/pjdfstest.toml" "$here/fsx.toml" "$busybox" "$cache/seekmap"
+inputs=("$0" "$here/init" "$here/reset-init" "$here/pjdfstest.toml" "$here/fsx.toml" "$busybox" "$cache/seekmap"
     "$cache/etxtbsy" "${dynamic[@]}")
 stamp=$( (sha256sum "${inputs[@]}" | awk '{print $1}'; echo "${dynamic[*]}") | sha256sum | cut -c1-64)
 if [[ -s $cache/initrd.gz && $(cat "$cache/initrd.stamp" 2>/dev/null) == "$stamp" ]]; then
@@ -183,6 +183,7 @@ install -m 0755 "$cache/etxtbsy" "$stage/bin/etxtbsy"
 [[ -e $stage/lib64/ld-linux-x86-64.so.2 ]] || die "the dynamic loader was not copied"
 
 install -m 0755 "$here/init" "$stage/init"
+install -m 0755 "$here/reset-init" "$stage/reset-init"
 install -m 0644 "$here/pjdfstest.toml" "$stage/etc/zdg/pjdfstest.toml"
 install -m 0644 "$here/fsx.toml" "$stage/etc/zdg/fsx.toml"
 cat >"$stage/etc/passwd" <<'EOF'
