@@ -22,12 +22,15 @@ make_sparse_file "$file"
 
 echo
 echo "== zerodax serve --dax-holes zero: every page read through the frontend's DAX window"
+drop_file_cache "$file"
 "$ZERODAX" probe --via virtio --dax-holes zero "$file"
 echo
 echo "== the same, writing 4 KiB into a hole at 512 MiB through the window (SETUPMAPPING WRITE)"
+drop_file_cache "$file"
 "$ZERODAX" probe --via virtio --dax-holes zero --write 512M:4K "$file"
 echo
 echo "== zerodax serve --dax-holes map: holes mapped from the file, as virtiofsd's DAX did"
+drop_file_cache "$file"
 "$ZERODAX" probe --via virtio --dax-holes map "$file"
 echo
 echo "== on the host: zerodax mount, its holes through the mount (SEEK_DATA/SEEK_HOLE answered by"

@@ -61,6 +61,11 @@ make_sparse_file() {
     sync "$1"
 }
 
+# drop_file_cache PATH: the file's clean pages out of the host page cache (a cold start).
+drop_file_cache() {
+    python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}
+
 # start_zerodax ARGS...: `zerodax mount ARGS $ZD_BACKING $ZD_MNT` in the background; waits for the
 # mount to appear (10 s at most) and fails if the daemon dies first.
 start_zerodax() {

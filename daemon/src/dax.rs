@@ -859,10 +859,18 @@ impl Dax {
         let mut st = self.lock();
         let live = (st.ranges.len(), st.regions.len());
         if let Err(e) = Self::drop_ranges(&mut st, &*channel, 0, u64::MAX) {
+            // A VMM that refuses the unmap has no such mapping any more (it dropped its
+            // mappings at the device reset that came before this INIT): forget the rest, or
+            // the new session would find its window offsets taken (EBUSY).
             tracing::warn!(
-                "DAX session end: errno {e}; regions left: {}",
+                "DAX session end: errno {e}; forgetting {} regions the VMM no longer holds",
                 st.regions.len()
             );
+            let stats = st.stats;
+            *st = State {
+                stats,
+                ..State::default()
+            };
         }
         tracing::debug!(
             ranges = live.0,
