@@ -1036,49 +1036,82 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_setup_leaves_the_window_offset_free() {
-        let dir = std::env::temp_dir().join(format!("zerodax-dax-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("f"), vec![7u8; 64 * 1024]).unwrap();
-        let fs = FileSystem::new(&dir, Config::default()).unwrap();
-        let ctx = Context::default();
-        let node = fs.lookup(&ctx, 1, c"f").unwrap().node;
+    /// A scratch directory holding one file `f`, served by a `FileSystem`; removed on drop.
+    struct OneFile {
+        dir: std::path::PathBuf,
+        fs: FileSystem,
+        node: u64,
+    }
+
+    impl OneFile {
+        fn new(tag: &str, contents: &[u8]) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("zerodax-dax-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("f"), contents).unwrap();
+            let fs = FileSystem::new(&dir, Config::default()).unwrap();
+            let node = fs.lookup(&Context::default(), 1, c"f").unwrap().node;
+            OneFile { dir, fs, node }
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            self.dir.join("f")
+        }
+    }
+
+    impl Drop for OneFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A 4 MiB window in `holes` mode whose VMM side is `vmm`.
+    fn window(holes: DaxHoles, vmm: Arc<dyn ShmemChannel>) -> Dax {
         let dax = Dax::new(
             DaxConfig {
                 window_len: 4 << 20,
-                holes: DaxHoles::Map,
+                holes,
                 inodes: DaxInodes::All,
                 slots: DEFAULT_SLOTS,
                 ack_timeout: DEFAULT_ACK_TIMEOUT,
             },
             false,
         );
-        let frontend = Arc::new(Frontend::default());
-        dax.set_channel(frontend.clone());
-        let setup = FuseSetupmappingIn {
+        dax.set_channel(vmm);
+        dax
+    }
+
+    /// SETUPMAPPING of file range 0 at window offset 0, as the guest's fault path sends it.
+    fn first_range(flags: u64) -> FuseSetupmappingIn {
+        FuseSetupmappingIn {
             fh: u64::MAX,
             foffset: 0,
-            len: 2 << 20,
-            flags: FUSE_SETUPMAPPING_FLAG_READ,
+            len: RANGE,
+            flags,
             moffset: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_failed_setup_leaves_the_window_offset_free() {
+        let f = OneFile::new("unit", &[7u8; 64 * 1024]);
+        let (fs, node) = (&f.fs, f.node);
+        let frontend = Arc::new(Frontend::default());
+        let dax = window(DaxHoles::Map, frontend.clone());
+        let setup = first_range(FUSE_SETUPMAPPING_FLAG_READ);
 
         frontend.refuse.store(true, Ordering::SeqCst);
-        assert_eq!(dax.setup(&fs, node, &setup), Err(libc::EIO));
+        assert_eq!(dax.setup(fs, node, &setup), Err(libc::EIO));
         assert_eq!(dax.counts(), DaxCounts::default(), "nothing stays recorded");
 
         // The guest reuses the offset (its fault path frees a failed range without a
         // REMOVEMAPPING): it must not get EBUSY.
         frontend.refuse.store(false, Ordering::SeqCst);
-        assert_eq!(dax.setup(&fs, node, &setup), Ok(()));
+        assert_eq!(dax.setup(fs, node, &setup), Ok(()));
         assert_eq!(frontend.mapped.load(Ordering::SeqCst), 1);
         assert_eq!(dax.counts().ranges, 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A VMM as strict as vhost-user's rules: a map over a live region and an unmap that is
-    /// not exactly one region are refused.
     /// A VMM as strict as vhost-user's rules, and QEMU 11.1's: a map over a live region,
     /// an unmap that is not exactly one region, and a map past the end of its file are
     /// refused. It keeps each region's descriptor, as a VMM's mapping does.
@@ -1157,33 +1190,13 @@ mod tests {
     #[test]
     fn a_partial_last_page_is_a_tail_kept_in_step_with_the_file() {
         use std::os::unix::fs::FileExt;
-        let dir = std::env::temp_dir().join(format!("zerodax-dax-tail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f");
-        std::fs::write(&path, vec![1u8; 5000]).unwrap();
-        let fs = FileSystem::new(&dir, Config::default()).unwrap();
-        let node = fs.lookup(&Context::default(), 1, c"f").unwrap().node;
+        let f = OneFile::new("tail", &[1u8; 5000]);
+        let (fs, node, path) = (&f.fs, f.node, f.path());
         for holes in [DaxHoles::Map, DaxHoles::Zero] {
-            let dax = Dax::new(
-                DaxConfig {
-                    window_len: 4 << 20,
-                    holes,
-                    inodes: DaxInodes::All,
-                    slots: DEFAULT_SLOTS,
-                    ack_timeout: DEFAULT_ACK_TIMEOUT,
-                },
-                false,
-            );
             let vmm = Arc::new(StrictVmm::default());
-            dax.set_channel(vmm.clone());
-            let setup = FuseSetupmappingIn {
-                fh: u64::MAX,
-                foffset: 0,
-                len: RANGE,
-                flags: FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE,
-                moffset: 0,
-            };
-            dax.setup(&fs, node, &setup).unwrap();
+            let dax = window(holes, vmm.clone());
+            let setup = first_range(FUSE_SETUPMAPPING_FLAG_READ | FUSE_SETUPMAPPING_FLAG_WRITE);
+            dax.setup(fs, node, &setup).unwrap();
             assert_eq!(
                 vmm.shape(),
                 (2, 8192),
@@ -1208,7 +1221,7 @@ mod tests {
             tail.write_all_at(b"past EOF", 2000).unwrap();
             let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             file.write_all_at(b"H", 4096 + 500).unwrap();
-            dax.settle(&fs, Some(node));
+            dax.settle(fs, Some(node));
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len(), 5000, "{holes:?}: the size is the file's");
             assert_eq!(&bytes[4196..4201], b"guest", "{holes:?}");
@@ -1216,7 +1229,7 @@ mod tests {
 
             // zerodax grows the file past the page: the tail becomes the file's own page.
             file.set_len(10000).unwrap();
-            dax.file_changed(&fs, node);
+            dax.file_changed(fs, node);
             let (regions, covered) = vmm.shape();
             assert_eq!(covered, 12288, "{holes:?}");
             assert!(regions <= 4, "{holes:?}: {regions}");
@@ -1225,7 +1238,6 @@ mod tests {
             assert_eq!(vmm.shape(), (0, 0));
             std::fs::write(&path, vec![1u8; 5000]).unwrap();
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A file that grows a page at a time under a live range (a guest appending with
@@ -1233,42 +1245,21 @@ mod tests {
     #[test]
     fn growth_under_a_live_range_stays_within_the_region_cap() {
         for (holes, cap) in [(DaxHoles::Map, 1), (DaxHoles::Zero, 3)] {
-            let dir = std::env::temp_dir()
-                .join(format!("zerodax-dax-grow-{}-{holes:?}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("f");
-            std::fs::write(&path, vec![1u8; 4096]).unwrap();
-            let fs = FileSystem::new(&dir, Config::default()).unwrap();
-            let node = fs.lookup(&Context::default(), 1, c"f").unwrap().node;
-            let dax = Dax::new(
-                DaxConfig {
-                    window_len: 4 << 20,
-                    holes,
-                    inodes: DaxInodes::All,
-                    slots: DEFAULT_SLOTS,
-                    ack_timeout: DEFAULT_ACK_TIMEOUT,
-                },
-                false,
-            );
+            let f = OneFile::new(&format!("grow-{holes:?}"), &[1u8; 4096]);
+            let (fs, node, path) = (&f.fs, f.node, f.path());
             let vmm = Arc::new(StrictVmm::default());
-            dax.set_channel(vmm.clone());
-            let setup = |flags| FuseSetupmappingIn {
-                fh: u64::MAX,
-                foffset: 0,
-                len: RANGE,
-                flags,
-                moffset: 0,
-            };
-            dax.setup(&fs, node, &setup(FUSE_SETUPMAPPING_FLAG_READ))
+            let dax = window(holes, vmm.clone());
+            let setup = first_range;
+            dax.setup(fs, node, &setup(FUSE_SETUPMAPPING_FLAG_READ))
                 .unwrap();
             let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             for pages in 2..=64u64 {
                 use std::os::unix::fs::FileExt;
                 file.write_all_at(&[2u8; 4096], (pages - 1) * 4096).unwrap();
-                dax.file_changed(&fs, node);
+                dax.file_changed(fs, node);
                 if pages == 32 {
                     // The guest's write fault upgrades the range halfway.
-                    dax.setup(&fs, node, &setup(FUSE_SETUPMAPPING_FLAG_WRITE))
+                    dax.setup(fs, node, &setup(FUSE_SETUPMAPPING_FLAG_WRITE))
                         .unwrap();
                 }
                 let (regions, covered) = vmm.shape();
@@ -1280,7 +1271,6 @@ mod tests {
             }
             assert!(dax.stats().merges > 0, "{holes:?}");
             assert_eq!(dax.counts().regions, vmm.shape().0);
-            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }
