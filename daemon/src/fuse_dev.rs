@@ -15,10 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{self, Attr, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
@@ -819,6 +819,43 @@ impl Filesystem for FuseFs {
             Ok(o) => reply.offset(o as i64),
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    // Any user of the mount can send these as often as they like: answered quietly (fuser's
+    // defaults log a warning each time, which let an unprivileged user flood the log).
+    // ENOTTY is what an ioctl a file does not support returns.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        tracing::debug!(node = ino.0, cmd, "unsupported ioctl");
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn bmap(&self, _req: &Request, ino: INodeNo, _bs: u32, _idx: u64, reply: ReplyBmap) {
+        tracing::debug!(node = ino.0, "bmap: not a block device filesystem");
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        tracing::debug!(node = ino.0, "poll: not supported");
+        reply.error(Errno::ENOSYS);
     }
 
     fn copy_file_range(

@@ -808,3 +808,24 @@ fn exhausted_fd_budget_is_emfile_and_logged_once() {
     // The daemon keeps serving what fits.
     statvfs(&m.mnt);
 }
+
+/// ioctl, bmap and poll, which any user of the mount can send at will, are answered without a
+/// log line each: Python's `open()` alone sends an ioctl (TCGETS) per file, and a warning per
+/// request let an unprivileged user flood the log.
+#[test]
+fn unsupported_requests_do_not_flood_the_log() {
+    let m = Mounted::start(&[]);
+    fs::write(m.backing("f"), b"data").expect("file");
+    for _ in 0..200 {
+        let f = File::open(m.path("f")).expect("open");
+        // SAFETY: isatty on a descriptor we own; it only issues ioctl(TCGETS).
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(errno(), libc::ENOTTY);
+    }
+    let log = m.log_text();
+    assert!(
+        !log.contains("Not Implemented") && log.lines().count() < 20,
+        "{} log lines:\n{log}",
+        log.lines().count()
+    );
+}
