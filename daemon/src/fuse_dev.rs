@@ -274,7 +274,8 @@ impl Filesystem for FuseFs {
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_NO_EXPORT_SUPPORT;
         if let Err(missing) = config.add_capabilities(wanted & caps) {
             tracing::debug!(?missing, "kernel lacks optional INIT flags");
         }

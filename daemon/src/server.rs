@@ -98,7 +98,8 @@ pub const INIT_FLAGS: u64 = FUSE_ASYNC_READ
     | FUSE_READDIRPLUS_AUTO
     | FUSE_MAX_PAGES
     | FUSE_CACHE_SYMLINKS
-    | FUSE_DIRECT_IO_ALLOW_MMAP;
+    | FUSE_DIRECT_IO_ALLOW_MMAP
+    | FUSE_NO_EXPORT_SUPPORT;
 
 /// The request and reply buffers of one FUSE request, as a transport holds them.
 ///

@@ -829,3 +829,29 @@ fn unsupported_requests_do_not_flood_the_log() {
         log.lines().count()
     );
 }
+
+/// The mount declares that it has no file handles (FUSE_NO_EXPORT_SUPPORT): zerodax's node
+/// ids do not outlive the kernel's inode cache or the mount, so a handle from
+/// name_to_handle_at would turn ESTALE later. The kernel then refuses to make one.
+#[test]
+fn file_handles_are_declared_unsupported() {
+    let m = Mounted::start(&[]);
+    fs::write(m.backing("f"), b"data").expect("file");
+    let path = cpath(&m.path("f"));
+    // struct file_handle: handle_bytes, handle_type, then up to 120 bytes of handle.
+    let mut handle = [0u32; 32];
+    handle[0] = 120;
+    let mut mount_id = 0;
+    // SAFETY: `handle` is a file_handle with room for the 120 bytes it announces; the path
+    // and mount id pointers are valid for the call.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            handle.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP));
+}

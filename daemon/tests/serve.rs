@@ -663,7 +663,14 @@ fn requests_before_init_and_init_negotiation() {
         "{:#x}",
         out.flags64()
     );
-    for flag in [FUSE_MAX_PAGES, FUSE_DO_READDIRPLUS, FUSE_PARALLEL_DIROPS] {
+    // NO_EXPORT_SUPPORT: zerodax's node ids do not outlive the kernel's inode cache, so
+    // it says there are no file handles rather than hand out ones that go ESTALE.
+    for flag in [
+        FUSE_MAX_PAGES,
+        FUSE_DO_READDIRPLUS,
+        FUSE_PARALLEL_DIROPS,
+        FUSE_NO_EXPORT_SUPPORT,
+    ] {
         assert_ne!(out.flags64() & flag, 0, "{flag:#x}");
     }
     for refused in [
@@ -674,6 +681,7 @@ fn requests_before_init_and_init_negotiation() {
         FUSE_HAS_INODE_DAX,
         FUSE_SETXATTR_EXT,
         FUSE_PASSTHROUGH,
+        FUSE_EXPORT_SUPPORT,
     ] {
         assert_eq!(out.flags64() & refused, 0, "{refused:#x}");
     }
