@@ -39,8 +39,9 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Error as QueueError, QueueOwnedT, QueueT};
 use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
-    GuestMemoryMmap, VolatileSlice,
+    Address, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+    VolatileSlice,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -487,6 +488,13 @@ impl FsBackend {
             tracing::warn!("queue {queue} kicked before the memory table was set");
             return;
         };
+        if !rings_in(&mem, vring) {
+            // The rings are read and written through the framework's own view of memory,
+            // which still holds a region's unbacked part (usable_memory).
+            tracing::debug!("queue {queue}: a ring lies outside usable guest memory");
+            vring.signal_error();
+            return;
+        }
         if queue != HIPRIO_QUEUE {
             self.server
                 .set_queue_size(vring.get_ref().get_queue().size());
@@ -534,6 +542,20 @@ impl FsBackend {
 
 /// Serves one chain and returns it to the driver. Runs without any vring lock held except
 /// for the used-ring update at the end.
+/// Whether the queue's descriptor table and rings lie in `mem`.
+fn rings_in(mem: &MemGuard, vring: &Vring) -> bool {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    let size = u64::from(q.size());
+    [
+        (q.desc_table(), 16 * size),
+        (q.avail_ring(), 6 + 2 * size),
+        (q.used_ring(), 6 + 8 * size),
+    ]
+    .into_iter()
+    .all(|(addr, len)| mem.check_range(GuestAddress(addr), len as usize))
+}
+
 fn serve_chain(
     server: &Server,
     vring: &Vring,
@@ -642,7 +664,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn update_memory(&self, mem: GuestMemAtomic) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(usable_memory(mem));
         Ok(())
     }
 
@@ -679,6 +701,61 @@ impl VhostUserBackend for FsBackend {
         }
         Ok(())
     }
+}
+
+/// The guest memory zerodax may touch: every region cut to the part its file really backs.
+///
+/// A frontend may announce a region larger than the memfd behind it (SET_MEM_TABLE,
+/// ADD_MEM_REG); the mapping succeeds, and the first access past the file's end is SIGBUS,
+/// the end of the daemon. Such a region is cut (and one with nothing backed dropped) in the
+/// view zerodax reads and writes through, so a descriptor or ring there is outside guest
+/// memory: the request gets an error, and the daemon keeps serving.
+fn usable_memory(mem: GuestMemAtomic) -> GuestMemAtomic {
+    let full = mem.memory();
+    let usable: Vec<u64> = full
+        .iter()
+        .map(|r| {
+            let len = r.len();
+            r.file_offset()
+                .and_then(|fo| {
+                    let m = fo.file().metadata().ok().filter(|m| m.is_file())?;
+                    Some(m.len().saturating_sub(fo.start()).min(len) / 4096 * 4096)
+                })
+                .unwrap_or(len)
+        })
+        .collect();
+    if full.iter().zip(&usable).all(|(r, &u)| u == r.len()) {
+        drop(full);
+        return mem;
+    }
+    let mut regions = Vec::new();
+    for (r, &u) in full.iter().zip(&usable) {
+        if u < r.len() {
+            tracing::error!(
+                "memory region at guest address {:#x}: {:#x} bytes announced, its file backs \
+                 {u:#x}; the rest is treated as outside guest memory",
+                r.start_addr().raw_value(),
+                r.len()
+            );
+        }
+        let Some(fo) = r.file_offset().filter(|_| u > 0) else {
+            continue;
+        };
+        let remapped = MmapRegion::<()>::from_file(
+            FileOffset::from_arc(fo.arc().clone(), fo.start()),
+            u as usize,
+        )
+        .ok()
+        .and_then(|m| GuestRegionMmap::new(m, r.start_addr()));
+        match remapped {
+            Some(region) => regions.push(region),
+            None => tracing::error!(
+                "memory region at {:#x}: cannot map its backed part; left out",
+                r.start_addr().raw_value()
+            ),
+        }
+    }
+    GuestMemoryAtomic::new(GuestMemoryMmap::from_regions(regions).unwrap_or_default())
 }
 
 /// SHMEM_MAP/SHMEM_UNMAP through the vhost-user backend channel, with a bound on the wait.

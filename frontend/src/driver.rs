@@ -136,6 +136,9 @@ pub struct DriverConfig {
     pub queue_size: u16,
     /// Bytes of guest RAM.
     pub ram_size: usize,
+    /// Bytes of the memfd behind guest RAM, when a test wants a VMM that announces a memory
+    /// region larger than its file (the driver itself stays below it); `None`: all of RAM.
+    pub ram_backing: Option<usize>,
     /// Deadline for every wait on the backend (socket replies, used buffers, connect).
     pub timeout: Duration,
     /// Protocol features to acknowledge if offered.
@@ -161,6 +164,7 @@ impl Default for DriverConfig {
             request_queues: 1,
             queue_size: 128,
             ram_size: 64 << 20,
+            ram_backing: None,
             timeout: Duration::from_secs(10),
             protocol_features: VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK,
             ring_features: 0,
@@ -414,7 +418,7 @@ impl FsDriver {
             }
         }
         let acked = vmm.negotiated().acked_features;
-        let ram = GuestRam::new(config.ram_size)?;
+        let ram = GuestRam::with_backing(config.ram_size, config.ram_backing)?;
         vmm.set_mem_table(&ram)?;
         let mut base = RAM_BASE;
         let mut qs = Vec::with_capacity(usize::from(queues));

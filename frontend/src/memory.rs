@@ -71,6 +71,13 @@ pub struct GuestRam {
 impl GuestRam {
     /// Creates `size` bytes of guest RAM (rounded up to whole pages) in a fresh memfd.
     pub fn new(size: usize) -> Result<Self, MemoryError> {
+        Self::with_backing(size, None)
+    }
+
+    /// Like [`GuestRam::new`], but the memfd holds only `backing` bytes when given: a region
+    /// larger than its file, as a broken or hostile VMM may announce. Touching RAM past
+    /// `backing` is SIGBUS, for this process as for the backend.
+    pub fn with_backing(size: usize, backing: Option<usize>) -> Result<Self, MemoryError> {
         let size = size.div_ceil(4096).max(1) * 4096;
         let name: &CStr = c"zerodax-frontend-ram";
         // SAFETY: `name` is a valid NUL-terminated string and the flags are valid; the call
@@ -81,7 +88,8 @@ impl GuestRam {
         }
         // SAFETY: `fd` was just returned by memfd_create, is open and owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size as u64).map_err(MemoryError::Memfd)?;
+        file.set_len(backing.map_or(size, |b| b.min(size)) as u64)
+            .map_err(MemoryError::Memfd)?;
         let mem = GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(RAM_BASE),
             size,

@@ -482,3 +482,43 @@ fn malformed_indirect_tables_get_an_error_and_the_backend_keeps_serving() {
     };
     run_cases(INDIRECT_CASES, &config);
 }
+
+/// A memory region announced larger than the memfd behind it (SET_MEM_TABLE), and a reply
+/// buffer in the part the file does not back: touching it is SIGBUS. zerodax treats that part
+/// as outside guest memory (an error for the request) and keeps serving; both virtiofsds die
+/// here, so they are not run.
+#[test]
+fn a_region_larger_than_its_file_is_not_touched_past_the_file() {
+    let Some(spec) = backends().into_iter().find(|b| b.name == "zerodax") else {
+        eprintln!("zerodax is not among the backends of this run");
+        return;
+    };
+    let ram = 16 << 20;
+    let config = DriverConfig {
+        timeout: common::TIMEOUT,
+        ram_size: ram,
+        ram_backing: Some(ram / 2),
+        ..Default::default()
+    };
+    let mut h = Harness::start_on(Scratch::plain("short-region"), &spec, &config);
+    h.fs.init(frontend::fuse::DEFAULT_INIT_FLAGS).unwrap();
+    let past_the_file = frontend::memory::RAM_BASE + (ram as u64) * 3 / 4;
+    let (unique, chain) = chain_case(&mut h, |c| c.descs[3].addr = RawAddr::Gpa(past_the_file));
+    let outcome = classify(&mut h, unique, &chain);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::ErrorReply(_) | Outcome::Empty | Outcome::DeviceError
+        ),
+        "{outcome:?}\n{}",
+        h.backend.log_tail(2000)
+    );
+    h.fs.driver().set_timeout(WAIT);
+    h.fs.getattr(FUSE_ROOT_ID, None).unwrap_or_else(|e| {
+        panic!(
+            "not serving after the case: {e}\n{}",
+            h.backend.log_tail(2000)
+        )
+    });
+    assert!(h.backend.log_tail(4000).contains("its file backs"));
+}
