@@ -855,3 +855,62 @@ fn file_handles_are_declared_unsupported() {
     };
     assert_eq!((r, errno()), (-1, libc::EOPNOTSUPP));
 }
+
+/// `trusted.*` xattrs on every file type, for root, as ext4 allows: symlinks, device nodes,
+/// FIFOs and sockets included (they cannot be reopened for fsetxattr, so zerodax uses the
+/// *xattrat calls on their O_PATH descriptor).
+#[test]
+fn trusted_xattrs_on_every_file_type() {
+    let m = Mounted::start(&[]);
+    std::os::unix::fs::symlink("x", m.backing("l")).expect("symlink");
+    let _sock = std::os::unix::net::UnixListener::bind(m.backing("s")).expect("socket");
+    for (name, mode, dev) in [
+        ("p", libc::S_IFIFO | 0o644, 0),
+        ("c", libc::S_IFCHR | 0o644, libc::makedev(1, 3)),
+    ] {
+        let p = cpath(&m.backing(name));
+        // SAFETY: a NUL-terminated path; mknod has no memory effects.
+        assert_eq!(
+            unsafe { libc::mknod(p.as_ptr(), mode, dev) },
+            0,
+            "mknod {name}"
+        );
+    }
+    for name in ["l", "s", "p", "c"] {
+        let value = format!("on {name}");
+        xattr_set(&m.path(name), "trusted.zd", value.as_bytes(), 0)
+            .unwrap_or_else(|e| panic!("{name}: set: errno {e}"));
+        assert_eq!(
+            xattr_get(&m.path(name), "trusted.zd"),
+            Ok(value.clone().into_bytes()),
+            "{name}"
+        );
+        assert_eq!(
+            xattr_get(&m.backing(name), "trusted.zd"),
+            Ok(value.into_bytes()),
+            "{name}: on the host"
+        );
+        assert!(
+            xattr_list(&m.path(name))
+                .windows(11)
+                .any(|w| w == b"trusted.zd\0"),
+            "{name}: listed"
+        );
+        let p = cpath(&m.path(name));
+        // SAFETY: NUL-terminated strings.
+        assert_eq!(
+            unsafe { libc::lremovexattr(p.as_ptr(), c"trusted.zd".as_ptr()) },
+            0
+        );
+        assert_eq!(
+            xattr_get(&m.path(name), "trusted.zd"),
+            Err(libc::ENODATA),
+            "{name}"
+        );
+    }
+    // The symlink's target is untouched.
+    assert_eq!(
+        fs::read_link(m.path("l")).expect("readlink"),
+        Path::new("x")
+    );
+}

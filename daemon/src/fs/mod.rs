@@ -1011,42 +1011,61 @@ impl FileSystem {
     /// Xattrs go through a descriptor reopened via `/proc/self/fd/N`, for regular files and
     /// directories only; symlinks and special files have none here (the host refuses
     /// user.* on them anyway). No path is used, so this works after a chroot.
-    fn xattr_fd(&self, inode: &Inode) -> Option<io::Result<OwnedFd>> {
-        (inode.is_reg() || inode.is_dir())
-            .then(|| self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK))
+    /// Runs an xattr call on `inode`: `call(fd, None)` with a descriptor reopened through
+    /// `/proc/self/fd` for the f*xattr calls, for regular files and directories; other types
+    /// (symlinks, device nodes, FIFOs, sockets) cannot be opened without side effects or
+    /// following the link, so they get `call(/proc/self/fd, Some(its O_PATH descriptor's
+    /// number))` for the *xattrat calls, as ext4 allows xattrs on every type. A kernel
+    /// without those (before 6.13) answers `unsupported`.
+    fn on_xattrs<T>(
+        &self,
+        inode: &Inode,
+        call: impl FnOnce(BorrowedFd<'_>, Option<&CStr>) -> io::Result<T>,
+        unsupported: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        if inode.is_reg() || inode.is_dir() {
+            let fd = self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
+            return call(fd.as_fd(), None);
+        }
+        let name = Self::proc_name(inode.fd());
+        match call(self.proc_self_fd.as_fd(), Some(&name)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => unsupported(),
+            r => r,
+        }
     }
 
     pub fn getxattr(&self, _ctx: &Context, node: u64, name: &CStr, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
-        let Some(fd) = self.xattr_fd(&inode) else {
-            return Err(err(libc::ENODATA));
-        };
-        let fd = fd?;
+        let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
+        let n = self.on_xattrs(
+            &inode,
+            |fd, at| match at {
+                None => sys::getxattr(fd, name, &mut buf),
+                Some(path) => sys::getxattr_at(fd, path, name, &mut buf),
+            },
+            || Err(err(libc::ENODATA)),
+        )?;
         if size == 0 {
-            let n = sys::getxattr(fd.as_fd(), name, &mut [])?;
             return Ok(Xattr::Size(n as u32));
         }
-        let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
-        let n = sys::getxattr(fd.as_fd(), name, &mut buf)?;
         buf.truncate(n);
         Ok(Xattr::Data(buf))
     }
 
     pub fn listxattr(&self, _ctx: &Context, node: u64, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
-        let Some(fd) = self.xattr_fd(&inode) else {
-            return Ok(if size == 0 {
-                Xattr::Size(0)
-            } else {
-                Xattr::Data(Vec::new())
-            });
-        };
-        let fd = fd?;
-        if size == 0 {
-            return Ok(Xattr::Size(sys::listxattr(fd.as_fd(), &mut [])? as u32));
-        }
         let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
-        let n = sys::listxattr(fd.as_fd(), &mut buf)?;
+        let n = self.on_xattrs(
+            &inode,
+            |fd, at| match at {
+                None => sys::listxattr(fd, &mut buf),
+                Some(path) => sys::listxattr_at(fd, path, &mut buf),
+            },
+            || Ok(0),
+        )?;
+        if size == 0 {
+            return Ok(Xattr::Size(n as u32));
+        }
         buf.truncate(n);
         Ok(Xattr::Data(buf))
     }
@@ -1061,15 +1080,27 @@ impl FileSystem {
     ) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
-        let fd = self.xattr_fd(&inode).ok_or_else(|| err(libc::EPERM))??;
-        sys::setxattr(fd.as_fd(), name, value, flags)
+        self.on_xattrs(
+            &inode,
+            |fd, at| match at {
+                None => sys::setxattr(fd, name, value, flags),
+                Some(path) => sys::setxattr_at(fd, path, name, value, flags),
+            },
+            || Err(err(libc::EPERM)),
+        )
     }
 
     pub fn removexattr(&self, _ctx: &Context, node: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
-        let fd = self.xattr_fd(&inode).ok_or_else(|| err(libc::EPERM))??;
-        sys::removexattr(fd.as_fd(), name)
+        self.on_xattrs(
+            &inode,
+            |fd, at| match at {
+                None => sys::removexattr(fd, name),
+                Some(path) => sys::removexattr_at(fd, path, name),
+            },
+            || Err(err(libc::EPERM)),
+        )
     }
 
     /// A descriptor of regular file `node` for the DAX window (the guest's fault path names

@@ -414,6 +414,118 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
+// The *xattrat calls (Linux 6.13): xattrs of any file type through an O_PATH descriptor.
+// Numbers of the unified syscall table (the same on every architecture); not in libc yet.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` of the *xattrat calls.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// xattr calls on `path` in `dir`, following a final symlink: given `/proc/self/fd` and an
+/// O_PATH descriptor's number, the file that descriptor names, of any type (the magic link
+/// lands on a symlink itself, not on its target), including those that cannot be reopened
+/// for fgetxattr: symlinks, device nodes, FIFOs, sockets. (An O_PATH descriptor with
+/// AT_EMPTY_PATH is EBADF for these calls.) ENOSYS before Linux 6.13.
+pub fn getxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut args = XattrArgs {
+        value: if buf.is_empty() {
+            0
+        } else {
+            buf.as_mut_ptr() as u64
+        },
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        flags: 0,
+    };
+    // SAFETY: `path` and `name` are NUL-terminated, `args`
+    // is a live xattr_args of the size passed whose value pointer (or 0) covers `size` bytes.
+    check_long(unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
+    .map(|n| n as usize)
+}
+
+pub fn listxattr_at(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` is NUL-terminated; `buf` is writable for its length
+    // (NULL when empty asks for the size).
+    check_long(unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            0,
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr()
+            },
+            buf.len(),
+        )
+    })
+    .map(|n| n as usize)
+}
+
+pub fn setxattr_at(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    name: &CStr,
+    value: &[u8],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: u32::try_from(value.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        flags: flags as u32,
+    };
+    // SAFETY: as for getxattr_at; the kernel only reads `args` and `size` bytes of value.
+    check_long(unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
+    .map(drop)
+}
+
+pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated.
+    check_long(unsafe {
+        libc::syscall(
+            SYS_REMOVEXATTRAT,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            0,
+            name.as_ptr(),
+        )
+    })
+    .map(drop)
+}
+
 /// Switch this thread's filesystem uid (raw syscall: glibc's wrapper is per-thread too, but
 /// the raw call makes the per-thread intent explicit). Returns the previous value.
 pub fn setfsuid(uid: u32) -> u32 {
