@@ -46,6 +46,147 @@ pub struct MountArgs {
     /// Worker threads reading /dev/fuse (default: 2 per CPU, at most 16).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Mount options, comma separated (repeatable): nosuid|suid, nodev|dev, exec|noexec,
+    /// atime|noatime|relatime|strictatime, sync|async, dirsync, ro|rw, allow_other,
+    /// default_permissions. Default: nosuid,nodev. Never more than the shared directory's
+    /// own mount allows: on a nosuid/nodev/noexec/ro filesystem those are forced (asking
+    /// for more is an error).
+    #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+}
+
+/// What the mount grants, from `-o` and the flags, limited by the shared directory's mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountRights {
+    pub suid: bool,
+    pub dev: bool,
+    pub exec: bool,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub atime: Option<MountAtime>,
+    pub sync: bool,
+    pub dirsync: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountAtime {
+    NoAtime,
+    Atime,
+}
+
+impl MountRights {
+    /// `-o` words over the defaults (nosuid, nodev, exec), then `--read-only` and
+    /// `--allow-other`; then the shared directory's own mount flags (`backing`, statvfs
+    /// f_flag): what it forbids is forced, and an explicit request for it is an error.
+    pub fn resolve(args: &MountArgs, backing: u64) -> Result<Self, String> {
+        let mut r = MountRights {
+            suid: false,
+            dev: false,
+            exec: true,
+            read_only: args.read_only,
+            allow_other: args.allow_other,
+            atime: None,
+            sync: false,
+            dirsync: false,
+        };
+        let mut asked = Vec::new();
+        for word in args.options.iter().flat_map(|o| o.split(',')) {
+            match word.trim() {
+                "" | "default_permissions" => {}
+                "suid" => r.suid = true,
+                "nosuid" => r.suid = false,
+                "dev" => r.dev = true,
+                "nodev" => r.dev = false,
+                "exec" => r.exec = true,
+                "noexec" => r.exec = false,
+                "ro" => r.read_only = true,
+                "rw" => r.read_only = args.read_only,
+                "allow_other" => r.allow_other = true,
+                "noatime" => r.atime = Some(MountAtime::NoAtime),
+                // The kernel's default is relatime; strictatime/atime ask for every update.
+                "relatime" => r.atime = None,
+                "atime" | "strictatime" => r.atime = Some(MountAtime::Atime),
+                "sync" => r.sync = true,
+                "async" => r.sync = false,
+                "dirsync" => r.dirsync = true,
+                other => return Err(format!("-o {other}: unknown mount option")),
+            }
+            asked.push(word.trim());
+        }
+        let limits = [
+            ("suid", libc::ST_NOSUID, &mut r.suid),
+            ("dev", libc::ST_NODEV, &mut r.dev),
+            ("exec", libc::ST_NOEXEC, &mut r.exec),
+        ];
+        for (name, flag, granted) in limits {
+            if backing & flag != 0 && *granted {
+                if asked.contains(&name) {
+                    return Err(format!(
+                        "-o {name}: the shared directory's own mount does not allow it"
+                    ));
+                }
+                *granted = false;
+            }
+        }
+        if backing & libc::ST_RDONLY != 0 {
+            r.read_only = true;
+        }
+        Ok(r)
+    }
+
+    fn mount_options(&self) -> Vec<MountOption> {
+        let mut o = vec![
+            // A fixed source name: a path with ',' or spaces would corrupt the option string.
+            MountOption::FSName("zerodax".into()),
+            MountOption::Subtype("zerodax".into()),
+            MountOption::DefaultPermissions,
+            if self.suid {
+                MountOption::Suid
+            } else {
+                MountOption::NoSuid
+            },
+            if self.dev {
+                MountOption::Dev
+            } else {
+                MountOption::NoDev
+            },
+            if self.exec {
+                MountOption::Exec
+            } else {
+                MountOption::NoExec
+            },
+            if self.read_only {
+                MountOption::RO
+            } else {
+                MountOption::RW
+            },
+        ];
+        match self.atime {
+            Some(MountAtime::NoAtime) => o.push(MountOption::NoAtime),
+            Some(MountAtime::Atime) => o.push(MountOption::Atime),
+            None => {}
+        }
+        if self.sync {
+            o.push(MountOption::Sync);
+        }
+        if self.dirsync {
+            o.push(MountOption::DirSync);
+        }
+        o
+    }
+}
+
+/// The mount flags (statvfs f_flag) of the filesystem `path` is on.
+fn mount_flags_of(path: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: an all-zero statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_flag)
 }
 
 /// Why a mount could not be made or kept; each prints as one line.
@@ -60,6 +201,8 @@ pub enum MountError {
     Fs(fs::FsError),
     Mount(PathBuf, io::Error),
     Signals(io::Error),
+    Options(String),
+    SharedDir(PathBuf, io::Error),
 }
 
 impl std::fmt::Display for MountError {
@@ -76,6 +219,10 @@ impl std::fmt::Display for MountError {
                 write!(f, "/dev/fuse is absent (is the fuse module loaded?)")
             }
             MountError::NotPermitted(what) => write!(f, "not permitted: {what}"),
+            MountError::Options(what) => write!(f, "{what}"),
+            MountError::SharedDir(p, e) => {
+                write!(f, "cannot open shared directory {}: {e}", p.display())
+            }
             MountError::Rlimit(n, e) => write!(f, "cannot raise RLIMIT_NOFILE to {n}: {e}"),
             MountError::Fs(e) => write!(f, "{e}"),
             MountError::Mount(p, e) => write!(f, "cannot mount on {}: {e}", p.display()),
@@ -197,10 +344,13 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         .mountpoint
         .canonicalize()
         .map_err(|e| MountError::Mountpoint(args.mountpoint.clone(), e))?;
+    let backing_flags = mount_flags_of(&args.shared_dir)
+        .map_err(|e| MountError::SharedDir(args.shared_dir.clone(), e))?;
+    let rights = MountRights::resolve(&args, backing_flags).map_err(MountError::Options)?;
     let fs = FileSystem::new(
         &args.shared_dir,
         fs::Config {
-            read_only: args.read_only,
+            read_only: rights.read_only,
             ..fs::Config::default()
         },
     )
@@ -209,19 +359,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     // Before any thread exists: only the main thread takes them (sigtimedwait below).
     let signals = block_termination_signals().map_err(MountError::Signals)?;
 
-    let mut options = vec![
-        // A fixed source name: a path with ',' or spaces would corrupt the option string.
-        MountOption::FSName("zerodax".into()),
-        MountOption::Subtype("zerodax".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Suid,
-        MountOption::Dev,
-    ];
-    options.push(if args.read_only {
-        MountOption::RO
-    } else {
-        MountOption::RW
-    });
+    let options = rights.mount_options();
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() * 2)
@@ -230,7 +368,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     });
     let mut config = Config::default();
     config.mount_options = options;
-    config.acl = if args.allow_other {
+    config.acl = if rights.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner

@@ -29,7 +29,11 @@ struct Mounted {
 
 impl Mounted {
     fn start(args: &[&str]) -> Self {
-        let ext4 = Ext4::new();
+        Self::start_on(Ext4::new(), args)
+    }
+
+    /// `zerodax mount ARGS` over `ext4` (prepared by the caller).
+    fn start_on(ext4: Ext4, args: &[&str]) -> Self {
         // The mountpoint sits one level deeper than the backing dir so client-side and
         // host-side resolution of `..` reach different directories.
         let mnt = ext4.root.join("client").join("mnt");
@@ -913,4 +917,82 @@ fn trusted_xattrs_on_every_file_type() {
         fs::read_link(m.path("l")).expect("readlink"),
         Path::new("x")
     );
+}
+
+fn mount_flags(path: &Path) -> u64 {
+    statvfs(path).f_flag
+}
+
+/// The mount is nosuid,nodev unless asked otherwise, takes the usual `-o` options, and never
+/// grants more than the shared directory's own mount: on a nosuid,nodev filesystem a device
+/// node stays unopenable and set-uid bits stay inert through the mount, and asking for them
+/// is an error.
+#[test]
+fn mount_options_default_to_nosuid_nodev_and_never_exceed_the_backing_mount() {
+    let m = Mounted::start(&[]);
+    let f = mount_flags(&m.mnt);
+    assert_ne!(f & libc::ST_NOSUID, 0, "nosuid by default");
+    assert_ne!(f & libc::ST_NODEV, 0, "nodev by default");
+    drop(m);
+
+    let m = Mounted::start(&["-o", "suid,dev", "-o", "noexec,noatime"]);
+    let f = mount_flags(&m.mnt);
+    assert_eq!(f & (libc::ST_NOSUID | libc::ST_NODEV), 0, "-o suid,dev");
+    assert_ne!(f & libc::ST_NOEXEC, 0, "-o noexec");
+    assert_ne!(f & libc::ST_NOATIME, 0, "-o noatime");
+    drop(m);
+
+    // A shared directory on a nosuid,nodev filesystem.
+    let ext4 = Ext4::new();
+    run(Command::new("mount")
+        .args(["-o", "remount,nosuid,nodev"])
+        .arg(&ext4.mnt));
+    let dev = cpath(&ext4.mnt.join("null"));
+    // SAFETY: a NUL-terminated path; mknod has no memory effects.
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
+    let mnt = ext4.root.join("refused");
+    fs::create_dir_all(&mnt).expect("mountpoint");
+    let mut child = Command::new(zerodax())
+        .arg("mount")
+        .arg(&ext4.mnt)
+        .arg(&mnt)
+        .args(["-o", "suid"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+            panic!("-o suid on a nosuid filesystem was mounted");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(
+        !status.success() && err.contains("does not allow"),
+        "{status}: {err}"
+    );
+    assert!(!is_fuse_mounted(&mnt));
+
+    let m = Mounted::start_on(ext4, &[]);
+    let f = mount_flags(&m.mnt);
+    assert_ne!(f & libc::ST_NODEV, 0);
+    // The device node is there, and cannot be opened through the mount.
+    let e = File::open(m.path("null")).expect_err("a device node on a nodev mount");
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES));
 }
