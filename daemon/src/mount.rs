@@ -346,7 +346,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         .map_err(|e| MountError::Mountpoint(args.mountpoint.clone(), e))?;
     let backing_flags = mount_flags_of(&args.shared_dir)
         .map_err(|e| MountError::SharedDir(args.shared_dir.clone(), e))?;
-    let rights = MountRights::resolve(&args, backing_flags).map_err(MountError::Options)?;
+    let rights = MountRights::resolve(args, backing_flags).map_err(MountError::Options)?;
     let fs = FileSystem::new(
         &args.shared_dir,
         fs::Config {
