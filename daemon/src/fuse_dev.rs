@@ -57,6 +57,8 @@ pub struct FuseFs {
     /// backing file ever fails.
     passthrough: AtomicBool,
     backing: Mutex<PassthroughTable>,
+    /// Run when the session ends, before fuser would unmount the mount point by path.
+    on_session_end: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 fn errno(e: io::Error) -> Errno {
@@ -184,7 +186,15 @@ impl FuseFs {
             mode,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(PassthroughTable::default()),
+            on_session_end: None,
         }
+    }
+
+    /// `f` runs when the session ends (fuser's `destroy`, called before it drops its mount,
+    /// which unmounts the mount point by path: see mount.rs).
+    pub fn on_session_end(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_session_end = Some(Box::new(f));
+        self
     }
 
     /// The backing id for `node`, registering `open.backing` with the kernel on first use.
@@ -267,6 +277,12 @@ impl FuseFs {
 }
 
 impl Filesystem for FuseFs {
+    fn destroy(&mut self) {
+        if let Some(f) = self.on_session_end.take() {
+            f();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
         tracing::debug!(kernel_abi = ?config.kernel_abi(), ?caps, "FUSE_INIT");

@@ -315,15 +315,23 @@ pub(crate) fn block_termination_signals() -> io::Result<libc::sigset_t> {
 }
 
 /// Is `mountpoint` (canonical) still a mount point of ours?
-fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = mountpoint.to_string_lossy();
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        f.len() > 4 && f[4] == want && l.contains(" - fuse")
-    })
+/// The id of the topmost mount at `mountpoint` (/proc/self/mountinfo lists mounts in the
+/// order they were made; paths there escape space, tab, newline and backslash in octal).
+fn top_mount_id(mountpoint: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut want = String::new();
+    for c in mountpoint.to_string_lossy().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => want.push_str(&format!("\\{:03o}", c as u32)),
+            c => want.push(c),
+        }
+    }
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == want).then(|| f[0].parse().ok())?
+        })
+        .last()
 }
 
 pub fn run(args: MountArgs) -> ExitCode {
@@ -377,8 +385,17 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     config.clone_fd = true;
 
     let fs = Arc::new(fs);
-    let mut session = Session::new(FuseFs::new(fs, args.passthrough), &mountpoint, &config)
-        .map_err(|e| match e.raw_os_error() {
+    // fuser unmounts its mount point *by path* when its session ends, even when the mount
+    // was taken away from outside (umount, as every test harness does): by then the path
+    // may hold someone else's mount, which it would tear down. So the process ends when the
+    // session does, before fuser gets there; a mount that is ours was already unmounted
+    // below, by id.
+    let fuse_fs = FuseFs::new(fs, args.passthrough).on_session_end(|| {
+        tracing::info!("session ended; exiting");
+        std::process::exit(0)
+    });
+    let session =
+        Session::new(fuse_fs, &mountpoint, &config).map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
                 MountError::NotPermitted(format!("mounting on {}: {e}", mountpoint.display()))
             }
@@ -391,7 +408,9 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         rlimit_nofile = nofile,
         "mounted"
     );
-    let mut unmounter = session.unmount_callable();
+    // Which mount is ours, by mount id: the mount point may be mounted over again later
+    // (a test harness remounting it), and only ours may ever be unmounted.
+    let ours = top_mount_id(&mountpoint);
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("fuse-session".into())
@@ -428,15 +447,17 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         }
     }
 
-    if let Err(e) = unmounter.unmount() {
-        tracing::warn!("unmount: {e}");
-    }
-    if is_mounted(&mountpoint) {
-        let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
-            return Ok(());
-        };
-        // SAFETY: `c` is a NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    match (ours, top_mount_id(&mountpoint)) {
+        (Some(ours), Some(top)) if ours == top => {
+            let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+                return Ok(());
+            };
+            // SAFETY: `c` is a NUL-terminated path.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::warn!("unmount: {}", io::Error::last_os_error());
+            }
+        }
+        _ => tracing::info!("the mount point no longer holds this mount; nothing to unmount"),
     }
     // A lazily detached mount with files still open keeps the connection until they close.
     // Give in-flight requests a moment, then exit: closing /dev/fuse aborts the connection.

@@ -996,3 +996,48 @@ fn mount_options_default_to_nosuid_nodev_and_never_exceed_the_backing_mount() {
     let e = File::open(m.path("null")).expect_err("a device node on a nodev mount");
     assert_eq!(e.raw_os_error(), Some(libc::EACCES));
 }
+
+/// Whether a tmpfs with source `name` is the mount at `path` (/proc/self/mountinfo).
+fn tmpfs_mounted_at(path: &Path, name: &str) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let p = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.len() > 4 && f[4] == p && l.contains(&format!(" - tmpfs {name} "))
+    })
+}
+
+/// A mount taken away from outside, and the mount point mounted again by someone else before
+/// zerodax noticed: zerodax exits without touching the new mount (fuser would unmount the
+/// mount point by path as its session ends).
+#[test]
+fn an_unmount_from_outside_never_takes_the_next_mount_with_it() {
+    let mut m = Mounted::start(&[]);
+    let pid = m.child.as_ref().expect("child").id() as libc::pid_t;
+    // Hold zerodax still while the mount point changes hands, so the order is certain.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    run(Command::new("umount").arg("-l").arg(&m.mnt));
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "zd-next-mount"])
+        .arg(&m.mnt));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = m.child.as_mut().expect("child").try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zerodax did not exit: {}",
+            m.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    m.child = None;
+    let survived = tmpfs_mounted_at(&m.mnt, "zd-next-mount");
+    let _ = Command::new("umount").arg(&m.mnt).status();
+    assert!(status.success(), "{status}: {}", m.log_text());
+    assert!(survived, "the next mount was unmounted: {}", m.log_text());
+}
