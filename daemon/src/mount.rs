@@ -326,12 +326,10 @@ fn top_mount_id(mountpoint: &Path) -> Option<u64> {
             c => want.push(c),
         }
     }
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[4] == want).then(|| f[0].parse().ok())?
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[0].parse().ok())?
+    })
 }
 
 pub fn run(args: MountArgs) -> ExitCode {
