@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1040,4 +1040,92 @@ fn an_unmount_from_outside_never_takes_the_next_mount_with_it() {
     let _ = Command::new("umount").arg(&m.mnt).status();
     assert!(status.success(), "{status}: {}", m.log_text());
     assert!(survived, "the next mount was unmounted: {}", m.log_text());
+}
+
+/// Every entry's d_ino from `dir`, read with opendir/readdir after a seekdir (so the kernel
+/// sends plain READDIR, not READDIRPLUS), with the names.
+fn dinos_after_seek(dir: &Path) -> Vec<(String, u64)> {
+    let c = cpath(dir);
+    // SAFETY: a NUL-terminated path; the stream is closed below.
+    let d = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!d.is_null(), "opendir: errno {}", errno());
+    let mut out = Vec::new();
+    // SAFETY: `d` is an open directory stream; readdir's entry is read before the next
+    // call; telldir/seekdir take a position from the same stream.
+    unsafe {
+        assert!(!libc::readdir(d).is_null());
+        let pos = libc::telldir(d);
+        libc::seekdir(d, pos);
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            out.push((name, (*e).d_ino));
+        }
+        libc::closedir(d);
+    }
+    out
+}
+
+/// One inode number per file, whichever request shows it: READDIR's d_ino (after a seek),
+/// READDIRPLUS and LOOKUP/GETATTR's st_ino agree, equal the host's st_ino on the share's
+/// own mount, and stay distinct across a bind mount inside the share.
+#[test]
+fn inode_numbers_agree_across_readdir_readdirplus_and_stat() {
+    let m = Mounted::start(&[]);
+    for i in 0..40 {
+        fs::write(m.backing(&format!("f{i}")), b"x").expect("file");
+    }
+    fs::create_dir(m.backing("a")).expect("a");
+    fs::create_dir(m.backing("b")).expect("b");
+    fs::write(m.backing("a/inside"), b"y").expect("inside");
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(m.backing("a"))
+        .arg(m.backing("b")));
+    struct Unbind(PathBuf);
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unbind = Unbind(m.backing("b"));
+
+    let listed = dinos_after_seek(&m.mnt);
+    assert!(listed.len() > 30, "{listed:?}");
+    // (`..` of the mount's root is the directory the mount sits on; for the mount point `b`
+    // READDIR shows the directory under the mount, as the host's own getdents does.)
+    for (name, d_ino) in listed.iter().filter(|(n, _)| n != ".." && n != "b") {
+        let st = fs::symlink_metadata(m.path(name)).expect("stat");
+        assert_eq!(*d_ino, st.ino(), "{name}: READDIR d_ino against st_ino");
+        if name.starts_with('f') {
+            let host = fs::symlink_metadata(m.backing(name)).expect("host stat");
+            assert_eq!(st.ino(), host.ino(), "{name}: the host's st_ino");
+        }
+    }
+    // READDIRPLUS (from offset 0) agrees too.
+    for e in fs::read_dir(&m.mnt).expect("read_dir") {
+        let e = e.expect("entry");
+        assert_eq!(
+            e.ino(),
+            e.metadata().expect("stat").ino(),
+            "{:?}",
+            e.file_name()
+        );
+    }
+    // The same file through the bind mount: its own number, the same in READDIR and stat.
+    let via_a = fs::metadata(m.path("a/inside")).expect("a/inside").ino();
+    let via_b = fs::metadata(m.path("b/inside")).expect("b/inside").ino();
+    assert_ne!(via_a, via_b, "two mounts, two inodes for the client");
+    for (name, d_ino) in dinos_after_seek(&m.path("b"))
+        .into_iter()
+        .filter(|(n, _)| n != "..")
+    {
+        let st = fs::symlink_metadata(m.path("b").join(&name)).expect("stat");
+        assert_eq!(d_ino, st.ino(), "b/{name}");
+    }
 }

@@ -1397,3 +1397,31 @@ fn every_request_queue_and_the_hiprio_queue_are_served() {
     assert_eq!(c.used_len, 0);
     assert_eq!(fs.lookup(FUSE_ROOT_ID, "q").unwrap().attr.size, 6);
 }
+
+/// Over virtio-fs too, one inode number per file: READDIR's d_ino, READDIRPLUS's and
+/// LOOKUP's attr.ino and the node id are one number, the host's st_ino on the share's mount.
+#[test]
+fn inode_numbers_agree_over_virtio() {
+    let srv = Served::start(&[]);
+    for i in 0..10 {
+        std::fs::write(srv.disk.mnt.join(format!("f{i}")), b"x").unwrap();
+    }
+    let mut fs = srv.connect();
+    let dh = fs.opendir(FUSE_ROOT_ID, 0).unwrap();
+    let plain = fs.readdir(FUSE_ROOT_ID, dh.fh, 0, 8192).unwrap();
+    let plus = fs.readdirplus(FUSE_ROOT_ID, dh.fh, 0, 8192).unwrap();
+    let mut checked = 0;
+    for d in plain.iter().filter(|d| d.name.starts_with(b"f")) {
+        let name = String::from_utf8(d.name.clone()).unwrap();
+        let e = fs.lookup(FUSE_ROOT_ID, &name).unwrap();
+        let host = std::fs::metadata(srv.disk.mnt.join(&name)).unwrap().ino();
+        assert_eq!((d.ino, e.attr.ino, e.nodeid), (host, host, host), "{name}");
+        let p = plus.iter().find(|p| p.dirent.name == d.name).unwrap();
+        assert_eq!((p.dirent.ino, p.entry.attr.ino), (host, host), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 10);
+    // `.` of the share is the root node.
+    let dot = plain.iter().find(|d| d.name == b".").unwrap();
+    assert_eq!(dot.ino, FUSE_ROOT_ID);
+}

@@ -66,13 +66,46 @@ struct Slot {
 struct Tables {
     by_node: HashMap<u64, Slot>,
     by_key: HashMap<InodeKey, u64>,
+    /// Node ids for keys [`node_number`] has none for: from [`COUNTED`] up.
     next_node: u64,
+}
+
+/// Where the node ids of inodes without a number of their own start (see [`node_number`]).
+const COUNTED: u64 = 1 << 62;
+/// Numbers of inodes on other mounts than the share's: this bit, the mount id, the inode.
+const OTHER_MOUNT: u64 = 1 << 63;
+
+/// The node id of host inode `key` in a share whose root is `root`, which is also the inode
+/// number clients see (st_ino and d_ino alike): one number per inode, known without a
+/// lookup, so READDIR can report what a later LOOKUP or GETATTR will.
+///
+/// - The root: [`ROOT_NODE`], as the protocol fixes.
+/// - An inode on the share's own mount: its host st_ino, so `ls -i` agrees with the host.
+/// - An inode on another mount inside the share (a submount or a bind mount, where host
+///   inode numbers can repeat): `OTHER_MOUNT | mount id << 48 | st_ino`.
+/// - Beyond those bit widths: `None`; the table then counts from [`COUNTED`] (a READDIR
+///   before the LOOKUP cannot know that number: d_ino then is the host's).
+pub fn node_number(root: InodeKey, key: InodeKey) -> Option<u64> {
+    if key == root {
+        Some(ROOT_NODE)
+    } else if key.dev == root.dev
+        && key.mnt_id == root.mnt_id
+        && key.ino > ROOT_NODE
+        && key.ino < COUNTED
+    {
+        Some(key.ino)
+    } else if key.mnt_id < 1 << 15 && key.ino < 1 << 48 {
+        Some(OTHER_MOUNT | key.mnt_id << 48 | key.ino)
+    } else {
+        None
+    }
 }
 
 /// Node id → inode, and host identity → node id, under one lock so a lookup racing a
 /// forget can never resurrect a removed node or leave the two maps disagreeing.
 pub struct InodeTable {
     tables: Mutex<Tables>,
+    root_key: InodeKey,
 }
 
 impl InodeTable {
@@ -98,9 +131,16 @@ impl InodeTable {
             tables: Mutex::new(Tables {
                 by_node,
                 by_key,
-                next_node: ROOT_NODE + 1,
+                next_node: COUNTED,
             }),
+            root_key,
         }
+    }
+
+    /// The number clients see for host inode `key` ([`node_number`]): its node id if the
+    /// table has it, else the one it will get, else None.
+    pub fn number_of(&self, key: InodeKey) -> Option<u64> {
+        node_number(self.root_key, key).or_else(|| self.lock().by_key.get(&key).copied())
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -123,8 +163,13 @@ impl InodeTable {
                 return slot.inode.clone();
             }
         }
-        let node = t.next_node;
-        t.next_node += 1;
+        let node = match node_number(self.root_key, key) {
+            Some(n) => n,
+            None => {
+                t.next_node += 1;
+                t.next_node - 1
+            }
+        };
         let inode = Arc::new(Inode {
             node,
             key,
@@ -177,8 +222,10 @@ impl InodeTable {
         self.lock().by_node.len()
     }
 
-    /// Forgets every node but the root (a new FUSE session). Node ids are not reused, so a
-    /// node id of the old session is ESTALE in the new one, never another file.
+    /// Forgets every node but the root (a new FUSE session): a node id of the old session
+    /// is ESTALE in the new one until a lookup makes the node again. A node id only ever
+    /// names one inode ([`node_number`]; a number the host reuses for a new inode after
+    /// the old one is gone names the new one, as the host's st_ino does).
     pub fn reset(&self) {
         let mut t = self.lock();
         t.by_node.retain(|&node, _| node == ROOT_NODE);

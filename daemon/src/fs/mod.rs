@@ -45,8 +45,8 @@ pub struct Timespec {
     pub nsec: u32,
 }
 
-/// Attributes of a host inode, as statx reported them. `ino` is the host inode number;
-/// transports that identify inodes by node id substitute their own.
+/// Attributes of a host inode, as statx reported them, but for `ino`: the node id, which is
+/// the inode number clients see (docs/mount.md, *Inode numbers*).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Attr {
     pub ino: u64,
@@ -65,13 +65,13 @@ pub struct Attr {
 }
 
 impl Attr {
-    fn from_statx(s: &libc::statx) -> Self {
+    fn from_statx(s: &libc::statx, node: u64) -> Self {
         let ts = |t: &libc::statx_timestamp| Timespec {
             sec: t.tv_sec,
             nsec: t.tv_nsec,
         };
         Attr {
-            ino: s.stx_ino,
+            ino: node,
             size: s.stx_size,
             blocks: s.stx_blocks,
             atime: ts(&s.stx_atime),
@@ -128,7 +128,8 @@ pub struct Open {
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    /// Host inode number (d_ino).
+    /// The entry's inode number as clients see it ([`Attr::ino`]): the node id it has or
+    /// will have.
     pub ino: u64,
     /// Opaque cookie: pass it back as `offset` to continue after this entry.
     pub offset: u64,
@@ -492,7 +493,7 @@ impl FileSystem {
         Ok(Entry {
             node: inode.node,
             generation: 0,
-            attr: Attr::from_statx(&stx),
+            attr: Attr::from_statx(&stx, inode.node),
             entry_timeout: self.cfg.entry_timeout,
             attr_timeout: self.cfg.attr_timeout,
         })
@@ -533,7 +534,7 @@ impl FileSystem {
                 return Ok(Entry {
                     node: inode.node,
                     generation: 0,
-                    attr: Attr::from_statx(&stx),
+                    attr: Attr::from_statx(&stx, inode.node),
                     entry_timeout: self.cfg.entry_timeout,
                     attr_timeout: self.cfg.attr_timeout,
                 });
@@ -572,7 +573,7 @@ impl FileSystem {
             Some(h) if h.node == node => sys::statx_fd(h.fd())?,
             _ => sys::statx_fd(self.inode(node)?.fd())?,
         };
-        Ok(Attr::from_statx(&stx))
+        Ok(Attr::from_statx(&stx, node))
     }
 
     /// Change attributes in the order chown, chmod, truncate, times: a root chown clears
@@ -636,7 +637,7 @@ impl FileSystem {
                 )?;
             }
         }
-        Ok(Attr::from_statx(&sys::statx_fd(inode.fd())?))
+        Ok(Attr::from_statx(&sys::statx_fd(inode.fd())?, node))
     }
 
     pub fn readlink(&self, _ctx: &Context, node: u64) -> io::Result<Vec<u8>> {
@@ -921,6 +922,7 @@ impl FileSystem {
         mut emit: impl FnMut(&DirEntry) -> bool,
     ) -> io::Result<()> {
         let h = self.handle(fh)?;
+        let dir = self.inode(h.node)?;
         let _guard = h.dir_lock.lock().unwrap_or_else(|e| e.into_inner());
         let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
         sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
@@ -941,7 +943,7 @@ impl FileSystem {
                         .unwrap_or(libc::S_IFREG);
                 }
                 let entry = DirEntry {
-                    ino,
+                    ino: self.dirent_number(&dir, &name, ino),
                     offset: off as u64,
                     file_type,
                     name,
@@ -951,6 +953,18 @@ impl FileSystem {
                 }
             }
         }
+    }
+
+    /// The inode number clients see for directory entry `name` of `dir` whose host d_ino is
+    /// `ino`: entries live on the directory's mount (a mount point shows the directory
+    /// under it, as on the host), and `..` of the share is the share.
+    fn dirent_number(&self, dir: &Inode, name: &CStr, ino: u64) -> u64 {
+        if dir.node == ROOT_NODE && name.to_bytes() == b".." {
+            return ROOT_NODE;
+        }
+        self.inodes
+            .number_of(InodeKey { ino, ..dir.key })
+            .unwrap_or(ino)
     }
 
     /// As readdir, with a lookup per entry. `.` and `..` come with `None` (no lookup

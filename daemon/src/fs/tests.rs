@@ -168,9 +168,13 @@ fn hard_links_share_a_node_and_forget_releases_it() {
     // The root survives any forget.
     fs.forget(ROOT_NODE, u64::MAX);
     assert!(fs.getattr(&ctx(), ROOT_NODE, None).is_ok());
-    // A later lookup makes a fresh node.
+    // A later lookup makes the node again, with the same number: one number per inode
+    // (the host's st_ino on the share's own mount).
     let again = fs.lookup(&ctx(), ROOT_NODE, &c("a")).expect("a");
-    assert_ne!(again.node, a.node);
+    assert_eq!(again.node, a.node);
+    let host = std::fs::metadata(t.share().join("a")).expect("a");
+    assert_eq!(again.node, std::os::unix::fs::MetadataExt::ino(&host));
+    assert_eq!(again.attr.ino, again.node);
 }
 
 #[test]
