@@ -879,6 +879,19 @@ impl Server {
                     &out,
                 ))
             }
+            // An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
+            O::Tmpfile { arg, .. } => {
+                let (e, open) = fs
+                    .tmpfile(&with_umask(arg.umask), node, arg.mode, arg.flags as i32)
+                    .map_err(errno)?;
+                let out = open_out(open.fh, self.opts.cache.open_flags());
+                sent(reply::reply_create(
+                    &mut sink(chain),
+                    unique,
+                    &entry_out(&e, dax),
+                    &out,
+                ))
+            }
             O::Read(ref r) => self.read(chain, unique, r),
             O::Write { arg, data } => {
                 let n = fs.write(&ctx, arg.fh, arg.offset, data).map_err(errno)?;
@@ -978,15 +991,14 @@ impl Server {
             }
             // Locks are the guest kernel's (POSIX_LOCKS/FLOCK_LOCKS not negotiated); the rest
             // have no meaning for a passthrough share (BMAP: block devices, IOCTL/POLL: not
-            // offered, CUSE_INIT: a CUSE device) or are optional (TMPFILE, STATX: the guest
-            // falls back to CREATE and GETATTR on ENOSYS).
+            // offered, CUSE_INIT: a CUSE device) or are optional (STATX: the guest falls
+            // back to GETATTR on ENOSYS).
             O::Getlk(_)
             | O::Setlk(_)
             | O::Setlkw(_)
             | O::Bmap(_)
             | O::Ioctl { .. }
             | O::Poll(_)
-            | O::Tmpfile { .. }
             | O::Statx(_)
             | O::CuseInit(_) => Err(libc::ENOSYS),
         }

@@ -512,7 +512,7 @@ fn sample<'a>(
                 },
                 name: c"tmp",
             },
-            enosys,
+            Ok,
         ),
         Opcode::Statx => (ids.file, O::Statx(FuseStatxIn::default()), enosys),
         Opcode::CuseInit => (0, O::CuseInit(CuseInitIn::default()), enosys),
@@ -1424,4 +1424,77 @@ fn inode_numbers_agree_over_virtio() {
     // `.` of the share is the root node.
     let dot = plain.iter().find(|d| d.name == b".").unwrap();
     assert_eq!(dot.ino, FUSE_ROOT_ID);
+}
+
+/// FUSE_TMPFILE (a guest's O_TMPFILE): an unnamed file, open for writing, that LINK can name
+/// later (with O_EXCL it never can), as on the host.
+#[test]
+fn tmpfile_is_unnamed_until_linked() {
+    let disk = Ext4::new();
+    let mut s = Session::new(&disk.mnt, CachePolicy::Auto, false);
+    s.init();
+    let before = std::fs::read_dir(&disk.mnt).unwrap().count();
+    let tmpfile = |s: &mut Session, flags: i32| {
+        let arg = FuseCreateIn {
+            flags: flags as u32,
+            mode: libc::S_IFREG | 0o640,
+            ..Default::default()
+        };
+        let body = s.ok(
+            FUSE_ROOT_ID,
+            Operation::Tmpfile {
+                arg,
+                name: c"#tmpfile",
+            },
+        );
+        let e = FuseEntryOut::decode(&body).unwrap();
+        let o = FuseOpenOut::decode(&body[FuseEntryOut::SIZE..]).unwrap();
+        (e, o.fh)
+    };
+    let (e, fh) = tmpfile(&mut s, libc::O_RDWR);
+    assert_eq!(e.attr.mode, libc::S_IFREG | 0o640);
+    assert_eq!(e.attr.nlink, 0, "unnamed");
+    assert_eq!(std::fs::read_dir(&disk.mnt).unwrap().count(), before);
+    let write = FuseWriteIn {
+        fh,
+        size: 5,
+        ..Default::default()
+    };
+    s.ok(
+        e.nodeid,
+        Operation::Write {
+            arg: write,
+            data: b"hello",
+        },
+    );
+    let link = FuseLinkIn {
+        oldnodeid: e.nodeid,
+    };
+    let named = FuseEntryOut::decode(&s.ok(
+        FUSE_ROOT_ID,
+        Operation::Link {
+            arg: link,
+            name: c"named",
+        },
+    ))
+    .unwrap();
+    assert_eq!(named.nodeid, e.nodeid);
+    assert_eq!(std::fs::read(disk.mnt.join("named")).unwrap(), b"hello");
+
+    // O_EXCL: never linkable.
+    let (e, _) = tmpfile(&mut s, libc::O_RDWR | libc::O_EXCL);
+    let link = FuseLinkIn {
+        oldnodeid: e.nodeid,
+    };
+    assert_eq!(
+        s.errno(
+            FUSE_ROOT_ID,
+            Operation::Link {
+                arg: link,
+                name: c"never"
+            }
+        ),
+        libc::ENOENT
+    );
+    assert!(!disk.mnt.join("never").exists());
 }

@@ -818,6 +818,39 @@ impl FileSystem {
             )
             .map_err(|e| self.fd_error(e))?
         };
+        self.opened_new(file, flags)
+    }
+
+    /// FUSE_TMPFILE: an unnamed regular file in `parent` (O_TMPFILE), open, as the caller;
+    /// LINK gives it a name later, unless it was opened O_EXCL.
+    pub fn tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        mode: u32,
+        flags: i32,
+    ) -> io::Result<(Entry, Open)> {
+        self.writable()?;
+        let p = self.dir_inode(parent)?;
+        // O_TMPFILE needs write access; the rest as CREATE keeps it.
+        let access = match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => libc::O_WRONLY,
+            _ => libc::O_RDWR,
+        };
+        let oflags = (flags & (libc::O_EXCL | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
+            | access
+            | libc::O_TMPFILE
+            | libc::O_NONBLOCK;
+        let file = {
+            let _creds = self.creds(ctx)?;
+            sys::openat_mode(p.fd(), c".", oflags, mode & 0o7777 & !ctx.umask)
+                .map_err(|e| self.fd_error(e))?
+        };
+        self.opened_new(file, flags)
+    }
+
+    /// The node and handle of a file CREATE or TMPFILE just opened.
+    fn opened_new(&self, file: OwnedFd, flags: i32) -> io::Result<(Entry, Open)> {
         let stx = sys::statx_fd(file.as_fd())?;
         if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFREG {
             return Err(err(

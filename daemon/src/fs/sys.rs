@@ -99,6 +99,27 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// openat(2) with a mode, for O_TMPFILE (O_CREAT goes through openat2 and its RESOLVE_*
+/// confinement; O_TMPFILE names only the directory `dir` itself).
+pub fn openat_mode(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; `mode` is passed by value.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// statx(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink).
 pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
     // SAFETY: all-zero is a valid statx value.
