@@ -100,8 +100,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ACK_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub dax_ack_timeout: u64,
-    /// Accepted for virtiofsd compatibility: extended attributes are always served.
-    #[arg(long, hide = true)]
+    /// Serve extended attributes. Off by default, as in virtiofsd: a guest could otherwise
+    /// set `trusted.*` or `security.capability` on host files. Without it every xattr
+    /// request gets ENOSYS.
+    #[arg(long)]
     pub xattr: bool,
 }
 
@@ -323,7 +325,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
-    let fs = FileSystem::new(shared_dir, args.cache.fs_config(args.read_only))
+    let fs = FileSystem::new(shared_dir, args.cache.fs_config(args.read_only, args.xattr))
         .map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,

@@ -51,9 +51,10 @@ impl CachePolicy {
     }
 
     /// The core's configuration for this policy.
-    pub fn fs_config(self, read_only: bool) -> fs::Config {
+    pub fn fs_config(self, read_only: bool, xattr: bool) -> fs::Config {
         fs::Config {
             read_only,
+            xattr,
             entry_timeout: self.timeout(),
             attr_timeout: self.timeout(),
         }

@@ -49,7 +49,11 @@ struct Session {
 
 impl Session {
     fn new(dir: &Path, cache: CachePolicy, read_only: bool) -> Self {
-        let fs = FileSystem::new(dir, cache.fs_config(read_only)).unwrap();
+        Self::with_xattr(dir, cache, read_only, true)
+    }
+
+    fn with_xattr(dir: &Path, cache: CachePolicy, read_only: bool, xattr: bool) -> Self {
+        let fs = FileSystem::new(dir, cache.fs_config(read_only, xattr)).unwrap();
         let server = Server::new(
             Arc::new(fs),
             ServerOptions {
@@ -1497,4 +1501,57 @@ fn tmpfile_is_unnamed_until_linked() {
         libc::ENOENT
     );
     assert!(!disk.mnt.join("never").exists());
+}
+
+/// Extended attributes are off unless `--xattr` (as in virtiofsd): every xattr request is
+/// ENOSYS and nothing reaches the host file.
+#[test]
+fn xattrs_are_enosys_without_the_flag() {
+    let disk = Ext4::new();
+    let mut s = Session::with_xattr(&disk.mnt, CachePolicy::Auto, false, false);
+    s.init();
+    let (file, _) = s.create(c"f", libc::O_RDWR as u32);
+    let set = Operation::Setxattr {
+        arg: FuseSetxattrIn {
+            size: 1,
+            ..Default::default()
+        },
+        name: c"trusted.zd",
+        value: b"v",
+    };
+    assert_eq!(s.errno(file, set), libc::ENOSYS);
+    let get = Operation::Getxattr {
+        arg: FuseGetxattrIn {
+            size: 64,
+            ..Default::default()
+        },
+        name: c"trusted.zd",
+    };
+    assert_eq!(s.errno(file, get), libc::ENOSYS);
+    let list = Operation::Listxattr(FuseGetxattrIn {
+        size: 64,
+        ..Default::default()
+    });
+    assert_eq!(s.errno(file, list), libc::ENOSYS);
+    assert_eq!(
+        s.errno(
+            file,
+            Operation::Removexattr {
+                name: c"trusted.zd"
+            }
+        ),
+        libc::ENOSYS
+    );
+    let path = std::ffi::CString::new(disk.mnt.join("f").as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 16];
+    // SAFETY: NUL-terminated strings and a writable buffer of the length passed.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"trusted.zd".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            16,
+        )
+    };
+    assert_eq!(n, -1, "nothing was set on the host");
 }

@@ -185,12 +185,14 @@ impl BackendSpec {
         Self {
             name: "zerodax".into(),
             program: program.into(),
+            // Extended attributes on, as the virtiofsds here are run.
             args: args(&[
                 "serve",
                 "--socket-path",
                 "{socket}",
                 "--shared-dir",
                 "{dir}",
+                "--xattr",
             ]),
             known_gaps: vec![],
             fatal: vec![],
@@ -348,7 +350,8 @@ mod tests {
                 "--socket-path",
                 "/t/s.sock",
                 "--shared-dir",
-                "/t/dir"
+                "/t/dir",
+                "--xattr"
             ]
         );
         let c = BackendSpec::c_virtiofsd("/usr/lib/qemu/virtiofsd");

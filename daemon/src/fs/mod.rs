@@ -179,6 +179,9 @@ pub enum Xattr {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub read_only: bool,
+    /// Extended attributes served (`--xattr`); without, every xattr request is ENOSYS, which
+    /// a Linux client remembers and stops asking.
+    pub xattr: bool,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
 }
@@ -187,6 +190,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             read_only: false,
+            xattr: true,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -1070,6 +1074,9 @@ impl FileSystem {
         call: impl FnOnce(BorrowedFd<'_>, Option<&CStr>) -> io::Result<T>,
         unsupported: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
+        if !self.cfg.xattr {
+            return Err(err(libc::ENOSYS));
+        }
         if inode.is_reg() || inode.is_dir() {
             let fd = self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
             return call(fd.as_fd(), None);
