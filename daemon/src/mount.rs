@@ -15,6 +15,8 @@ use crate::fuse_dev::{FuseFs, Passthrough};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
+    /// No log at all.
+    Off,
     Error,
     Warn,
     Info,
@@ -234,12 +236,14 @@ impl std::fmt::Display for MountError {
 impl std::error::Error for MountError {}
 
 pub(crate) fn init_logging(level: LogLevel) {
+    use tracing_subscriber::filter::LevelFilter;
     let level = match level {
-        LogLevel::Error => tracing::Level::ERROR,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Off => LevelFilter::OFF,
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
     };
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
@@ -259,7 +263,12 @@ pub(crate) fn raise_nofile(want: Option<u64>) -> Result<u64, (u64, io::Error)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err((0, io::Error::last_os_error()));
     }
-    let target = want.unwrap_or(lim.rlim_max);
+    let target = match want {
+        // 0: leave the limit as it is (virtiofsd's meaning).
+        Some(0) => return Ok(lim.rlim_cur),
+        Some(n) => n,
+        None => lim.rlim_max,
+    };
     let new = libc::rlimit {
         rlim_cur: target,
         rlim_max: lim.rlim_max.max(target),

@@ -36,9 +36,14 @@ pub enum Sandbox {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// vhost-user socket to create and listen on (an existing file is replaced).
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["fd", "print_capabilities"])]
+    /// vhost-user socket to create and listen on (an existing file is replaced). Also
+    /// spelled `--socket`, as virtiofsd's deprecated flag.
+    #[arg(long, value_name = "PATH", alias = "socket",
+          required_unless_present_any = ["fd", "print_capabilities"])]
     pub socket_path: Option<PathBuf>,
+    /// Group of the socket --socket-path creates; it is then made group read-write.
+    #[arg(long, value_name = "GROUP", requires = "socket_path")]
+    pub socket_group: Option<String>,
     /// Use this already-listening socket descriptor instead of --socket-path.
     #[arg(long, value_name = "N", conflicts_with = "socket_path")]
     pub fd: Option<RawFd>,
@@ -61,18 +66,42 @@ pub struct ServeArgs {
     pub request_queues: u16,
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// `--log-level debug` (virtiofsd's deprecated spelling).
+    #[arg(short = 'd')]
+    pub debug: bool,
+    /// Accepted: zerodax always runs in the foreground (virtiofsd's deprecated flag).
+    #[arg(short = 'f')]
+    pub foreground: bool,
     /// Process confinement after start.
     #[arg(long, value_enum, default_value_t = Sandbox::None)]
     pub sandbox: Sandbox,
     /// Print the vhost-user backend capabilities (JSON) and exit.
     #[arg(long)]
     pub print_capabilities: bool,
-    /// Refuse every modification with EROFS.
-    #[arg(long)]
+    /// Refuse every modification with EROFS. Also spelled `--readonly`, as virtiofsd.
+    #[arg(long, alias = "readonly")]
     pub read_only: bool,
-    /// Open-file limit to raise RLIMIT_NOFILE to at start (default: the hard limit).
+    /// Open-file limit to set RLIMIT_NOFILE to at start (default: the hard limit); 0 leaves
+    /// it unchanged, as virtiofsd.
     #[arg(long, value_name = "N")]
     pub rlimit_nofile: Option<u64>,
+    /// Offer no READDIRPLUS: the guest lists directories with READDIR and looks entries up.
+    #[arg(long)]
+    pub no_readdirplus: bool,
+    /// With --cache never|metadata (direct I/O), let the guest mmap files all the same
+    /// (FUSE_DIRECT_IO_ALLOW_MMAP). Off by default, as virtiofsd: only safe when the guest
+    /// has the shared directory to itself.
+    #[arg(long)]
+    pub allow_mmap: bool,
+    /// Accepted: zerodax never announces submounts (inodes on other mounts get inode
+    /// numbers of their own instead: docs/mount.md, *Inode numbers*).
+    #[arg(long, conflicts_with = "announce_submounts")]
+    pub no_announce_submounts: bool,
+    /// Accepted: KILLPRIV_V2 is never negotiated (virtiofsd's default).
+    #[arg(long, conflicts_with = "killpriv_v2")]
+    pub no_killpriv_v2: bool,
+    #[command(flatten)]
+    pub refused: RefusedFlags,
     /// virtio-fs tag reported in the device config space (for frontends that ask the
     /// backend; QEMU takes the tag from its own command line).
     #[arg(long, value_name = "TAG")]
@@ -105,6 +134,86 @@ pub struct ServeArgs {
     /// request gets ENOSYS.
     #[arg(long)]
     pub xattr: bool,
+}
+
+/// virtiofsd flags zerodax does not implement. Each is parsed, so a command line written for
+/// virtiofsd fails with a reason naming what zerodax does instead, never silently.
+#[derive(Debug, Default, clap::Args)]
+pub struct RefusedFlags {
+    /// Refused: zerodax does not announce submounts (see --no-announce-submounts).
+    #[arg(long, hide = true)]
+    pub announce_submounts: bool,
+    /// Only `never` (zerodax references inodes by O_PATH descriptors).
+    #[arg(long, value_name = "WHEN", hide = true)]
+    pub inode_file_handles: Option<String>,
+    /// Refused: no writeback cache.
+    #[arg(long, hide = true)]
+    pub writeback: bool,
+    /// Refused: guest O_DIRECT is not honoured (files are opened without it).
+    #[arg(long, hide = true)]
+    pub allow_direct_io: bool,
+    /// Refused: KILLPRIV_V2 is not negotiated.
+    #[arg(long, hide = true)]
+    pub killpriv_v2: bool,
+    /// Refused: atime is not preserved apart.
+    #[arg(long, hide = true)]
+    pub preserve_noatime: bool,
+    /// Refused: logs go to stderr.
+    #[arg(long, hide = true)]
+    pub syslog: bool,
+    /// Only `none` (no seccomp filter yet).
+    #[arg(long, value_name = "ACTION", hide = true)]
+    pub seccomp: Option<String>,
+    /// Refused: capabilities are not changed.
+    #[arg(long, value_name = "CAPS", hide = true)]
+    pub modcaps: Option<String>,
+    /// Only `never` (POSIX ACLs are not translated).
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", hide = true)]
+    pub posix_acl: Option<String>,
+    /// Refused: no xattr mapping.
+    #[arg(long, value_name = "RULES", hide = true)]
+    pub xattrmap: Option<String>,
+    /// Refused: virtiofsd's legacy option format.
+    #[arg(short = 'o', value_name = "OPTS", hide = true)]
+    pub compat_options: Vec<String>,
+    /// Refused: no migration of the device state.
+    #[arg(long, value_name = "MODE", hide = true)]
+    pub migration_mode: Option<String>,
+    #[arg(long, value_name = "ACTION", hide = true)]
+    pub migration_on_error: Option<String>,
+    #[arg(long, hide = true)]
+    pub migration_verify_handles: bool,
+    #[arg(long, hide = true)]
+    pub migration_confirm_paths: bool,
+}
+
+impl RefusedFlags {
+    /// The first flag given that zerodax refuses, with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        let value_is = |v: &Option<String>, ok: &str| v.as_deref().is_none_or(|v| v == ok);
+        let refused = [
+            (self.announce_submounts, "--announce-submounts", "zerodax does not announce submounts: inodes on other mounts get inode numbers of their own (docs/mount.md); use --no-announce-submounts"),
+            (!value_is(&self.inode_file_handles, "never"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: only `never` is accepted"),
+            (self.writeback, "--writeback", "no writeback cache: --cache always is the closest"),
+            (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
+            (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
+            (self.preserve_noatime, "--preserve-noatime", "not supported"),
+            (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
+            (!value_is(&self.seccomp, "none"), "--seccomp", "no seccomp filter yet: only `none` is accepted"),
+            (self.modcaps.is_some(), "--modcaps", "capabilities are not changed by zerodax"),
+            (!value_is(&self.posix_acl, "never"), "--posix-acl", "POSIX ACLs are not translated: only `never`; with --xattr the system.posix_acl_* xattrs pass through"),
+            (self.xattrmap.is_some(), "--xattrmap", "no xattr mapping: --xattr serves them as they are, without it none"),
+            (!self.compat_options.is_empty(), "-o", "virtiofsd's legacy options: use the long flags (--shared-dir, --cache, --xattr, --sandbox ...)"),
+            (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
+            (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
+            (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
+            (self.migration_confirm_paths, "--migration-confirm-paths", "the device state is not migrated"),
+        ];
+        match refused.iter().find(|(given, _, _)| *given) {
+            Some((_, flag, why)) => Err(format!("{flag}: {why}")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `--cache-size`: bytes with an optional K, M, G or T suffix (powers of 1024); a multiple
@@ -269,6 +378,26 @@ fn pivot_into(dir: &Path) -> Result<(), ServeError> {
     check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
 }
 
+/// `--socket-group`: the socket's group becomes `group`, and the group may connect.
+fn socket_to_group(path: &Path, group: &str) -> Result<(), String> {
+    let name = std::ffi::CString::new(group).map_err(|_| format!("--socket-group {group:?}"))?;
+    // SAFETY: a NUL-terminated name; getgrnam's result is read at once, before any other
+    // call that could reuse its static storage (the serve thread is the only one yet).
+    let grp = unsafe { libc::getgrnam(name.as_ptr()) };
+    if grp.is_null() {
+        return Err(format!("--socket-group {group}: no such group"));
+    }
+    // SAFETY: non-null, as checked.
+    let gid = unsafe { (*grp).gr_gid };
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o060))
+        })
+        .map_err(|e| format!("--socket-group {group}: {}: {e}", path.display()))
+}
+
 /// Takes ownership of `--fd N` after checking that it is a socket.
 fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
     // SAFETY: fstat writes into a local stat buffer; an invalid fd is reported as EBADF.
@@ -293,7 +422,11 @@ pub fn run(args: ServeArgs) -> ExitCode {
         println!("{:#}", capabilities());
         return ExitCode::SUCCESS;
     }
-    init_logging(args.log_level);
+    init_logging(if args.debug {
+        LogLevel::Debug
+    } else {
+        args.log_level
+    });
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -311,6 +444,7 @@ struct Shutdown {
 }
 
 fn serve(args: &ServeArgs) -> Result<(), ServeError> {
+    args.refused.check().map_err(ServeError::Usage)?;
     let shared_dir = args
         .shared_dir
         .as_deref()
@@ -329,8 +463,14 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         .map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
-        (None, Some(path)) => Listener::new(path, true)
-            .map_err(|e| ServeError::Listen(path.display().to_string(), e))?,
+        (None, Some(path)) => {
+            let l = Listener::new(path, true)
+                .map_err(|e| ServeError::Listen(path.display().to_string(), e))?;
+            if let Some(group) = &args.socket_group {
+                socket_to_group(path, group).map_err(ServeError::Usage)?;
+            }
+            l
+        }
         (None, None) => {
             return Err(ServeError::Usage(
                 "--socket-path or --fd is required".into(),
@@ -347,6 +487,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         Arc::new(fs),
         ServerOptions {
             cache: args.cache,
+            readdirplus: !args.no_readdirplus,
+            allow_mmap: args.allow_mmap,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

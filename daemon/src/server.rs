@@ -99,7 +99,6 @@ pub const INIT_FLAGS: u64 = FUSE_ASYNC_READ
     | FUSE_READDIRPLUS_AUTO
     | FUSE_MAX_PAGES
     | FUSE_CACHE_SYMLINKS
-    | FUSE_DIRECT_IO_ALLOW_MMAP
     | FUSE_NO_EXPORT_SUPPORT;
 
 /// The request and reply buffers of one FUSE request, as a transport holds them.
@@ -374,13 +373,28 @@ fn set_attr(s: &FuseSetattrIn) -> SetAttr {
 }
 
 /// How the server is set up.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
     /// `--cache`.
     pub cache: CachePolicy,
+    /// Offer READDIRPLUS (`--no-readdirplus` clears it).
+    pub readdirplus: bool,
+    /// Offer DIRECT_IO_ALLOW_MMAP (`--allow-mmap`).
+    pub allow_mmap: bool,
     /// The DAX window (`--cache-size` > 0), served once the frontend sets up the backend
     /// channel.
     pub dax: Option<DaxConfig>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            cache: CachePolicy::default(),
+            readdirplus: true,
+            allow_mmap: false,
+            dax: None,
+        }
+    }
 }
 
 /// The FUSE server of one virtio-fs device: the core plus the session state INIT set.
@@ -671,10 +685,16 @@ impl Server {
 
     fn init(&self, chain: &mut dyn Chain, unique: u64, k: &FuseInitIn) -> Outcome {
         let dax = self.dax.as_ref().filter(|d| d.active());
-        let wanted = match dax {
+        let mut wanted = match dax {
             Some(_) => INIT_FLAGS | FUSE_MAP_ALIGNMENT | FUSE_HAS_INODE_DAX,
             None => INIT_FLAGS,
         };
+        if !self.opts.readdirplus {
+            wanted &= !(FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO);
+        }
+        if self.opts.allow_mmap {
+            wanted |= FUSE_DIRECT_IO_ALLOW_MMAP;
+        }
         let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {

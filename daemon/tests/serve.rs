@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{zerodax, Ext4};
 use frontend::backend::{BackendChild, BackendSpec};
 use frontend::driver::{DriverConfig, DriverError, RawAddr, RawChain, RawLink, REQUEST_QUEUE};
-use frontend::fuse::{FuseClient, DEFAULT_INIT_FLAGS};
+use frontend::fuse::{FuseClient, FuseError, DEFAULT_INIT_FLAGS};
 use frontend::virtqueue::DESC_F_WRITE;
 use protocol::abi::*;
 use protocol::reply::parse_reply;
@@ -1554,4 +1554,156 @@ fn xattrs_are_enosys_without_the_flag() {
         )
     };
     assert_eq!(n, -1, "nothing was set on the host");
+}
+
+/// A virtiofsd command line: every virtiofsd 1.14 flag zerodax does not implement is refused
+/// at once with a line naming it; the ones it shares, or whose meaning is its own default,
+/// start a daemon that serves.
+#[test]
+fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
+    let refused: &[&[&str]] = &[
+        &["--announce-submounts"],
+        &["--inode-file-handles=prefer"],
+        &["--inode-file-handles=mandatory"],
+        &["--writeback"],
+        &["--allow-direct-io"],
+        &["--killpriv-v2"],
+        &["--preserve-noatime"],
+        &["--syslog"],
+        &["--seccomp", "kill"],
+        &["--modcaps=+sys_admin"],
+        &["--posix-acl"],
+        &["--xattrmap", ":map::user.virtiofs.:"],
+        &["-o", "cache=auto"],
+        &["--migration-mode", "find-paths"],
+    ];
+    let dir = Ext4::new();
+    for flags in refused {
+        let out = std::process::Command::new(zerodax())
+            .arg("serve")
+            .arg("--socket-path")
+            .arg(dir.root.join("refused.sock"))
+            .arg("--shared-dir")
+            .arg(&dir.mnt)
+            .args(*flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = flags[0].split('=').next().unwrap();
+        assert!(
+            !out.status.success() && err.lines().count() == 1 && err.contains(name),
+            "{flags:?}: {}: {err}",
+            out.status
+        );
+    }
+    let accepted: &[&[&str]] = &[
+        &["--readonly"],
+        &["-f", "-d"],
+        &["--no-announce-submounts", "--no-killpriv-v2"],
+        &[
+            "--inode-file-handles=never",
+            "--seccomp",
+            "none",
+            "--posix-acl=never",
+        ],
+        &["--no-readdirplus", "--allow-mmap", "--cache", "never"],
+    ];
+    for flags in accepted {
+        let flags: Vec<&str> = flags
+            .iter()
+            .copied()
+            .filter(|f| *f != "{ignored}")
+            .collect();
+        // `--socket PATH` stands for --socket-path: the harness passes --socket-path.
+        let flags: Vec<&str> = flags.into_iter().filter(|f| *f != "--socket").collect();
+        let srv = Served::start(&flags);
+        let mut fs = srv.connect();
+        fs.getattr(FUSE_ROOT_ID, None)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", srv.backend.log_tail(2000)));
+    }
+    // `--socket PATH`, virtiofsd's deprecated spelling of --socket-path.
+    let sock = dir.root.join("alias.sock");
+    let mut child = std::process::Command::new(zerodax())
+        .arg("serve")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&dir.mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(sock.exists(), "--socket made no socket");
+}
+
+/// `--readonly` is `--read-only`; `--rlimit-nofile 0` leaves the limit as it was;
+/// `--log-level off` logs nothing; `--socket-group` gives the socket to a group.
+#[test]
+fn virtiofsd_flags_that_change_behaviour() {
+    let srv = Served::start(&["--readonly"]);
+    let mut fs = srv.connect();
+    match fs.mkdir(FUSE_ROOT_ID, "d", 0o755, 0) {
+        Err(FuseError::Errno(e)) => assert_eq!(e, libc::EROFS),
+        other => panic!("mkdir under --readonly: {other:?}"),
+    }
+    drop(fs);
+    drop(srv);
+
+    let limits = |pid: u32| -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string()
+    };
+    let srv = Served::start(&["--rlimit-nofile", "0", "--log-level", "off"]);
+    let mut fs = srv.connect();
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    assert_eq!(
+        limits(srv.backend.pid().unwrap()),
+        limits(std::process::id()),
+        "--rlimit-nofile 0 leaves the limit unchanged"
+    );
+    assert_eq!(srv.backend.log_tail(2000).trim(), "", "--log-level off");
+    drop(fs);
+    drop(srv);
+
+    let srv = Served::start(&["--socket-group", "daemon"]);
+    let st = std::fs::metadata(&srv.socket).unwrap();
+    assert_eq!(st.gid(), 1, "the daemon group");
+    assert_eq!(st.mode() & 0o060, 0o060, "group read-write");
+    srv.connect().getattr(FUSE_ROOT_ID, None).unwrap();
+}
+
+/// `--no-readdirplus` and `--allow-mmap` in INIT.
+#[test]
+fn readdirplus_and_direct_io_mmap_follow_their_flags() {
+    let disk = Ext4::new();
+    for (readdirplus, allow_mmap) in [(true, false), (false, true)] {
+        let fs = FileSystem::new(&disk.mnt, CachePolicy::Never.fs_config(false, false)).unwrap();
+        let server = Server::new(
+            Arc::new(fs),
+            ServerOptions {
+                cache: CachePolicy::Never,
+                readdirplus,
+                allow_mmap,
+                dax: None,
+            },
+        );
+        let mut s = Session {
+            server,
+            next: 1,
+            uid: 0,
+            gid: 0,
+        };
+        let out = s.init();
+        assert_eq!(out.flags64() & FUSE_DO_READDIRPLUS != 0, readdirplus);
+        assert_eq!(out.flags64() & FUSE_DIRECT_IO_ALLOW_MMAP != 0, allow_mmap);
+    }
 }
