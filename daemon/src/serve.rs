@@ -29,8 +29,9 @@ pub enum Sandbox {
     None,
     /// chroot(2) into the shared directory once it and /proc/self/fd are open.
     Chroot,
-    /// A private mount namespace whose root is the shared directory (pivot_root), so no
-    /// other mount of the host is reachable even by `..` from the root.
+    /// Private mount, network and IPC namespaces, the mount namespace's root being the
+    /// shared directory (pivot_root), so no other mount of the host is reachable even by
+    /// `..` from the root, and no network either.
     Namespace,
 }
 
@@ -72,8 +73,8 @@ pub struct ServeArgs {
     /// Accepted: zerodax always runs in the foreground (virtiofsd's deprecated flag).
     #[arg(short = 'f')]
     pub foreground: bool,
-    /// Process confinement after start.
-    #[arg(long, value_enum, default_value_t = Sandbox::None)]
+    /// Process confinement after start (default `namespace`, as virtiofsd).
+    #[arg(long, value_enum, default_value_t = Sandbox::Namespace)]
     pub sandbox: Sandbox,
     /// Print the vhost-user backend capabilities (JSON) and exit.
     #[arg(long)]
@@ -335,7 +336,10 @@ fn pivot_into(dir: &Path) -> Result<(), ServeError> {
         .map_err(|_| ServeError::Sandbox(dir.to_owned(), io::ErrorKind::InvalidInput.into()))?;
     let dot = c".";
     // SAFETY: unshare has no memory arguments.
-    check_rc(unsafe { libc::unshare(libc::CLONE_NEWNS) }, dir)?;
+    check_rc(
+        unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) },
+        dir,
+    )?;
     // SAFETY: NUL-terminated static strings and null pointers where mount(2) allows them.
     check_rc(
         unsafe {
@@ -376,6 +380,40 @@ fn pivot_into(dir: &Path) -> Result<(), ServeError> {
     )?;
     // SAFETY: a NUL-terminated static string.
     check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
+}
+
+/// The socket file `--socket-path` made, removable after the sandbox hid its path.
+struct SocketFile {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::CString,
+}
+
+impl SocketFile {
+    fn new(path: &Path) -> Result<Self, String> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| std::ffi::CString::new(n.as_bytes()).ok())
+            .ok_or_else(|| format!("--socket-path {}: no file name", path.display()))?;
+        let dir = std::fs::File::open(dir)
+            .map_err(|e| format!("--socket-path {}: {e}", path.display()))?
+            .into();
+        Ok(SocketFile { dir, name })
+    }
+
+    fn remove(&self) {
+        // SAFETY: a directory descriptor we own and a NUL-terminated name.
+        unsafe {
+            libc::unlinkat(
+                std::os::fd::AsRawFd::as_raw_fd(&self.dir),
+                self.name.as_ptr(),
+                0,
+            )
+        };
+    }
 }
 
 /// `--socket-group`: the socket's group becomes `group`, and the group may connect.
@@ -478,6 +516,13 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         }
     };
     // Before any thread exists: unshare(CLONE_NEWNS) refuses a multi-threaded process.
+    // Only a socket we created is ours to remove: when a frontend connects (one per daemon,
+    // as virtiofsd), or when a signal ends us before one came. Through a descriptor of its
+    // directory, opened before the sandbox hides the path.
+    let socket = match (args.fd, &args.socket_path) {
+        (None, Some(path)) => Some(SocketFile::new(path).map_err(ServeError::Usage)?),
+        _ => None,
+    };
     match args.sandbox {
         Sandbox::None => {}
         Sandbox::Chroot => chroot_into(shared_dir)?,
@@ -517,14 +562,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Device(e.to_string()))?;
 
     let shutdown = Arc::new(Mutex::new(Shutdown::default()));
-    // Only a socket we created is ours to remove when a signal ends us before a frontend
-    // came (the framework's listener removes it otherwise).
-    let socket = args
-        .fd
-        .is_none()
-        .then(|| args.socket_path.clone())
-        .flatten();
-    spawn_signal_thread(signals, shutdown.clone(), socket)?;
+    let socket = socket.map(Arc::new);
+    spawn_signal_thread(signals, shutdown.clone(), socket.clone())?;
 
     tracing::info!(
         "serving {} on {}",
@@ -537,8 +576,11 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     daemon
         .start(&mut listener)
         .map_err(|e| ServeError::Device(e.to_string()))?;
-    // One frontend per daemon, as virtiofsd: stop listening (this removes the socket file).
+    // One frontend per daemon, as virtiofsd: stop listening, and remove the socket file.
     drop(listener);
+    if let Some(s) = &socket {
+        s.remove();
+    }
     {
         let mut s = shutdown.lock().unwrap_or_else(|e| e.into_inner());
         s.connection = daemon.shutdown_handle();
@@ -575,7 +617,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
 fn spawn_signal_thread(
     signals: libc::sigset_t,
     shutdown: Arc<Mutex<Shutdown>>,
-    socket: Option<PathBuf>,
+    socket: Option<Arc<SocketFile>>,
 ) -> Result<(), ServeError> {
     std::thread::Builder::new()
         .name("signals".into())
@@ -591,8 +633,8 @@ fn spawn_signal_thread(
             match &s.connection {
                 Some(c) => c.shutdown(),
                 None => {
-                    if let Some(p) = &socket {
-                        let _ = std::fs::remove_file(p);
+                    if let Some(s) = &socket {
+                        s.remove();
                     }
                     std::process::exit(0);
                 }

@@ -1707,3 +1707,24 @@ fn readdirplus_and_direct_io_mmap_follow_their_flags() {
         assert_eq!(out.flags64() & FUSE_DIRECT_IO_ALLOW_MMAP != 0, allow_mmap);
     }
 }
+
+/// By default `serve` runs sandboxed, as virtiofsd: its own mount, network and IPC
+/// namespaces, the shared directory as its root.
+#[test]
+fn the_default_sandbox_is_namespaces() {
+    let srv = Served::start(&[]);
+    srv.connect().getattr(FUSE_ROOT_ID, None).unwrap();
+    let pid = srv.backend.pid().unwrap();
+    for ns in ["mnt", "net", "ipc"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "{ns} namespace");
+    }
+    // Its root is the shared directory: nothing else of the host is under it.
+    let root = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap();
+    let names: Vec<_> = root.map(|e| e.unwrap().file_name()).collect();
+    assert!(
+        !names.iter().any(|n| n == "etc" || n == "proc"),
+        "{names:?}"
+    );
+}
