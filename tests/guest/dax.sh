@@ -112,7 +112,7 @@ dax_host_checks() {
             result "dax/host/$name-intact" FAIL "the host file changed"
         fi
         if [[ $mode == zero ]] && ((cache > spans)); then
-            result "dax/host/$name-page-cache" FAIL "$cache pages cached, the data spans are $spans"
+            result "dax/host/$name-page-cache" FAIL "$cache pages cached, the data spans are $spans; $("$seekmap" resident "$dir/$name")"
         else
             result "dax/host/$name-page-cache" PASS "$cache pages cached ($mode mode; data $((data / 4096)), spans $spans, size $((size / 4096)))"
         fi

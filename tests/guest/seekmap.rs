@@ -15,6 +15,7 @@
 //!   seekmap verify FILE LIST read|mmap   every byte of FILE, read with pread or through one
 //!                                     shared mapping: LIST's patterns, zeros elsewhere
 //!   seekmap cachestat FILE            the file's pages in the page cache (cachestat(2))
+//!   seekmap resident FILE             which of its pages are in the page cache (mincore)
 //!
 //! Exit status: 0 on success, 1 when a check fails, 2 on usage or I/O errors.
 
@@ -45,6 +46,7 @@ extern "C" {
     fn msync(addr: *mut c_void, len: usize, flags: i32) -> i32;
     fn munmap(addr: *mut c_void, len: usize) -> i32;
     fn syscall(n: i64, ...) -> i64;
+    fn mincore(addr: *mut c_void, len: usize, vec: *mut u8) -> i32;
 }
 
 const SYS_CACHESTAT: i64 = 451;
@@ -403,6 +405,49 @@ fn cmd_cachestat(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// The page ranges of FILE in the page cache, as `START-END` page numbers.
+fn cmd_resident(path: &str) -> Result<()> {
+    let file = open(path, false)?;
+    let size = file.metadata().map_err(io_err(path))?.len();
+    if size == 0 {
+        println!("resident none");
+        return Ok(());
+    }
+    let pages = size.div_ceil(PAGE) as usize;
+    // SAFETY: a fresh read-only shared mapping of our own descriptor, never touched (mincore
+    // only reports residency), checked for MAP_FAILED and unmapped below.
+    let addr = unsafe {
+        mmap(std::ptr::null_mut(), size as usize, PROT_READ, MAP_SHARED, file.as_raw_fd(), 0)
+    };
+    if addr as isize == -1 {
+        return Err(Failure::Io("mmap".into(), io::Error::last_os_error()));
+    }
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping made above.
+    let r = unsafe { mincore(addr, size as usize, vec.as_mut_ptr()) };
+    let e = io::Error::last_os_error();
+    // SAFETY: exactly the mapping made above, unmapped once.
+    unsafe { munmap(addr, size as usize) };
+    if r != 0 {
+        return Err(Failure::Io("mincore".into(), e));
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < pages {
+        if vec[i] & 1 == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < pages && vec[i] & 1 != 0 {
+            i += 1;
+        }
+        out.push(format!("{start}-{i}"));
+    }
+    println!("resident {}", if out.is_empty() { "none".into() } else { out.join(",") });
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<()> {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
@@ -415,8 +460,9 @@ fn run(args: &[String]) -> Result<()> {
         ["make", f, size, list] => cmd_make(f, num(size)?, list),
         ["verify", f, list, via] => cmd_verify(f, list, via),
         ["cachestat", f] => cmd_cachestat(f),
+        ["resident", f] => cmd_resident(f),
         _ => Err(Failure::Usage(
-            "usage: seekmap map|holes-zero|cachestat FILE | fill|mmap-fill|check FILE OFF LEN SEED \
+            "usage: seekmap map|holes-zero|cachestat|resident FILE | fill|mmap-fill|check FILE OFF LEN SEED \
              | punch FILE OFF LEN | make FILE SIZE LIST | verify FILE LIST read|mmap"
                 .into(),
         )),
