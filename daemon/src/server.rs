@@ -780,6 +780,16 @@ impl Server {
             open_flags,
             backing_id: 0,
         };
+        // CREATE and TMPFILE: the new node's entry and its open handle.
+        let created = |chain: &mut dyn Chain, e: &fs::Entry, fh: u64| -> Outcome {
+            let out = open_out(fh, self.opts.cache.open_flags());
+            sent(reply::reply_create(
+                &mut sink(chain),
+                unique,
+                &entry_out(e, dax),
+                &out,
+            ))
+        };
         if let Some(d) = &self.dax {
             // The guest's stores into a tail page of the window reach the file before
             // zerodax reads or changes it.
@@ -892,26 +902,14 @@ impl Server {
                 if arg.flags as i32 & libc::O_TRUNC != 0 {
                     self.file_changed(|| Some(e.node));
                 }
-                let out = open_out(open.fh, self.opts.cache.open_flags());
-                sent(reply::reply_create(
-                    &mut sink(chain),
-                    unique,
-                    &entry_out(&e, dax),
-                    &out,
-                ))
+                created(chain, &e, open.fh)
             }
             // An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
             O::Tmpfile { arg, .. } => {
                 let (e, open) = fs
                     .tmpfile(&with_umask(arg.umask), node, arg.mode, arg.flags as i32)
                     .map_err(errno)?;
-                let out = open_out(open.fh, self.opts.cache.open_flags());
-                sent(reply::reply_create(
-                    &mut sink(chain),
-                    unique,
-                    &entry_out(&e, dax),
-                    &out,
-                ))
+                created(chain, &e, open.fh)
             }
             O::Read(ref r) => self.read(chain, unique, r),
             O::Write { arg, data } => {
