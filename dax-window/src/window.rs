@@ -812,13 +812,20 @@ impl Inner {
             // SAFETY: `fds` is a live array of two pollfd entries.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
             if rc < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+                // Never give up while the window lives: a writer parked in a hole would
+                // wait forever. What poll can fail with here (EINTR, ENOMEM) passes.
+                if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                break;
+                continue;
             }
             if fds[1].revents != 0 {
                 break;
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                // Nothing to read on a userfaultfd in this state; don't spin on it.
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
             }
             loop {
                 match self.uffd.read_msgs(&mut msgs) {
