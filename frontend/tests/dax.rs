@@ -373,20 +373,30 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
     let stop = Arc::new(AtomicBool::new(false));
     let zeros_seen = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
+    // Reads that began and ended while the upgrade was under way: the race this test is
+    // about, counted rather than hoped for.
+    let upgrading = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = [(0usize, a.clone()), (256usize << 10, b.clone())]
         .into_iter()
         .map(|(off, want)| {
-            let (shmem, stop, zeros_seen, reads) = (
+            let (shmem, stop, zeros_seen, reads, upgrading, during) = (
                 Arc::clone(&shmem),
                 Arc::clone(&stop),
                 Arc::clone(&zeros_seen),
                 Arc::clone(&reads),
+                Arc::clone(&upgrading),
+                Arc::clone(&during),
             );
             std::thread::spawn(move || {
                 let w = shmem.window().unwrap();
                 let mut buf = vec![0u8; want.len()];
                 while !stop.load(Ordering::Relaxed) {
+                    let began = upgrading.load(Ordering::SeqCst);
                     w.read_at(base + off, &mut buf).unwrap();
+                    if began && upgrading.load(Ordering::SeqCst) {
+                        during.fetch_add(1, Ordering::Relaxed);
+                    }
                     if buf != want {
                         zeros_seen.fetch_add(1, Ordering::Relaxed);
                     }
@@ -397,6 +407,7 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
         .collect();
     std::thread::sleep(Duration::from_millis(20));
     let maps_before = guest.shmem().stats().maps;
+    upgrading.store(true, Ordering::SeqCst);
     guest
         .write(
             &mut h.fs,
@@ -406,12 +417,22 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
             b"written through the window",
         )
         .unwrap();
+    upgrading.store(false, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(20));
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();
     }
     assert!(reads.load(Ordering::Relaxed) > 2);
+    eprintln!(
+        "{} reads, {} of them during the upgrade",
+        reads.load(Ordering::Relaxed),
+        during.load(Ordering::Relaxed)
+    );
+    assert!(
+        during.load(Ordering::Relaxed) > 0,
+        "no read overlapped the upgrade: the test proved nothing"
+    );
     assert_eq!(
         zeros_seen.load(Ordering::Relaxed),
         0,

@@ -53,10 +53,46 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// The zerodax binary (ZERODAX_BIN, or next to the test binary).
+/// Newest modification time of the sources the zerodax binary is built from.
+fn newest_source() -> std::time::SystemTime {
+    fn walk(dir: &Path, newest: &mut std::time::SystemTime) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, newest);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                *newest = (*newest).max(t);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest = std::time::UNIX_EPOCH;
+    for crate_dir in ["daemon", "protocol", "dax-window", "frontend"] {
+        walk(&root.join(crate_dir).join("src"), &mut newest);
+    }
+    newest
+}
+
+/// Fails the run when `bin` is older than the sources: a stale zerodax would be tested in
+/// place of the code under test.
+fn require_fresh(bin: &Path) {
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("zerodax binary {}: {e}", bin.display()));
+    assert!(
+        built >= newest_source(),
+        "{} is older than the sources: build it again (cargo build --release -p zerodax)",
+        bin.display()
+    );
+}
+
+/// The zerodax binary (ZERODAX_BIN, or next to the test binary), checked to be newer than
+/// the sources.
 pub fn zerodax_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ZERODAX_BIN") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        require_fresh(&p);
+        return Some(p);
     }
     // target/<profile>/deps/<test> -> target/<profile>/zerodax
     let exe = std::env::current_exe().ok()?;
@@ -67,6 +103,9 @@ pub fn zerodax_bin() -> Option<PathBuf> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    if serves {
+        require_fresh(&p);
+    }
     serves.then_some(p)
 }
 
@@ -96,15 +135,17 @@ pub fn backends() -> Vec<BackendSpec> {
             .map(|n| find_backend(n).unwrap_or_else(|| panic!("backend {n} not found")))
             .collect(),
         Err(_) => {
-            let found: Vec<BackendSpec> = ["c-virtiofsd", "virtiofsd", "zerodax"]
+            // zerodax is what these tests are for: without it the run fails, rather than
+            // passing against the virtiofsds alone.
+            assert!(
+                find_backend("zerodax").is_some(),
+                "no zerodax binary next to the tests: build it (cargo build -p zerodax) or set \
+                 ZERODAX_BIN"
+            );
+            ["c-virtiofsd", "virtiofsd", "zerodax"]
                 .into_iter()
                 .filter_map(find_backend)
-                .collect();
-            assert!(
-                !found.is_empty(),
-                "no vhost-user-fs backend found (install qemu-system-common or virtiofsd)"
-            );
-            found
+                .collect()
         }
     }
 }
