@@ -109,6 +109,7 @@ stop() {
 }
 
 cleanup() {
+    [[ $(type -t dax_trace_stop) != function ]] || dax_trace_stop "$out"
     stop "$qemu_pid" qemu
     qemu_pid=''
     stop "$sampler_pid" sampler
@@ -140,6 +141,7 @@ if [[ ,$scenarios, == *,dax,* || ,$scenarios, == *,bench,* ]]; then
     fi
     # A cold start: nothing of the files in the host's page cache.
     umount "$backing" && mount -o loop "$work/img" "$backing"
+    dax_trace_start "$backing"
 fi
 
 # --- the backend -------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ qemu_rc=0
 wait "$qemu_pid" || qemu_rc=$?
 qemu_pid=''
 wall=$((SECONDS - t0))
+[[ ,$scenarios, != *,dax,* && ,$scenarios, != *,bench,* ]] || dax_trace_stop "$out"
 tr -d '\r' <"$out/console.raw" >"$out/console.log"
 rm -f "$out/console.raw"
 # A vhost-user backend must end by itself when its frontend goes away (virtiofsd does): give it
