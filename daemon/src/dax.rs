@@ -268,17 +268,72 @@ struct State {
     ranges: BTreeMap<u64, LiveRange>,
     /// Window offsets of the live ranges of each file.
     by_file: HashMap<FileId, BTreeSet<u64>>,
+    /// The pages of each region, kept resident while it is mapped ([`Pin`]).
+    pins: BTreeMap<u64, Pin>,
     stats: DaxStats,
+}
+
+/// The pages of a mapped region, locked in the host page cache while the VMM maps them.
+///
+/// The preload only helps while the pages stay: the host may evict clean page cache at any
+/// time (DAMON's proactive reclaim does, with no memory pressure), and the VMM's next fault
+/// on an evicted page then reads the 2 MiB around it through its MADV_HUGEPAGE mapping. So
+/// zerodax maps each region itself and mlocks it: at most the window's size of locked
+/// memory, released at SHMEM_UNMAP. Best effort: a region that cannot be pinned is still
+/// served.
+struct Pin {
+    addr: usize,
+    len: usize,
+}
+
+impl Pin {
+    fn new(fd: BorrowedFd<'_>, foffset: u64, len: u64) -> io::Result<Pin> {
+        let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: a fresh read-only shared mapping of a descriptor we hold, at a page-aligned
+        // offset, never dereferenced by Rust code; unmapped in Drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                foffset as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let pin = Pin {
+            addr: addr as usize,
+            len,
+        };
+        // SAFETY: the mapping made above, of `len` bytes; mlock faults the pages in (read)
+        // and keeps them resident.
+        if unsafe { libc::mlock(addr, len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pin)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `Pin::new`, unmapped once (munmap also
+        // unlocks it).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
 }
 
 impl State {
     /// SHMEM_MAP of `[start, end)` from `fd` at `foffset`, recorded once the VMM acked it.
     ///
     /// First the pages are read into the host page cache as small folios (FADV_WILLNEED
-    /// reads exactly the range, order-0): the VMM may madvise its mapping MADV_HUGEPAGE
-    /// (QEMU does), and a fault on an uncached page of such a mapping reads a 2 MiB folio
-    /// around it whatever the file's readahead advice, so holes would fill the page cache
-    /// and a 4 KiB store into a hole would dirty, and allocate, 2 MiB of the file.
+    /// reads exactly the range, order-0) and pinned there ([`Pin`]): the VMM may madvise
+    /// its mapping MADV_HUGEPAGE (QEMU does), and a fault on an uncached page of such a
+    /// mapping reads a 2 MiB folio around it whatever the file's readahead advice, so holes
+    /// would fill the page cache and a 4 KiB store into a hole would dirty, and allocate,
+    /// 2 MiB of the file.
     fn map(
         &mut self,
         channel: &dyn ShmemChannel,
@@ -297,6 +352,9 @@ impl State {
                 libc::POSIX_FADV_WILLNEED,
             )
         };
+        let pin = Pin::new(fd, foffset, len)
+            .map_err(|e| tracing::debug!(start, len, "region not pinned: {e}"))
+            .ok();
         let bucket = (self.regions.len() / LATENCY_BUCKET).min(LATENCY_BUCKETS - 1);
         let t0 = std::time::Instant::now();
         channel
@@ -310,6 +368,9 @@ impl State {
         b.1 += u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         tracing::debug!(start, len, foffset, writable, "SHMEM_MAP");
         self.regions.insert(start, Region { len, writable });
+        if let Some(pin) = pin {
+            self.pins.insert(start, pin);
+        }
         self.stats.shmem_maps += 1;
         self.stats.peak_regions = self.stats.peak_regions.max(self.regions.len() as u64);
         Ok(())
@@ -333,6 +394,7 @@ impl State {
         tracing::debug!(start, len = r.len, "SHMEM_UNMAP");
         self.regions.remove(&start);
         self.tails.remove(&start);
+        self.pins.remove(&start);
         self.stats.shmem_unmaps += 1;
         Ok(())
     }

@@ -1198,3 +1198,35 @@ fn coherence_is_per_file_across_node_ids() {
     h.fs.release(via_b.nodeid, fh, 0).unwrap();
     assert_eq!(guest.shmem().stats().refused, 0);
 }
+
+/// What a range maps stays in the host page cache while it is mapped, whatever the host
+/// evicts (proactive reclaim, FADV_DONTNEED): a VMM fault on an evicted page would read 2 MiB
+/// around it through a MADV_HUGEPAGE mapping. Released when the range is removed.
+#[test]
+fn mapped_pages_stay_resident_until_the_range_is_removed() {
+    let _serial = serial();
+    let data = pattern(93, 64 << 10);
+    let mut h = start(
+        "dax-pinned",
+        &["--cache-size", "8M", "--dax-holes", "zero"],
+        |d| make_sparse(&d.join("f"), 2 * MIB, &[(256 << 10, data.clone())]),
+    );
+    let node = lookup(&mut h, "f");
+    let path = h.host("f");
+    drop_cache(&path);
+    let mut guest = DaxGuest::new(&mut h.fs).unwrap();
+    guest.map_for_read(&mut h.fs, node, 0, RANGE_SIZE).unwrap();
+    assert_eq!(cached_pages(&path), 16, "the data span, preloaded");
+    drop_cache(&path);
+    assert_eq!(
+        cached_pages(&path),
+        16,
+        "still resident after the host dropped its cache"
+    );
+    let be = h.backend.pid().unwrap();
+    assert!(status_kib(be, "VmLck") >= 64, "locked by the backend");
+    guest.evict(&mut h.fs, node).unwrap();
+    drop_cache(&path);
+    assert_eq!(cached_pages(&path), 0, "released with the range");
+    assert_eq!(status_kib(be, "VmLck"), 0);
+}
