@@ -1,6 +1,7 @@
 //! zerodax: the filesystem core and its transports, as a library so that every transport
 //! (and the integration tests) use one core.
 
+pub mod confine;
 pub mod dax;
 pub mod fs;
 pub mod fuse_dev;

@@ -12,10 +12,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::thread::CapabilitySet;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
@@ -130,6 +132,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_ACK_TIMEOUT.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub dax_ack_timeout: u64,
+    /// What the kernel does to a system call outside the serving process's allowlist
+    /// (docs/serve.md, *Confinement*).
+    #[arg(long, value_enum, default_value_t = SeccompAction::Kill)]
+    pub seccomp: SeccompAction,
+    /// Capabilities to keep beyond (`+name`) or drop from (`-name`) the default set, joined
+    /// by `:`, as virtiofsd: e.g. `+sys_admin:-mknod`. Only when started as root.
+    #[arg(long, value_name = "CAPS")]
+    pub modcaps: Option<String>,
     /// Serve extended attributes. Off by default, as in virtiofsd: a guest could otherwise
     /// set `trusted.*` or `security.capability` on host files. Without it every xattr
     /// request gets ENOSYS.
@@ -162,12 +172,6 @@ pub struct RefusedFlags {
     /// Refused: logs go to stderr.
     #[arg(long, hide = true)]
     pub syslog: bool,
-    /// Only `none` (no seccomp filter yet).
-    #[arg(long, value_name = "ACTION", hide = true)]
-    pub seccomp: Option<String>,
-    /// Refused: capabilities are not changed.
-    #[arg(long, value_name = "CAPS", hide = true)]
-    pub modcaps: Option<String>,
     /// Only `never` (POSIX ACLs are not translated).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", hide = true)]
     pub posix_acl: Option<String>,
@@ -200,8 +204,6 @@ impl RefusedFlags {
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (self.preserve_noatime, "--preserve-noatime", "not supported"),
             (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
-            (!value_is(&self.seccomp, "none"), "--seccomp", "no seccomp filter yet: only `none` is accepted"),
-            (self.modcaps.is_some(), "--modcaps", "capabilities are not changed by zerodax"),
             (!value_is(&self.posix_acl, "never"), "--posix-acl", "POSIX ACLs are not translated: only `never`; with --xattr the system.posix_acl_* xattrs pass through"),
             (self.xattrmap.is_some(), "--xattrmap", "no xattr mapping: --xattr serves them as they are, without it none"),
             (!self.compat_options.is_empty(), "-o", "virtiofsd's legacy options: use the long flags (--shared-dir, --cache, --xattr, --sandbox ...)"),
@@ -252,7 +254,7 @@ pub enum ServeError {
     Fs(FsError),
     Listen(String, vhost::vhost_user::Error),
     Fd(RawFd, io::Error),
-    Sandbox(PathBuf, io::Error),
+    Confine(ConfineError),
     Device(String),
     Signals(io::Error),
 }
@@ -265,7 +267,7 @@ impl fmt::Display for ServeError {
             ServeError::Fs(e) => write!(f, "{e}"),
             ServeError::Listen(p, e) => write!(f, "cannot listen on {p}: {e}"),
             ServeError::Fd(fd, e) => write!(f, "--fd {fd} is not a listening socket: {e}"),
-            ServeError::Sandbox(p, e) => write!(f, "cannot confine to {}: {e}", p.display()),
+            ServeError::Confine(e) => write!(f, "{e}"),
             ServeError::Device(m) => write!(f, "vhost-user device: {m}"),
             ServeError::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
         }
@@ -302,84 +304,24 @@ mod tests {
     }
 }
 
-fn chroot_into(dir: &Path) -> Result<(), ServeError> {
-    let err = |e| ServeError::Sandbox(dir.to_owned(), e);
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| err(io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    if unsafe { libc::chroot(path.as_ptr()) } != 0 {
-        return Err(err(io::Error::last_os_error()));
+/// The sandbox, then the capabilities, then the seccomp filter (crate::confine): before any
+/// thread exists, so that every serving thread inherits all three.
+fn confine(args: &ServeArgs, keep: CapabilitySet) -> Result<(), ServeError> {
+    let shared_dir = args.shared_dir.as_deref().unwrap_or(Path::new("."));
+    match args.sandbox {
+        Sandbox::None => {}
+        Sandbox::Chroot => confine::chroot_into(shared_dir).map_err(ServeError::Confine)?,
+        Sandbox::Namespace => confine::pivot_into(shared_dir).map_err(ServeError::Confine)?,
     }
-    // SAFETY: a static NUL-terminated string.
-    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
+    confine::drop_capabilities(keep).map_err(ServeError::Confine)?;
+    confine::install_seccomp(args.seccomp).map_err(ServeError::Confine)?;
+    tracing::info!(
+        "confined: sandbox {:?}, capabilities {}, seccomp {:?}",
+        args.sandbox,
+        confine::cap_names(keep),
+        args.seccomp
+    );
     Ok(())
-}
-
-fn check_rc(rc: libc::c_int, dir: &Path) -> Result<(), ServeError> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(ServeError::Sandbox(
-            dir.to_owned(),
-            io::Error::last_os_error(),
-        ))
-    }
-}
-
-/// `--sandbox namespace`: a new mount namespace (propagation from the host kept one-way),
-/// the share bind-mounted onto itself and made the root with pivot_root; the old root is
-/// detached. The share's descriptors and /proc/self/fd were opened before and stay valid.
-fn pivot_into(dir: &Path) -> Result<(), ServeError> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| ServeError::Sandbox(dir.to_owned(), io::ErrorKind::InvalidInput.into()))?;
-    let dot = c".";
-    // SAFETY: unshare has no memory arguments.
-    check_rc(
-        unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC) },
-        dir,
-    )?;
-    // SAFETY: NUL-terminated static strings and null pointers where mount(2) allows them.
-    check_rc(
-        unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_SLAVE | libc::MS_REC,
-                std::ptr::null(),
-            )
-        },
-        dir,
-    )?;
-    // SAFETY: `path` is NUL-terminated and outlives the call; other pointers may be null.
-    check_rc(
-        unsafe {
-            libc::mount(
-                path.as_ptr(),
-                path.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        },
-        dir,
-    )?;
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    check_rc(unsafe { libc::chdir(path.as_ptr()) }, dir)?;
-    // pivot_root(".", "."): the old root ends up mounted on top of the new one, and the
-    // detach below removes it (pivot_root(2), NOTES).
-    // SAFETY: two NUL-terminated static strings.
-    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
-    check_rc(rc as libc::c_int, dir)?;
-    // SAFETY: a NUL-terminated static string.
-    check_rc(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        dir,
-    )?;
-    // SAFETY: a NUL-terminated static string.
-    check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
 }
 
 /// The socket file `--socket-path` made, removable after the sandbox hid its path.
@@ -434,6 +376,21 @@ fn socket_to_group(path: &Path, group: &str) -> Result<(), String> {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o060))
         })
         .map_err(|e| format!("--socket-group {group}: {}: {e}", path.display()))
+}
+
+/// Listens on a new socket at `path` (replacing a file there). Not `Listener::new`: its
+/// Drop removes the path, which after the sandbox resolves inside the share and could
+/// remove a guest's file; `SocketFile` removes ours through its directory instead.
+fn listen_at(path: &Path) -> Result<Listener, ServeError> {
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        ServeError::Listen(
+            path.display().to_string(),
+            vhost::vhost_user::Error::SocketError(e),
+        )
+    })?;
+    // SAFETY: a listening socket this function just created and owns alone.
+    Ok(unsafe { Listener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(l)) })
 }
 
 /// Takes ownership of `--fd N` after checking that it is a socket.
@@ -494,6 +451,12 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             )));
         }
     }
+    let mut base = confine::DEFAULT_CAPS;
+    if args.cache_size > 0 {
+        // Pinning what the DAX window maps (mlock) beyond RLIMIT_MEMLOCK.
+        base |= CapabilitySet::IPC_LOCK;
+    }
+    let keep = confine::kept_caps(base, args.modcaps.as_deref()).map_err(ServeError::Confine)?;
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
@@ -502,8 +465,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
         (None, Some(path)) => {
-            let l = Listener::new(path, true)
-                .map_err(|e| ServeError::Listen(path.display().to_string(), e))?;
+            let l = listen_at(path)?;
             if let Some(group) = &args.socket_group {
                 socket_to_group(path, group).map_err(ServeError::Usage)?;
             }
@@ -523,11 +485,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         (None, Some(path)) => Some(SocketFile::new(path).map_err(ServeError::Usage)?),
         _ => None,
     };
-    match args.sandbox {
-        Sandbox::None => {}
-        Sandbox::Chroot => chroot_into(shared_dir)?,
-        Sandbox::Namespace => pivot_into(shared_dir)?,
-    }
+    confine(args, keep)?;
     let server = Arc::new(Server::new(
         Arc::new(fs),
         ServerOptions {

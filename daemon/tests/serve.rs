@@ -1570,10 +1570,10 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--killpriv-v2"],
         &["--preserve-noatime"],
         &["--syslog"],
-        &["--seccomp", "kill"],
-        &["--modcaps=+sys_admin"],
         &["--posix-acl"],
         &["--xattrmap", ":map::user.virtiofs.:"],
+        &["--modcaps=+nonsense"],
+        &["--modcaps=sys_admin"],
         &["-o", "cache=auto"],
         &["--migration-mode", "find-paths"],
     ];
@@ -1606,6 +1606,8 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
             "none",
             "--posix-acl=never",
         ],
+        &["--seccomp", "log", "--modcaps=+sys_admin:-mknod"],
+        &["--seccomp", "trap"],
         &["--no-readdirplus", "--allow-mmap", "--cache", "never"],
     ];
     for flags in accepted {
@@ -1713,7 +1715,9 @@ fn readdirplus_and_direct_io_mmap_follow_their_flags() {
 #[test]
 fn the_default_sandbox_is_namespaces() {
     let srv = Served::start(&[]);
-    srv.connect().getattr(FUSE_ROOT_ID, None).unwrap();
+    // Connected while the namespaces are read: the daemon exits when its frontend leaves.
+    let mut fs = srv.connect();
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
     let pid = srv.backend.pid().unwrap();
     for ns in ["mnt", "net", "ipc"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
@@ -1727,4 +1731,88 @@ fn the_default_sandbox_is_namespaces() {
         !names.iter().any(|n| n == "etc" || n == "proc"),
         "{names:?}"
     );
+}
+
+/// One `Name:\tvalue` line of /proc/PID/status.
+fn proc_status(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// By default the serving process runs under the seccomp allowlist with virtiofsd's
+/// capabilities only (effective, permitted and bounding alike); `--modcaps` and
+/// `--seccomp none` change exactly that, and a capability taken away is missing for real.
+#[test]
+fn serving_process_is_confined_by_seccomp_and_capabilities() {
+    use zerodax::confine::DEFAULT_CAPS;
+    let caps = |set: rustix::thread::CapabilitySet| format!("{:016x}", set.bits());
+    let cases: &[(&[&str], &str, rustix::thread::CapabilitySet)] = &[
+        (&[], "2", DEFAULT_CAPS),
+        (
+            &["--cache-size", "2M"],
+            "2",
+            DEFAULT_CAPS | rustix::thread::CapabilitySet::IPC_LOCK,
+        ),
+        (
+            &["--seccomp", "none", "--modcaps=-mknod:+sys_admin"],
+            "0",
+            (DEFAULT_CAPS - rustix::thread::CapabilitySet::MKNOD)
+                | rustix::thread::CapabilitySet::SYS_ADMIN,
+        ),
+    ];
+    for (flags, seccomp, want) in cases {
+        let srv = Served::start(flags);
+        let mut fs = srv.connect();
+        fs.getattr(FUSE_ROOT_ID, None).unwrap();
+        let pid = srv.backend.pid().unwrap();
+        assert_eq!(proc_status(pid, "Seccomp"), *seccomp, "{flags:?}");
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(proc_status(pid, set), caps(*want), "{flags:?}: {set}");
+        }
+        assert_eq!(
+            proc_status(pid, "CapInh"),
+            caps(rustix::thread::CapabilitySet::empty())
+        );
+        assert_eq!(
+            proc_status(pid, "NoNewPrivs"),
+            if *seccomp == "2" { "1" } else { "0" }
+        );
+        // A device node needs CAP_MKNOD; a FIFO does not.
+        let dev = fs.mknod(FUSE_ROOT_ID, "null", libc::S_IFCHR | 0o600, 0x0103, 0);
+        if want.contains(rustix::thread::CapabilitySet::MKNOD) {
+            dev.unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        } else {
+            assert!(
+                matches!(dev, Err(FuseError::Errno(libc::EPERM))),
+                "{flags:?}: {dev:?}"
+            );
+        }
+        fs.mknod(FUSE_ROOT_ID, "fifo", libc::S_IFIFO | 0o600, 0, 0)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        drop(fs);
+        let mut srv = srv;
+        srv.expect_exit_0();
+    }
+}
+
+/// The socket's path means something else once the sandbox has made the share the root:
+/// when the daemon stops listening it must not remove a file of the guest's that happens to
+/// sit at that path inside the share.
+#[test]
+fn stopping_to_listen_removes_no_file_of_the_share() {
+    let mut srv = Served::start(&[]);
+    let inside = srv.disk.mnt.join(srv.socket.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+    std::fs::write(&inside, b"guest data").unwrap();
+    let mut fs = srv.connect();
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    drop(fs);
+    srv.expect_exit_0();
+    assert!(!srv.socket.exists(), "the socket file stays behind");
+    assert_eq!(std::fs::read(&inside).unwrap(), b"guest data");
 }

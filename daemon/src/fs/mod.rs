@@ -12,7 +12,7 @@
 
 mod creds;
 mod inode;
-mod sys;
+pub(crate) mod sys;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -749,7 +749,12 @@ impl FileSystem {
         }
         let np = self.dir_inode(new_parent)?;
         check_new_name(new_name)?;
-        sys::link_fd(inode.fd(), np.fd(), new_name)?;
+        sys::link_fd(
+            self.proc_self_fd.as_fd(),
+            &Self::proc_name(inode.fd()),
+            np.fd(),
+            new_name,
+        )?;
         self.lookup_in(&np, new_name)
     }
 

@@ -201,17 +201,23 @@ pub fn renameat2(
     .map(drop)
 }
 
-/// linkat(2) of the inode behind an O_PATH descriptor (AT_EMPTY_PATH needs
-/// CAP_DAC_READ_SEARCH, which the daemon has as root).
-pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> io::Result<()> {
+/// linkat(2) of the inode behind an O_PATH descriptor, named `proc_name` in `proc_self_fd`
+/// (/proc/self/fd): following that magic link needs no capability, where AT_EMPTY_PATH
+/// would need CAP_DAC_READ_SEARCH, which the serving process drops.
+pub fn link_fd(
+    proc_self_fd: BorrowedFd<'_>,
+    proc_name: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+) -> io::Result<()> {
     // SAFETY: both names are NUL-terminated.
     check(unsafe {
         libc::linkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
+            proc_self_fd.as_raw_fd(),
+            proc_name.as_ptr(),
             newdir.as_raw_fd(),
             newname.as_ptr(),
-            libc::AT_EMPTY_PATH,
+            libc::AT_SYMLINK_FOLLOW,
         )
     })
     .map(drop)
@@ -437,10 +443,10 @@ pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
 
 // The *xattrat calls (Linux 6.13): xattrs of any file type through an O_PATH descriptor.
 // Numbers of the unified syscall table (the same on every architecture); not in libc yet.
-const SYS_SETXATTRAT: libc::c_long = 463;
-const SYS_GETXATTRAT: libc::c_long = 464;
-const SYS_LISTXATTRAT: libc::c_long = 465;
-const SYS_REMOVEXATTRAT: libc::c_long = 466;
+pub(crate) const SYS_SETXATTRAT: libc::c_long = 463;
+pub(crate) const SYS_GETXATTRAT: libc::c_long = 464;
+pub(crate) const SYS_LISTXATTRAT: libc::c_long = 465;
+pub(crate) const SYS_REMOVEXATTRAT: libc::c_long = 466;
 
 /// `struct xattr_args` of the *xattrat calls.
 #[repr(C)]
