@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use crate::extents::{data_extents, Extent};
 use crate::pages::{page_states, PageStates, PAGE_SIZE};
 use crate::uffd::Uffd;
-use crate::{procfs, sys, Error, Result};
+use crate::{procfs, sys, volatile, Error, Result};
 
 /// 2 MiB: the huge zero page, the largest page-cache folio, the window's alignment.
 pub const HUGE_SIZE: usize = 2 << 20;
@@ -411,35 +411,115 @@ impl Window {
         Ok(end)
     }
 
-    /// Copies window bytes out. A concurrent writer of the same bytes is a race the caller
-    /// owns, as with any shared mapping; pages past a file's EOF raise SIGBUS.
+    /// Copies window bytes out, with volatile loads.
+    ///
+    /// Window memory is shared: the guest, other mappings of the same files and other
+    /// threads change it at any time. The copy is therefore made of volatile accesses,
+    /// aligned 8-byte loads for the bulk and single bytes at the unaligned edges (`buf` needs
+    /// no alignment), never plain `memcpy`: a concurrent writer is no undefined behaviour.
+    /// Each aligned 8-byte word is seen whole, from before or after a concurrent store to it;
+    /// the copy is not a snapshot across words.
+    ///
+    /// Unmapped ranges and holes read as zeros.
+    ///
+    /// # Faults
+    /// Every byte of the window stays mapped while the window lives (unmapped ranges are
+    /// read-only anonymous memory), so a load faults only where a mapped file page has no
+    /// backing. Before copying, the range is checked against the mappings: a file page at or
+    /// past its file's current EOF (rounded up to a page) is refused with
+    /// `Error::BeyondEof`, a poisoned page with `Error::Poisoned`, instead of faulting.
+    /// What the check cannot see still raises SIGBUS at the faulting load, as with any mmap
+    /// access: a truncation racing with the copy, an I/O error reading a data page. With the
+    /// default disposition that ends the process; it is a signal at the access, never
+    /// undefined behaviour (no Rust reference into window memory exists, so nothing is left
+    /// half-borrowed). A caller that must survive it keeps the files from shrinking under
+    /// their mappings (the daemon's job for DAX) or handles SIGBUS itself.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.check_bounds(offset, buf.len())?;
-        // SAFETY: the source lies inside the window mapping (checked above) and the
-        // destination is a distinct Rust buffer of the same length.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.inner.base + offset) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        self.check_access(offset, buf.len(), false)?;
+        // SAFETY: the range lies inside the window (checked), which is mapped for the
+        // window's whole life and never referenced by Rust references; `buf` is a distinct
+        // Rust buffer. The copy uses volatile loads only on the window side.
+        unsafe { volatile::copy_from_shared((self.inner.base + offset) as *const u8, buf) };
         Ok(())
     }
 
-    /// Copies bytes into the window. A hole of a writable mapping is upgraded on the way;
-    /// an unmapped or read-only range raises SIGSEGV, as a read-only mmap does.
+    /// Copies bytes into the window, with volatile stores (aligned 8-byte words for the bulk,
+    /// single bytes at the unaligned edges; `data` needs no alignment). A hole of a writable
+    /// mapping is upgraded on the way, as a CPU store upgrades it.
+    ///
+    /// The range must lie inside writable mappings (`Error::ReadOnly` otherwise: a store to
+    /// unmapped or read-only window memory is SIGSEGV), below each file's current EOF
+    /// rounded up to a page (`Error::BeyondEof`), and off poisoned pages
+    /// (`Error::Poisoned`); nothing is written when a check fails.
+    ///
+    /// # Faults
+    /// As for [`Window::read_at`], what the check cannot see raises a signal at the faulting
+    /// store, never undefined behaviour: a racing truncation or `unmap` (SIGBUS, SIGSEGV),
+    /// and a write to a hole whose upgrade fails (no space: SIGBUS for that store, as
+    /// fsdax's failing write fault; see docs/dax-window.md). The bytes before the faulting
+    /// store have been written.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check_bounds(offset, data.len())?;
-        // SAFETY: the destination lies inside the window mapping (checked above); it is
-        // never the source buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (self.inner.base + offset) as *mut u8,
-                data.len(),
-            )
-        };
+        self.check_access(offset, data.len(), true)?;
+        // SAFETY: the range lies inside the window (checked), mapped for the window's whole
+        // life and never referenced by Rust references; it is never `data`, which is a Rust
+        // buffer. The copy uses volatile stores only on the window side.
+        unsafe { volatile::copy_to_shared((self.inner.base + offset) as *mut u8, data) };
+        Ok(())
+    }
+
+    /// Bounds, then what a load (or store) would find in `[offset, offset+len)` right now:
+    /// file pages past EOF and poisoned pages; for a store, memory outside writable mappings.
+    /// The lock is released before the caller copies (a store may fault into the handler,
+    /// which takes it).
+    fn check_access(&self, offset: usize, len: usize, write: bool) -> Result<()> {
+        let end = self.check_bounds(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let st = self.inner.lock();
+        let mut covered = 0;
+        // Mappings are disjoint: those meeting the range are the last few starting before
+        // its end.
+        for (&o, m) in st.mappings.range(..end).rev() {
+            if o + m.len <= offset {
+                break;
+            }
+            let (a, b) = (offset.max(o), end.min(o + m.len));
+            covered += b - a;
+            if write && !m.writable {
+                return Err(Error::ReadOnly);
+            }
+            if let Some(&p) = m.poisoned.iter().find(|&&p| p < b && p + PAGE_SIZE > a) {
+                return Err(Error::Poisoned { window_offset: p });
+            }
+            let md = m.file.metadata().map_err(io_err("fstat"))?;
+            if !md.is_file() {
+                // Devices and the like report no size; their mapping is the caller's.
+                continue;
+            }
+            // Window offset where the file's last page ends.
+            let eof_page = round_up(md.len(), PAGE_SIZE as u64);
+            let eof_w = o.saturating_add(eof_page.saturating_sub(m.file_offset) as usize);
+            if eof_w >= b {
+                continue;
+            }
+            let past = (a.max(eof_w), b);
+            // A store past EOF always faults (a hole page there cannot be upgraded); a load
+            // only on file pages (holes read their own zeros).
+            // Backed intervals are disjoint: only the last one starting before the end can
+            // reach into the range.
+            let faults = write
+                || m.backed
+                    .range(..past.1)
+                    .next_back()
+                    .is_some_and(|(_, &e)| e > past.0);
+            if faults {
+                return Err(Error::BeyondEof);
+            }
+        }
+        if write && covered < len {
+            return Err(Error::ReadOnly);
+        }
         Ok(())
     }
 
