@@ -54,7 +54,10 @@ impl Default for WindowOptions {
 pub struct WindowStats {
     /// Write faults resolved by mapping file pages.
     pub upgrades: u64,
-    /// Write faults resolved by poisoning (allocation or mapping failed, or past EOF).
+    /// Write faults whose upgrade failed (no space, mapping failed, past EOF). The page was
+    /// handed to the kernel's own shared file mapping (the faulting store gets SIGBUS, or
+    /// the kernel-mode writer EFAULT, from the filesystem's `page_mkwrite`; later reads see
+    /// the hole, later writes allocate anew), or poisoned when even that mapping failed.
     pub failed: u64,
     /// Messages for pages already resolved, or outside any writable hole: only woken.
     pub stale: u64,
@@ -70,7 +73,11 @@ pub struct MappingInfo {
     pub writable: bool,
     /// Window-offset ranges mapped as file pages (data extents and upgraded granules).
     pub file_backed: Vec<(usize, usize)>,
-    /// Window offsets of pages poisoned by a failed upgrade.
+    /// Window offsets of hole pages whose upgrade failed, now plain shared file pages over
+    /// the (unallocated) hole: also listed in `file_backed`.
+    pub failed_upgrades: Vec<usize>,
+    /// Window offsets of pages poisoned because even that file mapping failed (SIGBUS on
+    /// any access until the range is unmapped).
     pub poisoned: Vec<usize>,
 }
 
@@ -81,6 +88,9 @@ struct Mapping {
     writable: bool,
     /// File-backed window-offset intervals, start -> end, disjoint and merged.
     backed: BTreeMap<usize, usize>,
+    /// Hole pages handed to a plain file mapping after a failed upgrade.
+    failed_upgrades: Vec<usize>,
+    /// Pages poisoned because even that failed.
     poisoned: Vec<usize>,
 }
 
@@ -546,6 +556,7 @@ impl Window {
                 file_offset: m.file_offset,
                 writable: m.writable,
                 file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+                failed_upgrades: m.failed_upgrades.clone(),
                 poisoned: m.poisoned.clone(),
             })
             .collect()
@@ -632,6 +643,7 @@ impl Window {
             file_offset,
             writable,
             backed: BTreeMap::new(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         for &(s, e) in &data {
@@ -643,6 +655,7 @@ impl Window {
             file_offset,
             writable,
             file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         st.mappings.insert(window_offset, m);
@@ -721,6 +734,7 @@ impl Window {
             file_offset: fd_offset,
             writable,
             file_backed: vec![(window_offset, end)],
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         // Wholly file-backed: the fault handler never treats any of it as a hole.
@@ -732,6 +746,7 @@ impl Window {
                 file_offset: fd_offset,
                 writable,
                 backed,
+                failed_upgrades: Vec::new(),
                 poisoned: Vec::new(),
             },
         );
@@ -771,6 +786,23 @@ impl Window {
         self.inner.recount_vmas();
         Ok(())
     }
+}
+
+/// Allocates `[foff, foff+len)` of a mapping's file (unwritten extents where it was a hole).
+fn allocate(m: &Mapping, foff: u64, len: usize) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
+    let rc = unsafe {
+        libc::fallocate(
+            m.file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            foff as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn reopen(file: &File, writable: bool) -> Result<File> {
@@ -978,8 +1010,9 @@ impl Inner {
             Err(_) => 0,
         };
         let file_of = |w: usize| m.file_offset + (w - mstart) as u64;
-        if file_of(off) >= eof_page {
-            self.fail(m, off);
+        let foff_page = file_of(off);
+        if foff_page >= eof_page {
+            self.fail(m, off, foff_page);
             return;
         }
         if file_of(ge) > eof_page {
@@ -987,32 +1020,37 @@ impl Inner {
         }
         let glen = ge - gs;
         let foff = file_of(gs);
-        match self.upgrade(m, gs, glen, foff) {
-            Ok(()) => {
-                m.insert_backed(gs, ge);
+        let done = if glen > PAGE_SIZE {
+            // The faulting page first: a write must not fail for want of a whole granule
+            // (fsdax likewise falls back from a PMD fault to a 4 KiB one). Then the granule;
+            // if that fails (part of it may stay allocated: fallocate is not atomic), the
+            // page alone.
+            allocate(m, foff_page, PAGE_SIZE).and_then(|()| {
+                self.upgrade(m, gs, glen, foff)
+                    .map(|()| (gs, ge))
+                    .or_else(|_| {
+                        self.upgrade(m, off, PAGE_SIZE, foff_page)
+                            .map(|()| (off, off + PAGE_SIZE))
+                    })
+            })
+        } else {
+            self.upgrade(m, gs, glen, foff).map(|()| (gs, ge))
+        };
+        match done {
+            Ok((s, e)) => {
+                m.insert_backed(s, e);
                 self.upgrades.fetch_add(1, Ordering::Relaxed);
                 self.vma_estimate.fetch_add(2, Ordering::Relaxed);
-                let _ = self.uffd.wake(self.base + gs, glen);
+                let _ = self.uffd.wake(self.base + s, e - s);
             }
-            Err(_) => self.fail(m, off),
+            Err(_) => self.fail(m, off, foff_page),
         }
     }
 
     /// Allocates `[foff, foff+glen)` in the file and maps it over the zero pages.
     fn upgrade(&self, m: &Mapping, gs: usize, glen: usize, foff: u64) -> io::Result<()> {
         let fd = m.file.as_raw_fd();
-        // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
-        let rc = unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_KEEP_SIZE,
-                foff as libc::off_t,
-                glen as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        allocate(m, foff, glen)?;
         if glen == PAGE_SIZE {
             // Put an order-0 folio in the page cache (the descriptor reads with
             // POSIX_FADV_RANDOM) so the writer's fault finds it instead of reading ahead
@@ -1039,9 +1077,59 @@ impl Inner {
         Ok(())
     }
 
+    /// Resolves a write fault whose upgrade failed, so that the failure is that write's
+    /// alone, as in fsdax (where the failing `iomap_begin` of a write fault makes that fault
+    /// SIGBUS and leaves the hole as it was).
+    ///
+    /// The hole page at window offset `off` (file offset `foff`) is handed to the kernel's
+    /// own shared file mapping, unallocated: one `MAP_SHARED|MAP_FIXED` page over the zero
+    /// page, then the wake. The writer retries on an ordinary file page, and the
+    /// filesystem's `page_mkwrite` makes the allocation attempt: while there is no space it
+    /// fails with VM_FAULT_SIGBUS, i.e. SIGBUS (BUS_ADRERR) for that CPU store, EFAULT for
+    /// a kernel-mode writer; once there is, the write succeeds and lands in the file. Reads
+    /// of the page see what the file has there (the hole's zeros, from one page-cache page
+    /// instead of the zero page), never a fault below EOF. Past EOF the file page behaves as
+    /// any mmap past EOF (SIGBUS), and as a file page again if the file grows back.
+    ///
+    /// Only when even that one-page mmap fails (vm.max_map_count reached) is the page
+    /// poisoned instead (see `poison`).
+    fn fail(&self, m: &mut Mapping, off: usize, foff: u64) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let addr = self.base + off;
+        // An order-0 folio for the retry to find, as in `upgrade`: a large folio read around
+        // the fault would make page_mkwrite reserve (and allocate) all of it.
+        let mut buf = [0u8; PAGE_SIZE];
+        let _ = m.file.read_at(&mut buf, foff);
+        // SAFETY: maps one file page over one hole page of a writable mapping in our own
+        // window (MAP_FIXED, atomic: the zero page is replaced, nothing in between); no Rust
+        // reference points into window memory.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                m.file.as_raw_fd(),
+                foff as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            self.poison(m, off);
+            return;
+        }
+        // SAFETY: advice on the page just mapped; no read-around into neighbouring holes.
+        unsafe { libc::madvise(addr as *mut libc::c_void, PAGE_SIZE, libc::MADV_RANDOM) };
+        dont_fork(addr, PAGE_SIZE);
+        m.insert_backed(off, off + PAGE_SIZE);
+        m.failed_upgrades.push(off);
+        self.vma_estimate.fetch_add(2, Ordering::Relaxed);
+        let _ = self.uffd.wake(addr, PAGE_SIZE);
+    }
+
     /// Poisons the page at window offset `off` so its writer gets SIGBUS (CPU store) or
-    /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it.
-    fn fail(&self, m: &mut Mapping, off: usize) {
+    /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it. The last
+    /// resort of `fail`: reads fault too, until the range is unmapped.
+    fn poison(&self, m: &mut Mapping, off: usize) {
         let addr = self.base + off;
         let a = addr as *mut libc::c_void;
         // Read-only while the page is empty: a write arriving between the discard and the
@@ -1070,7 +1158,6 @@ impl Inner {
             }
         }
         m.poisoned.push(off);
-        self.failed.fetch_add(1, Ordering::Relaxed);
         let _ = self.uffd.wake(addr, PAGE_SIZE);
     }
 }
@@ -1121,6 +1208,7 @@ mod tests {
             file_offset: 0,
             writable: true,
             backed: BTreeMap::new(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         }
     }
