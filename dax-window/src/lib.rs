@@ -10,6 +10,7 @@ mod pages;
 pub mod procfs;
 mod sys;
 mod uffd;
+mod volatile;
 mod window;
 
 pub use extents::{data_extents, hole_extents, Extent};
@@ -32,10 +33,16 @@ pub enum Error {
     Overlap,
     /// An unmap cuts through a mapping instead of covering it whole.
     PartialUnmap,
-    /// The file range starts at or past EOF.
+    /// The file range starts at or past EOF; or a window read or write would touch a file
+    /// page at or past its file's current EOF (a load or store there is SIGBUS).
     BeyondEof,
     /// A writable mapping was asked of a file that cannot be opened for writing.
     NotWritable,
+    /// A window write would touch memory outside writable mappings (unmapped or read-only:
+    /// a store there is SIGSEGV).
+    ReadOnly,
+    /// A window read or write would touch a page poisoned by a failed upgrade (SIGBUS).
+    Poisoned { window_offset: usize },
     /// Mapping would take the process too close to `vm.max_map_count`.
     VmaBudget {
         needed: usize,
@@ -55,6 +62,10 @@ impl fmt::Display for Error {
             Error::PartialUnmap => write!(f, "unmap must cover whole mappings"),
             Error::BeyondEof => write!(f, "file range starts at or past end of file"),
             Error::NotWritable => write!(f, "file is not open for writing"),
+            Error::ReadOnly => write!(f, "range is not inside writable mappings"),
+            Error::Poisoned { window_offset } => {
+                write!(f, "page at window offset {window_offset:#x} is poisoned")
+            }
             Error::VmaBudget {
                 needed,
                 in_use,

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use crate::extents::{data_extents, Extent};
 use crate::pages::{page_states, PageStates, PAGE_SIZE};
 use crate::uffd::Uffd;
-use crate::{procfs, sys, Error, Result};
+use crate::{procfs, sys, volatile, Error, Result};
 
 /// 2 MiB: the huge zero page, the largest page-cache folio, the window's alignment.
 pub const HUGE_SIZE: usize = 2 << 20;
@@ -54,7 +54,10 @@ impl Default for WindowOptions {
 pub struct WindowStats {
     /// Write faults resolved by mapping file pages.
     pub upgrades: u64,
-    /// Write faults resolved by poisoning (allocation or mapping failed, or past EOF).
+    /// Write faults whose upgrade failed (no space, mapping failed, past EOF). The page was
+    /// handed to the kernel's own shared file mapping (the faulting store gets SIGBUS, or
+    /// the kernel-mode writer EFAULT, from the filesystem's `page_mkwrite`; later reads see
+    /// the hole, later writes allocate anew), or poisoned when even that mapping failed.
     pub failed: u64,
     /// Messages for pages already resolved, or outside any writable hole: only woken.
     pub stale: u64,
@@ -70,7 +73,11 @@ pub struct MappingInfo {
     pub writable: bool,
     /// Window-offset ranges mapped as file pages (data extents and upgraded granules).
     pub file_backed: Vec<(usize, usize)>,
-    /// Window offsets of pages poisoned by a failed upgrade.
+    /// Window offsets of hole pages whose upgrade failed, now plain shared file pages over
+    /// the (unallocated) hole: also listed in `file_backed`.
+    pub failed_upgrades: Vec<usize>,
+    /// Window offsets of pages poisoned because even that file mapping failed (SIGBUS on
+    /// any access until the range is unmapped).
     pub poisoned: Vec<usize>,
 }
 
@@ -81,6 +88,9 @@ struct Mapping {
     writable: bool,
     /// File-backed window-offset intervals, start -> end, disjoint and merged.
     backed: BTreeMap<usize, usize>,
+    /// Hole pages handed to a plain file mapping after a failed upgrade.
+    failed_upgrades: Vec<usize>,
+    /// Pages poisoned because even that failed.
     poisoned: Vec<usize>,
 }
 
@@ -411,35 +421,115 @@ impl Window {
         Ok(end)
     }
 
-    /// Copies window bytes out. A concurrent writer of the same bytes is a race the caller
-    /// owns, as with any shared mapping; pages past a file's EOF raise SIGBUS.
+    /// Copies window bytes out, with volatile loads.
+    ///
+    /// Window memory is shared: the guest, other mappings of the same files and other
+    /// threads change it at any time. The copy is therefore made of volatile accesses,
+    /// aligned 8-byte loads for the bulk and single bytes at the unaligned edges (`buf` needs
+    /// no alignment), never plain `memcpy`: a concurrent writer is no undefined behaviour.
+    /// Each aligned 8-byte word is seen whole, from before or after a concurrent store to it;
+    /// the copy is not a snapshot across words.
+    ///
+    /// Unmapped ranges and holes read as zeros.
+    ///
+    /// # Faults
+    /// Every byte of the window stays mapped while the window lives (unmapped ranges are
+    /// read-only anonymous memory), so a load faults only where a mapped file page has no
+    /// backing. Before copying, the range is checked against the mappings: a file page at or
+    /// past its file's current EOF (rounded up to a page) is refused with
+    /// `Error::BeyondEof`, a poisoned page with `Error::Poisoned`, instead of faulting.
+    /// What the check cannot see still raises SIGBUS at the faulting load, as with any mmap
+    /// access: a truncation racing with the copy, an I/O error reading a data page. With the
+    /// default disposition that ends the process; it is a signal at the access, never
+    /// undefined behaviour (no Rust reference into window memory exists, so nothing is left
+    /// half-borrowed). A caller that must survive it keeps the files from shrinking under
+    /// their mappings (the daemon's job for DAX) or handles SIGBUS itself.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.check_bounds(offset, buf.len())?;
-        // SAFETY: the source lies inside the window mapping (checked above) and the
-        // destination is a distinct Rust buffer of the same length.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.inner.base + offset) as *const u8,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
+        self.check_access(offset, buf.len(), false)?;
+        // SAFETY: the range lies inside the window (checked), which is mapped for the
+        // window's whole life and never referenced by Rust references; `buf` is a distinct
+        // Rust buffer. The copy uses volatile loads only on the window side.
+        unsafe { volatile::copy_from_shared((self.inner.base + offset) as *const u8, buf) };
         Ok(())
     }
 
-    /// Copies bytes into the window. A hole of a writable mapping is upgraded on the way;
-    /// an unmapped or read-only range raises SIGSEGV, as a read-only mmap does.
+    /// Copies bytes into the window, with volatile stores (aligned 8-byte words for the bulk,
+    /// single bytes at the unaligned edges; `data` needs no alignment). A hole of a writable
+    /// mapping is upgraded on the way, as a CPU store upgrades it.
+    ///
+    /// The range must lie inside writable mappings (`Error::ReadOnly` otherwise: a store to
+    /// unmapped or read-only window memory is SIGSEGV), below each file's current EOF
+    /// rounded up to a page (`Error::BeyondEof`), and off poisoned pages
+    /// (`Error::Poisoned`); nothing is written when a check fails.
+    ///
+    /// # Faults
+    /// As for [`Window::read_at`], what the check cannot see raises a signal at the faulting
+    /// store, never undefined behaviour: a racing truncation or `unmap` (SIGBUS, SIGSEGV),
+    /// and a write to a hole whose upgrade fails (no space: SIGBUS for that store, as
+    /// fsdax's failing write fault; see docs/dax-window.md). The bytes before the faulting
+    /// store have been written.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check_bounds(offset, data.len())?;
-        // SAFETY: the destination lies inside the window mapping (checked above); it is
-        // never the source buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (self.inner.base + offset) as *mut u8,
-                data.len(),
-            )
-        };
+        self.check_access(offset, data.len(), true)?;
+        // SAFETY: the range lies inside the window (checked), mapped for the window's whole
+        // life and never referenced by Rust references; it is never `data`, which is a Rust
+        // buffer. The copy uses volatile stores only on the window side.
+        unsafe { volatile::copy_to_shared((self.inner.base + offset) as *mut u8, data) };
+        Ok(())
+    }
+
+    /// Bounds, then what a load (or store) would find in `[offset, offset+len)` right now:
+    /// file pages past EOF and poisoned pages; for a store, memory outside writable mappings.
+    /// The lock is released before the caller copies (a store may fault into the handler,
+    /// which takes it).
+    fn check_access(&self, offset: usize, len: usize, write: bool) -> Result<()> {
+        let end = self.check_bounds(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let st = self.inner.lock();
+        let mut covered = 0;
+        // Mappings are disjoint: those meeting the range are the last few starting before
+        // its end.
+        for (&o, m) in st.mappings.range(..end).rev() {
+            if o + m.len <= offset {
+                break;
+            }
+            let (a, b) = (offset.max(o), end.min(o + m.len));
+            covered += b - a;
+            if write && !m.writable {
+                return Err(Error::ReadOnly);
+            }
+            if let Some(&p) = m.poisoned.iter().find(|&&p| p < b && p + PAGE_SIZE > a) {
+                return Err(Error::Poisoned { window_offset: p });
+            }
+            let md = m.file.metadata().map_err(io_err("fstat"))?;
+            if !md.is_file() {
+                // Devices and the like report no size; their mapping is the caller's.
+                continue;
+            }
+            // Window offset where the file's last page ends.
+            let eof_page = round_up(md.len(), PAGE_SIZE as u64);
+            let eof_w = o.saturating_add(eof_page.saturating_sub(m.file_offset) as usize);
+            if eof_w >= b {
+                continue;
+            }
+            let past = (a.max(eof_w), b);
+            // A store past EOF always faults (a hole page there cannot be upgraded); a load
+            // only on file pages (holes read their own zeros).
+            // Backed intervals are disjoint: only the last one starting before the end can
+            // reach into the range.
+            let faults = write
+                || m.backed
+                    .range(..past.1)
+                    .next_back()
+                    .is_some_and(|(_, &e)| e > past.0);
+            if faults {
+                return Err(Error::BeyondEof);
+            }
+        }
+        if write && covered < len {
+            return Err(Error::ReadOnly);
+        }
         Ok(())
     }
 
@@ -466,6 +556,7 @@ impl Window {
                 file_offset: m.file_offset,
                 writable: m.writable,
                 file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+                failed_upgrades: m.failed_upgrades.clone(),
                 poisoned: m.poisoned.clone(),
             })
             .collect()
@@ -552,6 +643,7 @@ impl Window {
             file_offset,
             writable,
             backed: BTreeMap::new(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         for &(s, e) in &data {
@@ -563,6 +655,7 @@ impl Window {
             file_offset,
             writable,
             file_backed: m.backed.iter().map(|(&a, &b)| (a, b)).collect(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         st.mappings.insert(window_offset, m);
@@ -641,6 +734,7 @@ impl Window {
             file_offset: fd_offset,
             writable,
             file_backed: vec![(window_offset, end)],
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         };
         // Wholly file-backed: the fault handler never treats any of it as a hole.
@@ -652,6 +746,7 @@ impl Window {
                 file_offset: fd_offset,
                 writable,
                 backed,
+                failed_upgrades: Vec::new(),
                 poisoned: Vec::new(),
             },
         );
@@ -691,6 +786,23 @@ impl Window {
         self.inner.recount_vmas();
         Ok(())
     }
+}
+
+/// Allocates `[foff, foff+len)` of a mapping's file (unwritten extents where it was a hole).
+fn allocate(m: &Mapping, foff: u64, len: usize) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
+    let rc = unsafe {
+        libc::fallocate(
+            m.file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            foff as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn reopen(file: &File, writable: bool) -> Result<File> {
@@ -898,8 +1010,9 @@ impl Inner {
             Err(_) => 0,
         };
         let file_of = |w: usize| m.file_offset + (w - mstart) as u64;
-        if file_of(off) >= eof_page {
-            self.fail(m, off);
+        let foff_page = file_of(off);
+        if foff_page >= eof_page {
+            self.fail(m, off, foff_page);
             return;
         }
         if file_of(ge) > eof_page {
@@ -907,32 +1020,37 @@ impl Inner {
         }
         let glen = ge - gs;
         let foff = file_of(gs);
-        match self.upgrade(m, gs, glen, foff) {
-            Ok(()) => {
-                m.insert_backed(gs, ge);
+        let done = if glen > PAGE_SIZE {
+            // The faulting page first: a write must not fail for want of a whole granule
+            // (fsdax likewise falls back from a PMD fault to a 4 KiB one). Then the granule;
+            // if that fails (part of it may stay allocated: fallocate is not atomic), the
+            // page alone.
+            allocate(m, foff_page, PAGE_SIZE).and_then(|()| {
+                self.upgrade(m, gs, glen, foff)
+                    .map(|()| (gs, ge))
+                    .or_else(|_| {
+                        self.upgrade(m, off, PAGE_SIZE, foff_page)
+                            .map(|()| (off, off + PAGE_SIZE))
+                    })
+            })
+        } else {
+            self.upgrade(m, gs, glen, foff).map(|()| (gs, ge))
+        };
+        match done {
+            Ok((s, e)) => {
+                m.insert_backed(s, e);
                 self.upgrades.fetch_add(1, Ordering::Relaxed);
                 self.vma_estimate.fetch_add(2, Ordering::Relaxed);
-                let _ = self.uffd.wake(self.base + gs, glen);
+                let _ = self.uffd.wake(self.base + s, e - s);
             }
-            Err(_) => self.fail(m, off),
+            Err(_) => self.fail(m, off, foff_page),
         }
     }
 
     /// Allocates `[foff, foff+glen)` in the file and maps it over the zero pages.
     fn upgrade(&self, m: &Mapping, gs: usize, glen: usize, foff: u64) -> io::Result<()> {
         let fd = m.file.as_raw_fd();
-        // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
-        let rc = unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_KEEP_SIZE,
-                foff as libc::off_t,
-                glen as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        allocate(m, foff, glen)?;
         if glen == PAGE_SIZE {
             // Put an order-0 folio in the page cache (the descriptor reads with
             // POSIX_FADV_RANDOM) so the writer's fault finds it instead of reading ahead
@@ -959,9 +1077,59 @@ impl Inner {
         Ok(())
     }
 
+    /// Resolves a write fault whose upgrade failed, so that the failure is that write's
+    /// alone, as in fsdax (where the failing `iomap_begin` of a write fault makes that fault
+    /// SIGBUS and leaves the hole as it was).
+    ///
+    /// The hole page at window offset `off` (file offset `foff`) is handed to the kernel's
+    /// own shared file mapping, unallocated: one `MAP_SHARED|MAP_FIXED` page over the zero
+    /// page, then the wake. The writer retries on an ordinary file page, and the
+    /// filesystem's `page_mkwrite` makes the allocation attempt: while there is no space it
+    /// fails with VM_FAULT_SIGBUS, i.e. SIGBUS (BUS_ADRERR) for that CPU store, EFAULT for
+    /// a kernel-mode writer; once there is, the write succeeds and lands in the file. Reads
+    /// of the page see what the file has there (the hole's zeros, from one page-cache page
+    /// instead of the zero page), never a fault below EOF. Past EOF the file page behaves as
+    /// any mmap past EOF (SIGBUS), and as a file page again if the file grows back.
+    ///
+    /// Only when even that one-page mmap fails (vm.max_map_count reached) is the page
+    /// poisoned instead (see `poison`).
+    fn fail(&self, m: &mut Mapping, off: usize, foff: u64) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let addr = self.base + off;
+        // An order-0 folio for the retry to find, as in `upgrade`: a large folio read around
+        // the fault would make page_mkwrite reserve (and allocate) all of it.
+        let mut buf = [0u8; PAGE_SIZE];
+        let _ = m.file.read_at(&mut buf, foff);
+        // SAFETY: maps one file page over one hole page of a writable mapping in our own
+        // window (MAP_FIXED, atomic: the zero page is replaced, nothing in between); no Rust
+        // reference points into window memory.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                m.file.as_raw_fd(),
+                foff as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            self.poison(m, off);
+            return;
+        }
+        // SAFETY: advice on the page just mapped; no read-around into neighbouring holes.
+        unsafe { libc::madvise(addr as *mut libc::c_void, PAGE_SIZE, libc::MADV_RANDOM) };
+        dont_fork(addr, PAGE_SIZE);
+        m.insert_backed(off, off + PAGE_SIZE);
+        m.failed_upgrades.push(off);
+        self.vma_estimate.fetch_add(2, Ordering::Relaxed);
+        let _ = self.uffd.wake(addr, PAGE_SIZE);
+    }
+
     /// Poisons the page at window offset `off` so its writer gets SIGBUS (CPU store) or
-    /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it.
-    fn fail(&self, m: &mut Mapping, off: usize) {
+    /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it. The last
+    /// resort of `fail`: reads fault too, until the range is unmapped.
+    fn poison(&self, m: &mut Mapping, off: usize) {
         let addr = self.base + off;
         let a = addr as *mut libc::c_void;
         // Read-only while the page is empty: a write arriving between the discard and the
@@ -990,7 +1158,6 @@ impl Inner {
             }
         }
         m.poisoned.push(off);
-        self.failed.fetch_add(1, Ordering::Relaxed);
         let _ = self.uffd.wake(addr, PAGE_SIZE);
     }
 }
@@ -1041,6 +1208,7 @@ mod tests {
             file_offset: 0,
             writable: true,
             backed: BTreeMap::new(),
+            failed_upgrades: Vec::new(),
             poisoned: Vec::new(),
         }
     }

@@ -36,6 +36,12 @@ fn run(cmd: &mut Command) {
 
 impl Ext4 {
     pub fn new(size_mib: u64) -> Ext4 {
+        Ext4::with_mkfs_args(size_mib, &[])
+    }
+
+    /// As `new`, with extra `mkfs.ext4` arguments (`-b 4096`, say: small images otherwise get
+    /// 1 KiB blocks).
+    pub fn with_mkfs_args(size_mib: u64, args: &[&str]) -> Ext4 {
         let root = std::env::temp_dir().join(format!(
             "dax-window-test-{}-{}",
             std::process::id(),
@@ -47,6 +53,7 @@ impl Ext4 {
         File::create(&img).unwrap().set_len(size_mib << 20).unwrap();
         run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-m", "0"])
+            .args(args)
             .arg(&img));
         run(Command::new("mount")
             .args(["-o", "loop"])
