@@ -13,6 +13,7 @@
 mod creds;
 mod inode;
 mod sys;
+pub mod xattrmap;
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
