@@ -506,7 +506,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // A map only makes sense with xattrs served (virtiofsd: --xattrmap implies --xattr).
         cfg.xattr = true;
         cfg.xattrmap = Some(map.clone());
-        tracing::debug!("xattr map: {:?}", map.rules());
+        for rule in map.rules() {
+            tracing::debug!("xattr map rule: {rule}");
+        }
     }
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {

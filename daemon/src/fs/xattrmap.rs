@@ -67,6 +67,31 @@ pub struct Rule {
     pub prepend: Vec<u8>,
 }
 
+impl fmt::Display for Rule {
+    /// The rule as virtiofsd's syntax spells it, for logs (`map` shows expanded).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            RuleType::Prefix => "prefix",
+            RuleType::Ok => "ok",
+            RuleType::Bad => "bad",
+            RuleType::Unsupported => "unsupported",
+        };
+        let scope = match self.scope {
+            Scope::Client => "client",
+            Scope::Server => "server",
+            Scope::All => "all",
+        };
+        let key = String::from_utf8_lossy(&self.key);
+        let prepend = String::from_utf8_lossy(&self.prepend);
+        // The first separator that appears in neither name, so the text parses back.
+        let sep = [':', '/', '|', ',', ';', '#', '%']
+            .into_iter()
+            .find(|c| !key.contains(*c) && !prepend.contains(*c))
+            .unwrap_or('\u{1}');
+        write!(f, "{sep}{kind}{sep}{scope}{sep}{key}{sep}{prepend}{sep}")
+    }
+}
+
 /// A parsed `--xattrmap`: its rules with `map` expanded, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XattrMap {
@@ -409,6 +434,85 @@ mod tests {
                 .rules()
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn rules_print_as_they_parse() {
+        let map = parse(":unsupported:client:security.:: /map/trusted./user:virtiofs./");
+        let text: Vec<String> = map.rules().iter().map(Rule::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                ":unsupported:client:security.::",
+                "/prefix/all/trusted./user:virtiofs./",
+                "/bad/all/user:virtiofs./trusted./",
+                ":ok:all:::",
+            ]
+        );
+        assert_eq!(parse(&text.join(" ")), map);
+    }
+
+    /// Whatever the command line holds: an error or a map, never a panic; and whatever a
+    /// parsed map is asked, an answer.
+    #[test]
+    fn arbitrary_maps_and_names_never_panic() {
+        const SEPS: &[&str] = &[":", "/", "§", "."];
+        const TYPES: &[&str] = &["prefix", "ok", "bad", "unsupported", "map", "", "x"];
+        const SCOPES: &[&str] = &["all", "client", "server", "", "x"];
+        const NAMES: &[&str] = &["", "user.", "trusted.", "user.virtiofs.", "\0", "§", " "];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let names = ["", "user.x", "trusted.", "user.virtiofs.trusted.x", "§"];
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            // Rules almost well formed: now and then a wrong separator, a field missing, or
+            // the text cut short.
+            let mut input = String::new();
+            for _ in 0..1 + next(3) {
+                let sep = SEPS[next(SEPS.len())];
+                let kind = TYPES[next(TYPES.len())];
+                let mut fields = vec![kind];
+                if kind != "map" || next(8) == 0 {
+                    fields.push(SCOPES[next(SCOPES.len())]);
+                }
+                fields.push(NAMES[next(NAMES.len())]);
+                fields.push(NAMES[next(NAMES.len())]);
+                if next(8) == 0 {
+                    fields.remove(next(fields.len()));
+                }
+                input.push_str(sep);
+                for f in fields {
+                    input.push_str(f);
+                    input.push_str(if next(16) == 0 { ":" } else { sep });
+                }
+                input.push_str([" ", "", "\n"][next(3)]);
+            }
+            if next(8) == 0 {
+                let mut cut = next(input.len() + 1);
+                while !input.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                input.truncate(cut);
+            }
+            let Ok(map) = input.parse::<XattrMap>() else {
+                continue;
+            };
+            parsed += 1;
+            for name in names {
+                let _ = map.to_host(&CString::new(name).unwrap());
+                let _ = map.to_client(name.as_bytes());
+            }
+            let _ = map.list_to_client(b"user.x\0\0trusted.y\0user.virtiofs.");
+        }
+        assert!(
+            parsed > 1_000,
+            "{parsed} of 20000 parsed: too few to mean much"
         );
     }
 
