@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use crate::fs::{self, FileSystem};
+use crate::fs::{self, FileSystem, XattrMap};
 use crate::fuse_dev::{FuseFs, Passthrough};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +55,10 @@ pub struct MountArgs {
     /// for more is an error).
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
+    /// Rename xattrs between the mount and the shared directory, in virtiofsd's
+    /// `--xattrmap` syntax (docs/serve.md, *xattr mapping*), e.g. `:map::user.virtiofs.:`.
+    #[arg(long, value_name = "RULES")]
+    pub xattrmap: Option<XattrMap>,
 }
 
 /// What the mount grants, from `-o` and the flags, limited by the shared directory's mount.
@@ -366,6 +370,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         &args.shared_dir,
         fs::Config {
             read_only: rights.read_only,
+            xattrmap: args.xattrmap.clone(),
             ..fs::Config::default()
         },
     )

@@ -19,7 +19,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
-use crate::fs::{FileSystem, FsError};
+use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
 use crate::server::{CachePolicy, Server, ServerOptions};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
@@ -141,10 +141,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "CAPS")]
     pub modcaps: Option<String>,
     /// Serve extended attributes. Off by default, as in virtiofsd: a guest could otherwise
-    /// set `trusted.*` or `security.capability` on host files. Without it every xattr
-    /// request gets ENOSYS.
+    /// set `trusted.*` or `security.capability` on host files. Without it (or --xattrmap)
+    /// every xattr request gets ENOSYS.
     #[arg(long)]
     pub xattr: bool,
+    /// Rename xattrs between guest and host, in virtiofsd's syntax: rules
+    /// `:type:scope:key:prepend:` (type prefix|ok|bad|unsupported, scope client|server|all;
+    /// the first character is the separator) or `:map:key:prepend:` last, e.g.
+    /// `:map::user.virtiofs.:` keeps every guest xattr under `user.virtiofs.` on the host.
+    /// A name no rule matches is refused (hidden from lists). Implies --xattr, as in
+    /// virtiofsd. See docs/serve.md.
+    #[arg(long, value_name = "RULES")]
+    pub xattrmap: Option<XattrMap>,
 }
 
 /// virtiofsd flags zerodax does not implement. Each is parsed, so a command line written for
@@ -175,9 +183,6 @@ pub struct RefusedFlags {
     /// Only `never` (POSIX ACLs are not translated).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", hide = true)]
     pub posix_acl: Option<String>,
-    /// Refused: no xattr mapping.
-    #[arg(long, value_name = "RULES", hide = true)]
-    pub xattrmap: Option<String>,
     /// Refused: virtiofsd's legacy option format.
     #[arg(short = 'o', value_name = "OPTS", hide = true)]
     pub compat_options: Vec<String>,
@@ -205,7 +210,6 @@ impl RefusedFlags {
             (self.preserve_noatime, "--preserve-noatime", "not supported"),
             (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
             (!value_is(&self.posix_acl, "never"), "--posix-acl", "POSIX ACLs are not translated: only `never`; with --xattr the system.posix_acl_* xattrs pass through"),
-            (self.xattrmap.is_some(), "--xattrmap", "no xattr mapping: --xattr serves them as they are, without it none"),
             (!self.compat_options.is_empty(), "-o", "virtiofsd's legacy options: use the long flags (--shared-dir, --cache, --xattr, --sandbox ...)"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
@@ -460,8 +464,16 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
-    let fs = FileSystem::new(shared_dir, args.cache.fs_config(args.read_only, args.xattr))
-        .map_err(ServeError::Fs)?;
+    let mut cfg = args.cache.fs_config(args.read_only, args.xattr);
+    if let Some(map) = &args.xattrmap {
+        // A map only makes sense with xattrs served (virtiofsd: --xattrmap implies --xattr).
+        cfg.xattr = true;
+        cfg.xattrmap = Some(map.clone());
+        for rule in map.rules() {
+            tracing::debug!("xattr map rule: {rule}");
+        }
+    }
+    let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
         (None, Some(path)) => {

@@ -55,6 +55,7 @@ impl CachePolicy {
         fs::Config {
             read_only,
             xattr,
+            xattrmap: None,
             entry_timeout: self.timeout(),
             attr_timeout: self.timeout(),
         }

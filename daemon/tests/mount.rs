@@ -558,6 +558,40 @@ fn xattrs_get_set_list_remove() {
     assert!(xattr_set(&m.path("l"), "user.k", b"v", 0).is_err());
 }
 
+/// `--xattrmap` on the mount (the core maps, whichever transport): names set through the
+/// mount live under `user.virtiofs.` in the backing file, the backing file's own names are
+/// hidden, and the kernel's size query then list (llistxattr) see the mapped list.
+#[test]
+fn xattrmap_renames_xattrs_in_the_backing_file() {
+    let m = Mounted::start(&["--xattrmap", ":map::user.virtiofs.:"]);
+    fs::write(m.path("x"), b"x").expect("file");
+    xattr_set(&m.backing("x"), "user.host", b"h", 0).expect("host xattr");
+    xattr_set(&m.path("x"), "trusted.t", b"1", 0).expect("set trusted");
+    xattr_set(&m.path("x"), "user.u", b"2", 0).expect("set user");
+    assert_eq!(
+        xattr_get(&m.backing("x"), "user.virtiofs.trusted.t"),
+        Ok(b"1".to_vec())
+    );
+    assert_eq!(
+        xattr_get(&m.backing("x"), "user.virtiofs.user.u"),
+        Ok(b"2".to_vec())
+    );
+    assert_eq!(xattr_get(&m.backing("x"), "trusted.t"), Err(libc::ENODATA));
+    assert_eq!(xattr_get(&m.path("x"), "trusted.t"), Ok(b"1".to_vec()));
+    assert_eq!(xattr_get(&m.path("x"), "user.host"), Err(libc::ENODATA));
+    let mut names: Vec<Vec<u8>> = xattr_list(&m.path("x"))
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    names.sort();
+    assert_eq!(names, [b"trusted.t".to_vec(), b"user.u".to_vec()]);
+    let p = cpath(&m.path("x"));
+    // SAFETY: a NUL-terminated path; a null buffer of size 0 asks only for the size.
+    let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(size, ("trusted.t\0user.u\0".len()) as isize);
+}
+
 #[test]
 fn copy_file_range_through_mount() {
     for_each_mode(|m| {

@@ -1036,9 +1036,13 @@ struct Served {
 
 impl Served {
     fn start(extra: &[&str]) -> Self {
+        Self::start_spec(spec(extra))
+    }
+
+    fn start_spec(spec: BackendSpec) -> Self {
         let disk = Ext4::new();
         let socket = disk.root.join("vfs.sock");
-        let backend = spec(extra)
+        let backend = spec
             .spawn(&socket, &disk.mnt, &disk.root.join("serve.log"), TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}"));
         Served {
@@ -1571,7 +1575,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--preserve-noatime"],
         &["--syslog"],
         &["--posix-acl"],
-        &["--xattrmap", ":map::user.virtiofs.:"],
         &["--modcaps=+nonsense"],
         &["--modcaps=sys_admin"],
         &["-o", "cache=auto"],
@@ -1815,4 +1818,243 @@ fn stopping_to_listen_removes_no_file_of_the_share() {
     srv.expect_exit_0();
     assert!(!srv.socket.exists(), "the socket file stays behind");
     assert_eq!(std::fs::read(&inside).unwrap(), b"guest data");
+}
+
+/// The host's view of `path`'s xattr `name`, bypassing the daemon.
+fn host_getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a writable buffer of the length passed, all live
+    // for the call.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+fn host_setxattr(path: &Path, name: &str, value: &[u8]) {
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = CString::new(name).unwrap();
+    // SAFETY: NUL-terminated strings and a value buffer of the length passed.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{name:?}: {}", std::io::Error::last_os_error());
+}
+
+/// The guest's LISTXATTR of `node`, sorted, after checking that the size query announces
+/// exactly the list's length.
+fn guest_names(fs: &mut FuseClient, node: u64) -> Vec<String> {
+    use frontend::fuse::Xattr;
+    let Xattr::Size(size) = fs.listxattr(node, 0).unwrap() else {
+        panic!("a size")
+    };
+    let Xattr::Data(list) = fs.listxattr(node, 4096).unwrap() else {
+        panic!("a list")
+    };
+    assert_eq!(size as usize, list.len(), "size query and list disagree");
+    if size > 0 {
+        assert_eq!(
+            errno_of(fs.listxattr(node, size - 1)),
+            libc::ERANGE,
+            "a buffer one byte short"
+        );
+    }
+    let mut names: Vec<String> = list
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8(n.to_vec()).unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn errno_of<T: std::fmt::Debug>(r: Result<T, FuseError>) -> i32 {
+    match r {
+        Err(FuseError::Errno(e)) => e,
+        other => panic!("expected an errno, got {other:?}"),
+    }
+}
+
+/// `--xattrmap` through the socket, as virtiofsd's doc examples use it. `--xattr` is not
+/// given: the map implies it, as in virtiofsd.
+#[test]
+fn xattrmap_renames_guest_xattrs_on_the_host() {
+    let without_xattr = |map: &str| {
+        let mut spec = spec(&["--xattrmap", map]);
+        spec.args.retain(|a| a != "--xattr");
+        spec
+    };
+
+    // Example 1, the SELinux case: every guest name under user.virtiofs. on the host; the
+    // host's own names invisible to the guest.
+    let srv = Served::start_spec(without_xattr(":map::user.virtiofs.:"));
+    let mut fs = srv.connect();
+    let (e, _) = fs
+        .create(
+            FUSE_ROOT_ID,
+            "f",
+            libc::O_RDWR as u32,
+            libc::S_IFREG | 0o644,
+            0,
+        )
+        .unwrap();
+    let host = srv.disk.mnt.join("f");
+    host_setxattr(&host, "user.host", b"h");
+    fs.setxattr(e.nodeid, "trusted.x", b"t", 0).unwrap();
+    fs.setxattr(e.nodeid, "user.x", b"u", 0).unwrap();
+    assert_eq!(
+        host_getxattr(&host, "user.virtiofs.trusted.x").unwrap(),
+        b"t"
+    );
+    assert_eq!(host_getxattr(&host, "user.virtiofs.user.x").unwrap(), b"u");
+    assert_eq!(
+        host_getxattr(&host, "trusted.x"),
+        None,
+        "never the guest's name"
+    );
+    assert_eq!(
+        host_getxattr(&host, "user.x"),
+        None,
+        "never the guest's name"
+    );
+    assert_eq!(guest_names(&mut fs, e.nodeid), ["trusted.x", "user.x"]);
+    assert_eq!(
+        fs.getxattr(e.nodeid, "trusted.x", 16).unwrap(),
+        frontend::fuse::Xattr::Data(b"t".to_vec())
+    );
+    // user.host is user.virtiofs.user.host to the guest: not there.
+    assert_eq!(
+        errno_of(fs.getxattr(e.nodeid, "user.host", 16)),
+        libc::ENODATA
+    );
+    fs.removexattr(e.nodeid, "trusted.x").unwrap();
+    assert_eq!(host_getxattr(&host, "user.virtiofs.trusted.x"), None);
+    assert_eq!(guest_names(&mut fs, e.nodeid), ["user.x"]);
+    drop(fs);
+    drop(srv);
+
+    // Example 2: trusted. moved, everything else passed, and a `bad` rule keeps the guest
+    // away from the moved names themselves.
+    let srv = Served::start_spec(without_xattr(
+        "/prefix/all/trusted./user.virtiofs./ /bad/server//trusted./ \
+         /bad/client/user.virtiofs.// /ok/all///",
+    ));
+    let mut fs = srv.connect();
+    let (e, _) = fs
+        .create(
+            FUSE_ROOT_ID,
+            "g",
+            libc::O_RDWR as u32,
+            libc::S_IFREG | 0o644,
+            0,
+        )
+        .unwrap();
+    let host = srv.disk.mnt.join("g");
+    host_setxattr(&host, "trusted.host", b"h");
+    fs.setxattr(e.nodeid, "trusted.x", b"t", 0).unwrap();
+    fs.setxattr(e.nodeid, "user.x", b"u", 0).unwrap();
+    assert_eq!(
+        host_getxattr(&host, "user.virtiofs.trusted.x").unwrap(),
+        b"t"
+    );
+    assert_eq!(host_getxattr(&host, "user.x").unwrap(), b"u");
+    assert_eq!(
+        errno_of(fs.setxattr(e.nodeid, "user.virtiofs.trusted.x", b"evil", 0)),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(fs.removexattr(e.nodeid, "user.virtiofs.trusted.x")),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno_of(fs.getxattr(e.nodeid, "user.virtiofs.trusted.x", 16)),
+        libc::ENODATA
+    );
+    assert_eq!(
+        host_getxattr(&host, "user.virtiofs.trusted.x").unwrap(),
+        b"t"
+    );
+    // The host's trusted.host is hidden, user.virtiofs.trusted.x shows as trusted.x.
+    assert_eq!(guest_names(&mut fs, e.nodeid), ["trusted.x", "user.x"]);
+    // Prefixed past XATTR_NAME_MAX.
+    let long = format!("trusted.{}", "a".repeat(240));
+    assert_eq!(
+        errno_of(fs.setxattr(e.nodeid, &long, b"v", 0)),
+        libc::ERANGE
+    );
+}
+
+/// A malformed `--xattrmap` stops `zerodax serve` at once with a message naming the flag
+/// and what is wrong, before any socket exists; never a panic.
+#[test]
+fn a_malformed_xattrmap_is_refused_at_start() {
+    let dir = Ext4::new();
+    let sock = dir.root.join("map.sock");
+    let cases = [
+        (
+            ":prefix:all:trusted.:user.virtiofs.",
+            "rule 1: no ':' after its prepend field",
+        ),
+        (":prefx:all:::", "rule 1: unknown type \"prefx\""),
+        (
+            ":ok:all::: :prefix:everyone:::",
+            "rule 2: unknown scope \"everyone\"",
+        ),
+        (
+            ":map::user.virtiofs.: :ok:all:::",
+            "rule 1: a map rule must be the last rule",
+        ),
+        ("   ", "no rules"),
+    ];
+    for (map, why) in cases {
+        let mut child = Command::new(zerodax())
+            .arg("serve")
+            .arg("--socket-path")
+            .arg(&sock)
+            .arg("--shared-dir")
+            .arg(&dir.mnt)
+            .arg("--xattrmap")
+            .arg(map)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{map:?}: still running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{map:?}: {status}");
+        assert_eq!(status.code(), Some(2), "{map:?}: a usage error: {err}");
+        assert!(
+            err.contains("--xattrmap") && err.contains(why) && !err.contains("panicked"),
+            "{map:?}: {err}"
+        );
+        assert!(!sock.exists(), "{map:?}: no socket before the map is good");
+    }
 }

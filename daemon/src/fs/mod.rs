@@ -13,7 +13,9 @@
 mod creds;
 mod inode;
 pub(crate) mod sys;
+pub mod xattrmap;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -28,6 +30,8 @@ use std::time::Duration;
 use creds::Credentials;
 use inode::InodeTable;
 pub use inode::{Inode, InodeKey, ROOT_NODE};
+use xattrmap::Refusal;
+pub use xattrmap::XattrMap;
 
 /// Who asks: the client's credentials for this request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -182,6 +186,8 @@ pub struct Config {
     /// Extended attributes served (`--xattr`); without, every xattr request is ENOSYS, which
     /// a Linux client remembers and stops asking.
     pub xattr: bool,
+    /// `--xattrmap`: how xattr names are renamed between client and host (with `xattr`).
+    pub xattrmap: Option<XattrMap>,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
 }
@@ -191,6 +197,7 @@ impl Default for Config {
         Config {
             read_only: false,
             xattr: true,
+            xattrmap: None,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -1093,14 +1100,35 @@ impl FileSystem {
         }
     }
 
+    /// The host name for xattr `name` from the client, through `--xattrmap` if one is set.
+    /// A `bad` name gets `bad_errno`: virtiofsd answers GETXATTR with ENODATA (the name does
+    /// not exist as far as the client can tell) and SETXATTR/REMOVEXATTR with EPERM.
+    fn host_xattr_name<'a>(&self, name: &'a CStr, bad_errno: i32) -> io::Result<Cow<'a, CStr>> {
+        if !self.cfg.xattr {
+            return Err(err(libc::ENOSYS));
+        }
+        let Some(map) = &self.cfg.xattrmap else {
+            return Ok(Cow::Borrowed(name));
+        };
+        map.to_host(name).map_err(|r| {
+            err(match r {
+                Refusal::Bad => bad_errno,
+                Refusal::Unsupported => libc::EOPNOTSUPP,
+                // What the host kernel answers for a name past XATTR_NAME_MAX.
+                Refusal::TooLong => libc::ERANGE,
+            })
+        })
+    }
+
     pub fn getxattr(&self, _ctx: &Context, node: u64, name: &CStr, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
+        let name = self.host_xattr_name(name, libc::ENODATA)?;
         let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX) as usize];
         let n = self.on_xattrs(
             &inode,
             |fd, at| match at {
-                None => sys::getxattr(fd, name, &mut buf),
-                Some(path) => sys::getxattr_at(fd, path, name, &mut buf),
+                None => sys::getxattr(fd, &name, &mut buf),
+                Some(path) => sys::getxattr_at(fd, path, &name, &mut buf),
             },
             || Err(err(libc::ENODATA)),
         )?;
@@ -1111,9 +1139,18 @@ impl FileSystem {
         Ok(Xattr::Data(buf))
     }
 
+    /// The names of `node`'s xattrs. With `--xattrmap` the client gets the mapped list, which
+    /// can be shorter than the host's: the whole host list is read even for the size query
+    /// or a small buffer, so the size the client is told is the size it then gets, and a
+    /// buffer too small for the mapped list (not the host's) gets ERANGE.
     pub fn listxattr(&self, _ctx: &Context, node: u64, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
-        let mut buf = vec![0u8; size.min(XATTR_LIST_MAX) as usize];
+        let map = self.cfg.xattrmap.as_ref();
+        let room = match map {
+            Some(_) => XATTR_LIST_MAX,
+            None => size.min(XATTR_LIST_MAX),
+        };
+        let mut buf = vec![0u8; room as usize];
         let n = self.on_xattrs(
             &inode,
             |fd, at| match at {
@@ -1122,10 +1159,22 @@ impl FileSystem {
             },
             || Ok(0),
         )?;
+        let len = match map {
+            Some(map) => {
+                buf.truncate(n);
+                buf = map.list_to_client(&buf);
+                buf.len()
+            }
+            // A size query read nothing: `n` is the host's answer.
+            None => n,
+        };
         if size == 0 {
-            return Ok(Xattr::Size(n as u32));
+            return Ok(Xattr::Size(len as u32));
         }
-        buf.truncate(n);
+        if len > size as usize {
+            return Err(err(libc::ERANGE));
+        }
+        buf.truncate(len);
         Ok(Xattr::Data(buf))
     }
 
@@ -1139,11 +1188,12 @@ impl FileSystem {
     ) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
+        let name = self.host_xattr_name(name, libc::EPERM)?;
         self.on_xattrs(
             &inode,
             |fd, at| match at {
-                None => sys::setxattr(fd, name, value, flags),
-                Some(path) => sys::setxattr_at(fd, path, name, value, flags),
+                None => sys::setxattr(fd, &name, value, flags),
+                Some(path) => sys::setxattr_at(fd, path, &name, value, flags),
             },
             || Err(err(libc::EPERM)),
         )
@@ -1152,11 +1202,12 @@ impl FileSystem {
     pub fn removexattr(&self, _ctx: &Context, node: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
+        let name = self.host_xattr_name(name, libc::EPERM)?;
         self.on_xattrs(
             &inode,
             |fd, at| match at {
-                None => sys::removexattr(fd, name),
-                Some(path) => sys::removexattr_at(fd, path, name),
+                None => sys::removexattr(fd, &name),
+                Some(path) => sys::removexattr_at(fd, path, &name),
             },
             || Err(err(libc::EPERM)),
         )

@@ -331,3 +331,245 @@ fn dotdot_of_a_directory_moved_out_of_the_share_is_refused() {
         d.node
     );
 }
+
+fn core_with_map(t: &Tmp, map: &str) -> FileSystem {
+    FileSystem::new(
+        &t.share(),
+        Config {
+            xattrmap: Some(map.parse().expect("map")),
+            ..Config::default()
+        },
+    )
+    .expect("core")
+}
+
+/// The host's own view of `path`'s xattr `name`, bypassing the core.
+fn host_getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = c(path.to_str().expect("utf-8 path"));
+    let name = c(name);
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a writable buffer of the length passed, all live
+    // for the call.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+fn host_setxattr(path: &Path, name: &str, value: &[u8]) {
+    let path = c(path.to_str().expect("utf-8 path"));
+    let name = c(name);
+    // SAFETY: NUL-terminated strings and a value buffer of the length passed.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "host setxattr {name:?}: {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// The names of a LISTXATTR answer, sorted (hosts list in their own order).
+fn names(x: Xattr) -> Vec<String> {
+    let Xattr::Data(list) = x else {
+        panic!("a list, not {x:?}")
+    };
+    assert!(list.is_empty() || list.ends_with(b"\0"), "{list:?}");
+    let mut v: Vec<String> = list
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8(n.to_vec()).expect("utf-8"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// virtiofsd's doc example 2 (`/map/trusted./user.virtiofs./`): the guest's `trusted.*`
+/// live under `user.virtiofs.` on the host, other names pass, the host's own `trusted.*`
+/// are hidden, and the guest cannot reach `user.virtiofs.*` directly.
+#[test]
+fn xattrmap_moves_trusted_names_and_guards_the_prefix() {
+    let t = Tmp::new();
+    let path = t.share().join("f");
+    std::fs::write(&path, b"x").expect("f");
+    host_setxattr(&path, "trusted.host", b"h");
+    let fs = core_with_map(&t, "/map/trusted./user.virtiofs./");
+    let f = fs.lookup(&ctx(), ROOT_NODE, &c("f")).expect("f");
+
+    fs.setxattr(&ctx(), f.node, &c("trusted.x"), b"1", 0)
+        .expect("set trusted.x");
+    assert_eq!(
+        host_getxattr(&path, "user.virtiofs.trusted.x").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        host_getxattr(&path, "trusted.x"),
+        None,
+        "never the real name"
+    );
+    fs.setxattr(&ctx(), f.node, &c("user.x"), b"22", 0)
+        .expect("set user.x");
+    assert_eq!(host_getxattr(&path, "user.x").as_deref(), Some(&b"22"[..]));
+
+    assert_eq!(
+        fs.getxattr(&ctx(), f.node, &c("trusted.x"), 0)
+            .expect("size"),
+        Xattr::Size(1)
+    );
+    assert_eq!(
+        fs.getxattr(&ctx(), f.node, &c("trusted.x"), 64)
+            .expect("value"),
+        Xattr::Data(b"1".to_vec())
+    );
+    // The host's own trusted.host is out of reach: as a name the guest sends it would be
+    // user.virtiofs.trusted.host, which does not exist.
+    assert_eq!(
+        errno(fs.getxattr(&ctx(), f.node, &c("trusted.host"), 64)),
+        libc::ENODATA
+    );
+
+    // The prefixed names themselves are refused (a `bad` rule): ENODATA to read, EPERM
+    // to change.
+    let direct = c("user.virtiofs.trusted.x");
+    assert_eq!(
+        errno(fs.getxattr(&ctx(), f.node, &direct, 64)),
+        libc::ENODATA
+    );
+    assert_eq!(
+        errno(fs.setxattr(&ctx(), f.node, &direct, b"evil", 0)),
+        libc::EPERM
+    );
+    assert_eq!(errno(fs.removexattr(&ctx(), f.node, &direct)), libc::EPERM);
+    assert_eq!(
+        host_getxattr(&path, "user.virtiofs.trusted.x").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        host_getxattr(&path, "user.virtiofs.user.virtiofs.trusted.x"),
+        None
+    );
+
+    // The list: trusted.host hidden, the prefix stripped. The size query agrees with the
+    // list, and a buffer that holds the mapped list but not the host's is enough.
+    let want = ["trusted.x", "user.x"];
+    let mapped_len: usize = want.iter().map(|n| n.len() + 1).sum();
+    assert_eq!(
+        fs.listxattr(&ctx(), f.node, 0).expect("list size"),
+        Xattr::Size(mapped_len as u32)
+    );
+    assert_eq!(
+        names(fs.listxattr(&ctx(), f.node, 4096).expect("list")),
+        want
+    );
+    assert_eq!(
+        names(
+            fs.listxattr(&ctx(), f.node, mapped_len as u32)
+                .expect("exact")
+        ),
+        want
+    );
+    assert_eq!(
+        errno(fs.listxattr(&ctx(), f.node, mapped_len as u32 - 1)),
+        libc::ERANGE
+    );
+
+    // A name that would outgrow XATTR_NAME_MAX once prefixed.
+    let long = c(&format!("trusted.{}", "a".repeat(240)));
+    assert_eq!(
+        errno(fs.setxattr(&ctx(), f.node, &long, b"v", 0)),
+        libc::ERANGE
+    );
+    assert_eq!(errno(fs.getxattr(&ctx(), f.node, &long, 64)), libc::ERANGE);
+
+    fs.removexattr(&ctx(), f.node, &c("trusted.x"))
+        .expect("remove trusted.x");
+    assert_eq!(host_getxattr(&path, "user.virtiofs.trusted.x"), None);
+    assert_eq!(
+        host_getxattr(&path, "trusted.host").as_deref(),
+        Some(&b"h"[..])
+    );
+    assert_eq!(
+        names(fs.listxattr(&ctx(), f.node, 4096).expect("list")),
+        ["user.x"]
+    );
+}
+
+/// `unsupported` gets ENOTSUP; a name no rule matches is refused and hidden (virtiofsd's
+/// implicit final `bad`); without `xattr` the map changes nothing: still ENOSYS.
+#[test]
+fn xattrmap_unsupported_unmatched_and_disabled() {
+    let t = Tmp::new();
+    let path = t.share().join("d");
+    std::fs::create_dir(&path).expect("d");
+    host_setxattr(&path, "user.host", b"h");
+    let map = ":unsupported:all:security.:security.: :prefix:client:user.:user.guest.:";
+    let fs = core_with_map(&t, map);
+    let d = fs.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
+    assert_eq!(
+        errno(fs.setxattr(&ctx(), d.node, &c("security.x"), b"v", 0)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs.getxattr(&ctx(), d.node, &c("security.x"), 0)),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        errno(fs.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0)),
+        libc::EPERM
+    );
+    assert_eq!(
+        errno(fs.getxattr(&ctx(), d.node, &c("trusted.x"), 0)),
+        libc::ENODATA
+    );
+    fs.setxattr(&ctx(), d.node, &c("user.a"), b"v", 0)
+        .expect("user.a");
+    assert_eq!(
+        host_getxattr(&path, "user.guest.user.a").as_deref(),
+        Some(&b"v"[..])
+    );
+    // No server rule but the `unsupported` one: every host name is hidden.
+    assert_eq!(
+        fs.listxattr(&ctx(), d.node, 0).expect("size"),
+        Xattr::Size(0)
+    );
+    assert_eq!(
+        fs.listxattr(&ctx(), d.node, 64).expect("list"),
+        Xattr::Data(Vec::new())
+    );
+
+    let off = FileSystem::new(
+        &t.share(),
+        Config {
+            xattr: false,
+            xattrmap: Some(map.parse().expect("map")),
+            ..Config::default()
+        },
+    )
+    .expect("core");
+    let d = off.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
+    for r in [
+        off.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0)
+            .map(drop),
+        off.getxattr(&ctx(), d.node, &c("user.a"), 0).map(drop),
+        off.listxattr(&ctx(), d.node, 0).map(drop),
+        off.removexattr(&ctx(), d.node, &c("security.x")),
+    ] {
+        assert_eq!(errno(r), libc::ENOSYS);
+    }
+}
