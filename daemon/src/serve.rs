@@ -183,6 +183,19 @@ pub struct RefusedFlags {
     /// Only `never` (POSIX ACLs are not translated).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", hide = true)]
     pub posix_acl: Option<String>,
+    /// Only `never` (no security context is set at create).
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always", hide = true)]
+    pub security_label: Option<String>,
+    /// Refused: no user namespace uid/gid maps.
+    #[arg(long, value_name = "MAP", hide = true)]
+    pub uid_map: Vec<String>,
+    #[arg(long, value_name = "MAP", hide = true)]
+    pub gid_map: Vec<String>,
+    /// Refused: no uid/gid translation.
+    #[arg(long, value_name = "MAP", hide = true)]
+    pub translate_uid: Vec<String>,
+    #[arg(long, value_name = "MAP", hide = true)]
+    pub translate_gid: Vec<String>,
     /// Refused: virtiofsd's legacy option format.
     #[arg(short = 'o', value_name = "OPTS", hide = true)]
     pub compat_options: Vec<String>,
@@ -210,6 +223,11 @@ impl RefusedFlags {
             (self.preserve_noatime, "--preserve-noatime", "not supported"),
             (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
             (!value_is(&self.posix_acl, "never"), "--posix-acl", "POSIX ACLs are not translated: only `never`; with --xattr the system.posix_acl_* xattrs pass through"),
+            (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
+            (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
+            (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
+            (!self.translate_uid.is_empty(), "--translate-uid", "no uid translation: guest uids are host uids (docs/serve.md, *What a guest can create on the host*)"),
+            (!self.translate_gid.is_empty(), "--translate-gid", "no gid translation: guest gids are host gids"),
             (!self.compat_options.is_empty(), "-o", "virtiofsd's legacy options: use the long flags (--shared-dir, --cache, --xattr, --sandbox ...)"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),

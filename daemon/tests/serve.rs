@@ -1576,6 +1576,11 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--syslog"],
         &["--posix-acl"],
         &["--modcaps=+nonsense"],
+        &["--security-label"],
+        &["--uid-map", ":0:1000:1:"],
+        &["--gid-map", ":0:1000:1:"],
+        &["--translate-uid", "map:0:1000:1"],
+        &["--translate-gid", "map:0:1000:1"],
         &["--modcaps=sys_admin"],
         &["-o", "cache=auto"],
         &["--migration-mode", "find-paths"],
@@ -1610,7 +1615,7 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
             "--posix-acl=never",
         ],
         &["--seccomp", "log", "--modcaps=+sys_admin:-mknod"],
-        &["--seccomp", "trap"],
+        &["--seccomp", "trap", "--security-label=never"],
         &["--no-readdirplus", "--allow-mmap", "--cache", "never"],
     ];
     for flags in accepted {
