@@ -30,7 +30,7 @@ enum Command {
     /// Map FILE through a DAX window in this process and report how its pages are backed.
     Probe(probe::ProbeArgs),
     /// Serve SHARED_DIR as a vhost-user virtio-fs device backend (in place of virtiofsd).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +38,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Probe(args) => probe::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
     }
 }
