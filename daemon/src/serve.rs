@@ -50,11 +50,11 @@ pub struct ServeArgs {
     /// Use this already-listening socket descriptor instead of --socket-path.
     #[arg(long, value_name = "N", conflicts_with = "socket_path")]
     pub fd: Option<RawFd>,
-    /// Directory to share with the guest.
+    /// Directory to share with the guest (or `-o source=DIR`).
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "print_capabilities"
+        required_unless_present_any = ["print_capabilities", "compat_options"]
     )]
     pub shared_dir: Option<PathBuf>,
     /// Guest caching: entry/attribute timeouts and per-open cache flags, as virtiofsd.
@@ -153,6 +153,78 @@ pub struct ServeArgs {
     /// virtiofsd. See docs/serve.md.
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<XattrMap>,
+    /// virtiofsd's legacy options, comma separated (`-o source=DIR,cache=always,xattr`),
+    /// as virtiofsd 1.14 takes them: each sets the long flag of the same meaning.
+    #[arg(short = 'o', value_name = "OPTS")]
+    pub compat_options: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Folds `-o` options into the long flags, as virtiofsd 1.14's parse_compat does: the
+    /// same names, the same values, the same refusals (`flock`, `posix_lock` and unknown
+    /// names are errors there too).
+    pub fn apply_compat_options(&mut self) -> Result<(), String> {
+        for option in std::mem::take(&mut self.compat_options)
+            .iter()
+            .flat_map(|line| line.split(','))
+        {
+            let bad = || format!("-o {option}: not a virtiofsd option");
+            match option.split_once('=') {
+                Some(("source", dir)) => self.shared_dir = Some(PathBuf::from(dir)),
+                Some(("cache", v)) => {
+                    self.cache = match v {
+                        "auto" => CachePolicy::Auto,
+                        "always" => CachePolicy::Always,
+                        "none" => CachePolicy::Never,
+                        "metadata" => CachePolicy::Metadata,
+                        _ => return Err(bad()),
+                    }
+                }
+                Some(("loglevel", v)) => {
+                    self.log_level = match v {
+                        "debug" => LogLevel::Debug,
+                        "info" => LogLevel::Info,
+                        "warn" => LogLevel::Warn,
+                        "err" => LogLevel::Error,
+                        _ => return Err(bad()),
+                    }
+                }
+                Some(("sandbox", v)) => {
+                    self.sandbox = match v {
+                        "namespace" => Sandbox::Namespace,
+                        "chroot" => Sandbox::Chroot,
+                        _ => return Err(bad()),
+                    }
+                }
+                Some(("modcaps", v)) => self.modcaps = Some(v.to_owned()),
+                Some(("xattrmap", v)) => {
+                    self.xattrmap = Some(v.parse().map_err(|e| format!("-o xattrmap: {e}"))?)
+                }
+                Some(_) => return Err(bad()),
+                None => match option {
+                    "xattr" => self.xattr = true,
+                    "no_xattr" => self.xattr = false,
+                    "readdirplus" => self.no_readdirplus = false,
+                    "no_readdirplus" => self.no_readdirplus = true,
+                    "writeback" => self.refused.writeback = true,
+                    "no_writeback" => self.refused.writeback = false,
+                    "allow_direct_io" => self.refused.allow_direct_io = true,
+                    "no_allow_direct_io" => self.refused.allow_direct_io = false,
+                    "announce_submounts" => self.refused.announce_submounts = true,
+                    "killpriv_v2" => self.refused.killpriv_v2 = true,
+                    "no_killpriv_v2" => self.refused.killpriv_v2 = false,
+                    "posix_acl" => self.refused.posix_acl = Some("always".into()),
+                    "no_posix_acl" => self.refused.posix_acl = Some("never".into()),
+                    "security_label" => self.refused.security_label = Some("always".into()),
+                    "no_security_label" => self.refused.security_label = Some("never".into()),
+                    // Locks are not served; virtiofsd takes these as no-ops too.
+                    "no_posix_lock" | "no_flock" => {}
+                    _ => return Err(bad()),
+                },
+            }
+        }
+        Ok(())
+    }
 }
 
 /// virtiofsd flags zerodax does not implement. Each is parsed, so a command line written for
@@ -196,9 +268,6 @@ pub struct RefusedFlags {
     pub translate_uid: Vec<String>,
     #[arg(long, value_name = "MAP", hide = true)]
     pub translate_gid: Vec<String>,
-    /// Refused: virtiofsd's legacy option format.
-    #[arg(short = 'o', value_name = "OPTS", hide = true)]
-    pub compat_options: Vec<String>,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
@@ -228,7 +297,6 @@ impl RefusedFlags {
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.translate_uid.is_empty(), "--translate-uid", "no uid translation: guest uids are host uids (docs/serve.md, *What a guest can create on the host*)"),
             (!self.translate_gid.is_empty(), "--translate-gid", "no gid translation: guest gids are host gids"),
-            (!self.compat_options.is_empty(), "-o", "virtiofsd's legacy options: use the long flags (--shared-dir, --cache, --xattr, --sandbox ...)"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
             (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
@@ -400,17 +468,32 @@ fn socket_to_group(path: &Path, group: &str) -> Result<(), String> {
         .map_err(|e| format!("--socket-group {group}: {}: {e}", path.display()))
 }
 
-/// Listens on a new socket at `path` (replacing a file there). Not `Listener::new`: its
-/// Drop removes the path, which after the sandbox resolves inside the share and could
+/// Listens on a new socket at `path` (replacing a file there), of `group` if given. The
+/// socket is made under a temporary name and renamed into place once its group and mode
+/// are set, so a VMM waiting for the path never finds it half set up. Not `Listener::new`:
+/// its Drop removes the path, which after the sandbox resolves inside the share and could
 /// remove a guest's file; `SocketFile` removes ours through its directory instead.
-fn listen_at(path: &Path) -> Result<Listener, ServeError> {
-    let _ = std::fs::remove_file(path);
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+fn listen_at(path: &Path, group: Option<&str>) -> Result<Listener, ServeError> {
+    let listen_err = |e| {
         ServeError::Listen(
             path.display().to_string(),
             vhost::vhost_user::Error::SocketError(e),
         )
-    })?;
+    };
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let l = std::os::unix::net::UnixListener::bind(&temp).map_err(listen_err)?;
+    let placed = match group {
+        Some(group) => socket_to_group(&temp, group).map_err(ServeError::Usage),
+        None => Ok(()),
+    }
+    .and_then(|()| std::fs::rename(&temp, path).map_err(listen_err));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     // SAFETY: a listening socket this function just created and owns alone.
     Ok(unsafe { Listener::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(l)) })
 }
@@ -434,7 +517,11 @@ fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
     Ok(unsafe { Listener::from_raw_fd(fd) })
 }
 
-pub fn run(args: ServeArgs) -> ExitCode {
+pub fn run(mut args: ServeArgs) -> ExitCode {
+    if let Err(e) = args.apply_compat_options() {
+        eprintln!("zerodax serve: {e}");
+        return ExitCode::FAILURE;
+    }
     if args.print_capabilities {
         println!("{:#}", capabilities());
         return ExitCode::SUCCESS;
@@ -494,13 +581,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
-        (None, Some(path)) => {
-            let l = listen_at(path)?;
-            if let Some(group) = &args.socket_group {
-                socket_to_group(path, group).map_err(ServeError::Usage)?;
-            }
-            l
-        }
+        (None, Some(path)) => listen_at(path, args.socket_group.as_deref())?,
         (None, None) => {
             return Err(ServeError::Usage(
                 "--socket-path or --fd is required".into(),

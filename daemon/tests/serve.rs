@@ -1582,7 +1582,10 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--translate-uid", "map:0:1000:1"],
         &["--translate-gid", "map:0:1000:1"],
         &["--modcaps=sys_admin"],
-        &["-o", "cache=auto"],
+        &["-o", "writeback"],
+        &["-o", "cache=auto,flock"],
+        &["-o", "cache=sometimes"],
+        &["-o", "announce_submounts"],
         &["--migration-mode", "find-paths"],
     ];
     let dir = Ext4::new();
@@ -1597,7 +1600,11 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        let name = flags[0].split('=').next().unwrap();
+        // `-o` options are refused under their long flag's name, or as `-o NAME`.
+        let name = match flags[0] {
+            "-o" => "-",
+            flag => flag.split('=').next().unwrap(),
+        };
         assert!(
             !out.status.success() && err.lines().count() == 1 && err.contains(name),
             "{flags:?}: {}: {err}",
@@ -1616,6 +1623,13 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         ],
         &["--seccomp", "log", "--modcaps=+sys_admin:-mknod"],
         &["--seccomp", "trap", "--security-label=never"],
+        // libvirt's command line for a virtiofsd without separate-options.
+        &[
+            "-o",
+            "cache=always,sandbox=chroot,xattr,no_flock,no_posix_lock",
+            "-o",
+            "loglevel=debug,no_killpriv_v2,no_posix_acl",
+        ],
         &["--no-readdirplus", "--allow-mmap", "--cache", "never"],
     ];
     for flags in accepted {
@@ -1631,24 +1645,31 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         fs.getattr(FUSE_ROOT_ID, None)
             .unwrap_or_else(|e| panic!("{flags:?}: {e}\n{}", srv.backend.log_tail(2000)));
     }
-    // `--socket PATH`, virtiofsd's deprecated spelling of --socket-path.
+    // `--socket PATH`, virtiofsd's deprecated spelling of --socket-path, and `-o source=`
+    // in place of --shared-dir.
     let sock = dir.root.join("alias.sock");
-    let mut child = std::process::Command::new(zerodax())
-        .arg("serve")
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--shared-dir")
-        .arg(&dir.mnt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !sock.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let source = format!("source={}", dir.mnt.display());
+    for args in [
+        vec!["--shared-dir", dir.mnt.to_str().unwrap()],
+        vec!["-o", source.as_str()],
+    ] {
+        let _ = std::fs::remove_file(&sock);
+        let mut child = std::process::Command::new(zerodax())
+            .arg("serve")
+            .arg("--socket")
+            .arg(&sock)
+            .args(&args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !sock.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(sock.exists(), "{args:?}: no socket");
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(sock.exists(), "--socket made no socket");
 }
 
 /// `--readonly` is `--read-only`; `--rlimit-nofile 0` leaves the limit as it was;
