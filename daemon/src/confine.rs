@@ -114,6 +114,110 @@ pub fn pivot_into(dir: &Path) -> Result<(), ConfineError> {
     check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
 }
 
+/// `--sandbox namespace`, first step: a PID namespace of its own. unshare(CLONE_NEWPID) puts
+/// the *children* in it, so the process forks: the child goes on to serve as PID 1 of the
+/// new namespace, where no host process is visible; this function returns only there. The
+/// parent stays outside, holding no capabilities and under a filter that allows only
+/// waiting and signalling: it passes SIGINT/SIGTERM/SIGHUP (`signals`, already blocked) on
+/// to the child and ends as the child ended, so a supervisor sees one process. Called while
+/// single-threaded, before the share or /proc/self/fd are opened (they must be the child's).
+pub fn enter_pid_namespace(
+    signals: &libc::sigset_t,
+    seccomp: SeccompAction,
+) -> Result<(), ConfineError> {
+    let err = |e| ConfineError::Sandbox(PathBuf::from("a PID namespace"), e);
+    // SAFETY: unshare has no memory arguments.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // The child learns of the parent's death from this pipe's write end closing.
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two descriptors.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: single-threaded here (the caller's contract), so the child may run anything.
+    match unsafe { libc::fork() } {
+        -1 => Err(err(io::Error::last_os_error())),
+        0 => {
+            // SAFETY: closing our copy of the write end; prctl with integer arguments.
+            unsafe {
+                libc::close(pipe[1]);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            }
+            // A parent that died before the prctl would never send it: check once now.
+            let mut pfd = libc::pollfd {
+                fd: pipe[0],
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no timeout.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+                std::process::exit(1);
+            }
+            // SAFETY: our read end, no longer needed.
+            unsafe { libc::close(pipe[0]) };
+            Ok(())
+        }
+        child => {
+            // SAFETY: closing the read end, which only the child uses.
+            unsafe { libc::close(pipe[0]) };
+            supervise(child, signals, seccomp)
+        }
+    }
+}
+
+/// The parent's part of `enter_pid_namespace`: never returns.
+fn supervise(child: libc::pid_t, signals: &libc::sigset_t, seccomp: SeccompAction) -> ! {
+    let mut waited = *signals;
+    // SAFETY: sigaddset and pthread_sigmask on a local, initialised set. SIGCHLD is blocked
+    // so that sigwait takes it along with the termination signals.
+    unsafe {
+        libc::sigaddset(&mut waited, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &waited, std::ptr::null_mut());
+    }
+    // Nothing is left to the parent but this loop: no capabilities, a filter of its own.
+    let _ = drop_capabilities(CapabilitySet::empty());
+    if let Err(e) = install_filter(seccomp, supervisor_syscalls()) {
+        tracing::warn!("supervisor: {e}");
+    }
+    loop {
+        let mut sig = 0;
+        // SAFETY: an initialised set and a valid out-pointer.
+        if unsafe { libc::sigwait(&waited, &mut sig) } != 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: kill with integer arguments.
+            unsafe { libc::kill(child, sig) };
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: a valid out-pointer; WNOHANG never blocks.
+        match unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } {
+            0 => continue,
+            -1 => std::process::exit(1),
+            _ => {}
+        }
+        if libc::WIFEXITED(status) {
+            std::process::exit(libc::WEXITSTATUS(status));
+        }
+        // Killed: die of the same signal, so a supervisor sees what the server saw.
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: resetting a disposition, unblocking and raising: integer arguments and a
+        // local set.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut one: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut one);
+            libc::sigaddset(&mut one, sig);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+        std::process::exit(128 + sig);
+    }
+}
+
 /// What a passthrough server needs as root, as virtiofsd's default: chown and set-id bits
 /// on behalf of the guest, access beyond the file modes (the guest kernel has checked
 /// them), per-thread fsuid/fsgid, device nodes, file capabilities.
@@ -394,8 +498,51 @@ fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
     calls
 }
 
-/// Installs the allowlist for every thread started from now on (and this one).
+/// What the supervising parent of `enter_pid_namespace` calls: waiting, signalling, exit,
+/// and what the allocator and a log line may need.
+fn supervisor_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
+    let mut calls: Vec<_> = [
+        libc::SYS_rt_sigtimedwait,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_wait4,
+        libc::SYS_waitid,
+        libc::SYS_kill,
+        libc::SYS_tgkill,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_futex,
+        libc::SYS_brk,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_sigaltstack,
+        libc::SYS_clock_gettime,
+        libc::SYS_restart_syscall,
+    ]
+    .into_iter()
+    .map(|nr| (nr, Vec::new()))
+    .collect();
+    #[cfg(target_arch = "x86_64")]
+    calls.push((libc::SYS_arch_prctl, Vec::new()));
+    calls
+}
+
+/// Installs the serving allowlist for every thread started from now on (and this one).
 pub fn install_seccomp(action: SeccompAction) -> Result<(), ConfineError> {
+    install_filter(action, allowed_syscalls())
+}
+
+fn install_filter(
+    action: SeccompAction,
+    calls: Vec<(i64, Vec<seccompiler::SeccompRule>)>,
+) -> Result<(), ConfineError> {
     let mismatch = match action {
         SeccompAction::None => return Ok(()),
         SeccompAction::Kill => seccompiler::SeccompAction::KillProcess,
@@ -409,7 +556,7 @@ pub fn install_seccomp(action: SeccompAction) -> Result<(), ConfineError> {
         .try_into()
         .map_err(|e| ConfineError::Seccomp(format!("{e}")))?;
     let filter = seccompiler::SeccompFilter::new(
-        allowed_syscalls().into_iter().collect(),
+        calls.into_iter().collect(),
         mismatch,
         seccompiler::SeccompAction::Allow,
         arch,

@@ -569,6 +569,10 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
+    if args.sandbox == Sandbox::Namespace {
+        // From here on this is the serving child (the parent only supervises it).
+        confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;
+    }
     let mut cfg = args.cache.fs_config(args.read_only, args.xattr);
     if let Some(map) = &args.xattrmap {
         // A map only makes sense with xattrs served (virtiofsd: --xattrmap implies --xattr).

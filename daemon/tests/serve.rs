@@ -1175,6 +1175,38 @@ fn sigterm_ends_serve_with_exit_0_connected_or_not() {
     assert!(fs.getattr(FUSE_ROOT_ID, None).is_err());
 }
 
+/// The serving child in its PID namespace dies with its supervisor (PDEATHSIG): a harness
+/// that SIGKILLs the process it started leaves nothing behind.
+#[test]
+fn killing_the_supervisor_kills_the_server() {
+    let srv = Served::start(&[]);
+    let mut fs = srv.connect();
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    let serving = srv.backend.serving_pid().unwrap();
+    let supervisor = srv.backend.pid().unwrap();
+    assert_ne!(serving, supervisor);
+    // SAFETY: signalling our own child, which we have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(supervisor as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while Path::new(&format!("/proc/{serving}")).exists() {
+        let gone = std::fs::read_to_string(format!("/proc/{serving}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true);
+        if gone {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fs.getattr(FUSE_ROOT_ID, None).is_err());
+}
+
 #[test]
 fn malformed_chains_over_the_socket_keep_the_daemon_serving() {
     let srv = Served::start(&[]);
@@ -1304,7 +1336,7 @@ fn sandboxes_serve_files_and_xattrs() {
         let up = fs.lookup(FUSE_ROOT_ID, "..").unwrap();
         assert_eq!(up.nodeid, FUSE_ROOT_ID, "{sandbox}");
         // The confinement is real: a chroot into the share, or a mount namespace of its own.
-        let pid = srv.backend.pid().unwrap();
+        let pid = srv.backend.serving_pid().unwrap();
         let link = |what: &str| std::fs::read_link(format!("/proc/{what}")).unwrap();
         if sandbox == "chroot" {
             assert_eq!(link(&format!("{pid}/root")), srv.disk.mnt);
@@ -1747,12 +1779,18 @@ fn the_default_sandbox_is_namespaces() {
     // Connected while the namespaces are read: the daemon exits when its frontend leaves.
     let mut fs = srv.connect();
     fs.getattr(FUSE_ROOT_ID, None).unwrap();
-    let pid = srv.backend.pid().unwrap();
-    for ns in ["mnt", "net", "ipc"] {
+    let supervisor = srv.backend.pid().unwrap();
+    let pid = srv.backend.serving_pid().unwrap();
+    assert_ne!(pid, supervisor, "serving from a child of the supervisor");
+    for ns in ["mnt", "net", "ipc", "pid"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         assert_ne!(theirs, ours, "{ns} namespace");
     }
+    // PID 1 of its namespace: no host process is visible to it.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
     // Its root is the shared directory: nothing else of the host is under it.
     let root = std::fs::read_dir(format!("/proc/{pid}/root")).unwrap();
     let names: Vec<_> = root.map(|e| e.unwrap().file_name()).collect();
@@ -1798,8 +1836,24 @@ fn serving_process_is_confined_by_seccomp_and_capabilities() {
         let srv = Served::start(flags);
         let mut fs = srv.connect();
         fs.getattr(FUSE_ROOT_ID, None).unwrap();
-        let pid = srv.backend.pid().unwrap();
+        let pid = srv.backend.serving_pid().unwrap();
         assert_eq!(proc_status(pid, "Seccomp"), *seccomp, "{flags:?}");
+        // The supervisor outside the PID namespace keeps nothing.
+        let supervisor = srv.backend.pid().unwrap();
+        assert_ne!(pid, supervisor);
+        assert_eq!(
+            proc_status(supervisor, "CapEff"),
+            caps(rustix::thread::CapabilitySet::empty())
+        );
+        assert_eq!(
+            proc_status(supervisor, "CapBnd"),
+            caps(rustix::thread::CapabilitySet::empty())
+        );
+        assert_eq!(
+            proc_status(supervisor, "Seccomp"),
+            *seccomp,
+            "{flags:?}: supervisor"
+        );
         for set in ["CapEff", "CapPrm", "CapBnd"] {
             assert_eq!(proc_status(pid, set), caps(*want), "{flags:?}: {set}");
         }

@@ -282,6 +282,22 @@ impl BackendChild {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The process that serves, while it runs: the only child of the backend when it has
+    /// one (`zerodax serve --sandbox namespace` serves from a child in a PID namespace of
+    /// its own, its parent only supervising), else the backend itself.
+    pub fn serving_pid(&self) -> Option<u32> {
+        let pid = self.pid()?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        Some(
+            children
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(pid),
+        )
+    }
+
     /// The exit status if the process has ended.
     pub fn try_exit(&mut self) -> Result<Option<ExitStatus>, BackendError> {
         match self.child.as_mut() {

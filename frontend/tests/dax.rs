@@ -173,7 +173,7 @@ fn read_through_window(h: &mut Harness, name: &str) -> ReadReport {
     let mut guest = DaxGuest::new(&mut h.fs).unwrap();
     assert!(guest.window().len() as u64 >= size, "window holds the file");
     let host = File::open(&path).unwrap();
-    let be_pid = h.backend.pid().unwrap();
+    let be_pid = h.backend.serving_pid().unwrap();
     let mut buf = vec![0u8; RANGE_SIZE as usize];
     let mut want = vec![0u8; RANGE_SIZE as usize];
     drop_cache(&path);
@@ -373,28 +373,30 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
     let stop = Arc::new(AtomicBool::new(false));
     let zeros_seen = Arc::new(AtomicU64::new(0));
     let reads = Arc::new(AtomicU64::new(0));
-    // Reads that began and ended while the upgrade was under way: the race this test is
-    // about, counted rather than hoped for.
-    let upgrading = Arc::new(AtomicBool::new(false));
+    // Reads that overlapped the upgrade in time (the race this test is about), counted rather
+    // than hoped for: `phase` is 0 before the upgrade, 1 during it, 2 after; a read
+    // overlapped it unless it ended before it began (phase 0 after the read) or began after
+    // it ended (phase 2 before the read).
+    let phase = Arc::new(AtomicU64::new(0));
     let during = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = [(0usize, a.clone()), (256usize << 10, b.clone())]
         .into_iter()
         .map(|(off, want)| {
-            let (shmem, stop, zeros_seen, reads, upgrading, during) = (
+            let (shmem, stop, zeros_seen, reads, phase, during) = (
                 Arc::clone(&shmem),
                 Arc::clone(&stop),
                 Arc::clone(&zeros_seen),
                 Arc::clone(&reads),
-                Arc::clone(&upgrading),
+                Arc::clone(&phase),
                 Arc::clone(&during),
             );
             std::thread::spawn(move || {
                 let w = shmem.window().unwrap();
                 let mut buf = vec![0u8; want.len()];
                 while !stop.load(Ordering::Relaxed) {
-                    let began = upgrading.load(Ordering::SeqCst);
+                    let before = phase.load(Ordering::SeqCst);
                     w.read_at(base + off, &mut buf).unwrap();
-                    if began && upgrading.load(Ordering::SeqCst) {
+                    if before < 2 && phase.load(Ordering::SeqCst) > 0 {
                         during.fetch_add(1, Ordering::Relaxed);
                     }
                     if buf != want {
@@ -407,7 +409,7 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
         .collect();
     std::thread::sleep(Duration::from_millis(20));
     let maps_before = guest.shmem().stats().maps;
-    upgrading.store(true, Ordering::SeqCst);
+    phase.store(1, Ordering::SeqCst);
     guest
         .write(
             &mut h.fs,
@@ -417,7 +419,7 @@ fn write_into_hole_upgrades_without_readers_seeing_zeros() {
             b"written through the window",
         )
         .unwrap();
-    upgrading.store(false, Ordering::SeqCst);
+    phase.store(2, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(20));
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -1223,7 +1225,7 @@ fn mapped_pages_stay_resident_until_the_range_is_removed() {
         16,
         "still resident after the host dropped its cache"
     );
-    let be = h.backend.pid().unwrap();
+    let be = h.backend.serving_pid().unwrap();
     assert!(status_kib(be, "VmLck") >= 64, "locked by the backend");
     guest.evict(&mut h.fs, node).unwrap();
     drop_cache(&path);
