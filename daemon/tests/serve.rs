@@ -1052,6 +1052,27 @@ impl Served {
         }
     }
 
+    /// As `start`, sharing `share/` of the image, with `secret` beside it: something outside
+    /// the share for an escape to reach.
+    fn start_beside_a_secret(extra: &[&str]) -> (Self, PathBuf) {
+        let disk = Ext4::new();
+        let share = disk.mnt.join("share");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::write(disk.mnt.join("secret"), b"host only").unwrap();
+        let socket = disk.root.join("vfs.sock");
+        let backend = spec(extra)
+            .spawn(&socket, &share, &disk.root.join("serve.log"), TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (
+            Served {
+                backend,
+                socket,
+                disk,
+            },
+            share,
+        )
+    }
+
     fn connect(&self) -> FuseClient {
         let config = DriverConfig {
             timeout: TIMEOUT,
@@ -2136,5 +2157,106 @@ fn a_malformed_xattrmap_is_refused_at_start() {
             "{map:?}: {err}"
         );
         assert!(!sock.exists(), "{map:?}: no socket before the map is good");
+    }
+}
+
+/// The escapes an attack suite tries, under every sandbox mode (the default included): the
+/// filesystem core keeps each inside the share whatever the process confinement, and the
+/// confinement adds its own wall behind it.
+#[test]
+fn escapes_fail_under_every_sandbox() {
+    for sandbox in ["namespace", "chroot", "none"] {
+        let (srv, share) = Served::start_beside_a_secret(&["--sandbox", sandbox]);
+        let mut fs = srv.connect();
+        let root = FUSE_ROOT_ID;
+        let ctx = |what: &str| format!("--sandbox {sandbox}: {what}");
+        // `..` of the root is the root; names are single components.
+        assert_eq!(fs.lookup(root, "..").unwrap().nodeid, root, "{}", ctx(".."));
+        for name in ["../secret", "/secret", "a/../../secret", "secret", ".", ""] {
+            let r = fs.lookup(root, name);
+            assert!(
+                r.is_err() || r.as_ref().is_ok_and(|e| e.nodeid == root),
+                "{}: {r:?}",
+                ctx(name)
+            );
+        }
+        // Symlinks out of the share: made (they are data), never followed by the daemon.
+        for (name, target) in [
+            ("up", "../secret"),
+            ("abs", "/etc/passwd"),
+            ("self", "/proc/self/root/etc/passwd"),
+        ] {
+            let e = fs.symlink(root, name, target).unwrap();
+            let opened = fs.open(e.nodeid, libc::O_RDONLY as u32);
+            assert!(opened.is_err(), "{}: {opened:?}", ctx(name));
+            assert_eq!(
+                fs.readlink(e.nodeid).unwrap(),
+                target.as_bytes(),
+                "{}",
+                ctx(name)
+            );
+            // Nothing resolves a lookup *through* a symlink either.
+            let through = fs.lookup(e.nodeid, "x");
+            assert!(through.is_err(), "{}: {through:?}", ctx(name));
+        }
+        // A directory swapped for a symlink after its lookup (the classic race, done
+        // deterministically): the node keeps naming the directory it was, not the target.
+        let d = fs.mkdir(root, "d", 0o755, 0).unwrap();
+        std::fs::rename(share.join("d"), share.join("d.moved")).unwrap();
+        std::os::unix::fs::symlink("..", share.join("d")).unwrap();
+        let inside = fs.create(
+            d.nodeid,
+            "secret",
+            libc::O_RDWR as u32,
+            libc::S_IFREG | 0o644,
+            0,
+        );
+        inside.unwrap_or_else(|e| panic!("{}: {e}", ctx("create in a moved dir")));
+        assert!(
+            share.join("d.moved/secret").exists(),
+            "{}",
+            ctx("created in the moved dir")
+        );
+        assert_eq!(
+            std::fs::read(srv.disk.mnt.join("secret")).unwrap(),
+            b"host only"
+        );
+        // Renames and links cannot name anything outside either.
+        let f = fs
+            .create(root, "f", libc::O_RDWR as u32, libc::S_IFREG | 0o644, 0)
+            .unwrap()
+            .0;
+        for name in ["../f", "/tmp/f", ".."] {
+            assert!(fs.rename(root, "f", root, name).is_err(), "{}", ctx(name));
+            assert!(fs.link(f.nodeid, root, name).is_err(), "{}", ctx(name));
+        }
+        // Forged node ids and handles.
+        for node in [0, 2, 9999, u64::MAX] {
+            assert!(
+                fs.getattr(node, None).is_err() || node == root,
+                "{}",
+                ctx("forged node")
+            );
+        }
+        assert!(
+            fs.read(f.nodeid, 12345, 0, 16).is_err(),
+            "{}",
+            ctx("forged handle")
+        );
+        // The share's parent was never touched.
+        let mut names: Vec<_> = std::fs::read_dir(&srv.disk.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["lost+found", "secret", "share"],
+            "{}",
+            ctx("the image root")
+        );
+        drop(fs);
+        let mut srv = srv;
+        srv.expect_exit_0();
     }
 }
