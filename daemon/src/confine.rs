@@ -114,6 +114,27 @@ pub fn pivot_into(dir: &Path) -> Result<(), ConfineError> {
     check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
 }
 
+/// `--sandbox namespace` started unprivileged: a user namespace first, in which this
+/// process is root (uid and gid 0 inside are the caller's outside, the only ids mapped), so
+/// that the namespaces, the bind mount and pivot_root below may be made at all, and the
+/// capability drop after them applies inside it. Host files are then reached only with the
+/// caller's own rights: guest requests as root act as the caller, those of any other guest
+/// uid or gid fail (EPERM: unmapped). Must run single-threaded.
+pub fn enter_user_namespace() -> Result<(), ConfineError> {
+    let err = |e| ConfineError::Sandbox(PathBuf::from("a user namespace"), e);
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    // SAFETY: unshare has no memory arguments.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(err)?;
+    // An unprivileged writer of gid_map must give up setgroups(2) first.
+    std::fs::write("/proc/self/setgroups", "deny").map_err(err)?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(err)?;
+    Ok(())
+}
+
 /// `--sandbox namespace`, first step: a PID namespace of its own. unshare(CLONE_NEWPID) puts
 /// the *children* in it, so the process forks: the child goes on to serve as PID 1 of the
 /// new namespace, where no host process is visible; this function returns only there. The

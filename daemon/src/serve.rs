@@ -570,6 +570,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
     if args.sandbox == Sandbox::Namespace {
+        if !rustix::process::geteuid().is_root() {
+            confine::enter_user_namespace().map_err(ServeError::Confine)?;
+        }
         // From here on this is the serving child (the parent only supervises it).
         confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;
     }

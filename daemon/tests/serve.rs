@@ -2260,3 +2260,72 @@ fn escapes_fail_under_every_sandbox() {
         srv.expect_exit_0();
     }
 }
+
+/// Started unprivileged, the default sandbox first makes a user namespace in which the
+/// daemon is root (mapped to its own uid), so all the namespaces and the pivot still apply,
+/// and guest root's files are the unprivileged user's on the host.
+#[test]
+fn unprivileged_serve_sandboxes_itself_in_a_user_namespace() {
+    const NOBODY: u32 = 65534;
+    let disk = Ext4::new();
+    let share = disk.mnt.join("share");
+    let run = disk.root.join("run");
+    for dir in [&share, &run] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let socket = run.join("vfs.sock");
+    let mut spec = spec(&[]);
+    let zerodax = std::mem::replace(&mut spec.program, PathBuf::from("setpriv"));
+    let uid = format!("--reuid={NOBODY}");
+    let gid = format!("--regid={NOBODY}");
+    let mut args = vec![
+        uid.as_str(),
+        gid.as_str(),
+        "--clear-groups",
+        zerodax.to_str().unwrap(),
+    ];
+    let rest = spec.args.clone();
+    args.extend(rest.iter().map(String::as_str));
+    spec.args = args.into_iter().map(str::to_owned).collect();
+    let backend = spec
+        .spawn(&socket, &share, &disk.root.join("serve.log"), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut srv = Served {
+        backend,
+        socket,
+        disk,
+    };
+    let mut fs = srv.connect();
+    let (e, o) = fs
+        .create(
+            FUSE_ROOT_ID,
+            "f",
+            libc::O_RDWR as u32,
+            libc::S_IFREG | 0o644,
+            0,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+    fs.write(e.nodeid, o.fh, 0, b"from guest root").unwrap();
+    let host = std::fs::metadata(share.join("f")).unwrap();
+    assert_eq!(
+        (host.uid(), host.gid()),
+        (NOBODY, NOBODY),
+        "guest root acts as the user"
+    );
+    let pid = srv.backend.serving_pid().unwrap();
+    for ns in ["user", "mnt", "pid", "net", "ipc"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "{ns} namespace");
+    }
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "65534", "1"],
+        "only root inside, as the user outside"
+    );
+    assert_eq!(proc_status(pid, "Seccomp"), "2");
+    drop(fs);
+    srv.expect_exit_0();
+}
