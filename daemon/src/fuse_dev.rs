@@ -701,7 +701,7 @@ impl Filesystem for FuseFs {
         match cname(name) {
             Ok(name) => reply_empty(
                 reply,
-                self.fs.setxattr(&ctx(req), ino.0, &name, value, flags),
+                self.fs.setxattr(&ctx(req), ino.0, &name, value, flags, 0),
             ),
             Err(e) => reply.error(e),
         }

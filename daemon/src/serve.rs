@@ -21,7 +21,7 @@ use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
-use crate::server::{CachePolicy, Server, ServerOptions};
+use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
 
 /// `--sandbox`: how the daemon confines itself after opening the shared directory.
@@ -153,6 +153,11 @@ pub struct ServeArgs {
     /// virtiofsd. See docs/serve.md.
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<XattrMap>,
+    /// POSIX ACLs: `never` (default), `auto` (when the guest can), `always` (INIT fails
+    /// otherwise); `--posix-acl` alone is `always`, as virtiofsd. Implies --xattr.
+    #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
+          default_value_t = AclMode::Never, default_missing_value = "always")]
+    pub posix_acl: AclMode,
     /// virtiofsd's legacy options, comma separated (`-o source=DIR,cache=always,xattr`),
     /// as virtiofsd 1.14 takes them: each sets the long flag of the same meaning.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -213,8 +218,8 @@ impl ServeArgs {
                     "announce_submounts" => self.refused.announce_submounts = true,
                     "killpriv_v2" => self.refused.killpriv_v2 = true,
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
-                    "posix_acl" => self.refused.posix_acl = Some("always".into()),
-                    "no_posix_acl" => self.refused.posix_acl = Some("never".into()),
+                    "posix_acl" => self.posix_acl = AclMode::Always,
+                    "no_posix_acl" => self.posix_acl = AclMode::Never,
                     "security_label" => self.refused.security_label = Some("always".into()),
                     "no_security_label" => self.refused.security_label = Some("never".into()),
                     // Locks are not served; virtiofsd takes these as no-ops too.
@@ -252,9 +257,6 @@ pub struct RefusedFlags {
     /// Refused: logs go to stderr.
     #[arg(long, hide = true)]
     pub syslog: bool,
-    /// Only `never` (POSIX ACLs are not translated).
-    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "auto", hide = true)]
-    pub posix_acl: Option<String>,
     /// Only `never` (no security context is set at create).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always", hide = true)]
     pub security_label: Option<String>,
@@ -291,7 +293,6 @@ impl RefusedFlags {
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (self.preserve_noatime, "--preserve-noatime", "not supported"),
             (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
-            (!value_is(&self.posix_acl, "never"), "--posix-acl", "POSIX ACLs are not translated: only `never`; with --xattr the system.posix_acl_* xattrs pass through"),
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
@@ -576,7 +577,10 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // From here on this is the serving child (the parent only supervises it).
         confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;
     }
-    let mut cfg = args.cache.fs_config(args.read_only, args.xattr);
+    let mut cfg = args.cache.fs_config(
+        args.read_only,
+        args.xattr || args.posix_acl != AclMode::Never,
+    );
     if let Some(map) = &args.xattrmap {
         // A map only makes sense with xattrs served (virtiofsd: --xattrmap implies --xattr).
         cfg.xattr = true;
@@ -610,6 +614,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             cache: args.cache,
             readdirplus: !args.no_readdirplus,
             allow_mmap: args.allow_mmap,
+            posix_acl: args.posix_acl,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

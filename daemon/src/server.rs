@@ -385,6 +385,20 @@ pub struct ServerOptions {
     /// The DAX window (`--cache-size` > 0), served once the frontend sets up the backend
     /// channel.
     pub dax: Option<DaxConfig>,
+    /// `--posix-acl`.
+    pub posix_acl: AclMode,
+}
+
+/// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AclMode {
+    /// Never: `system.posix_acl_*` xattrs are refused (EOPNOTSUPP).
+    #[default]
+    Never,
+    /// When the guest offers POSIX_ACL, DONT_MASK and SETXATTR_EXT.
+    Auto,
+    /// Required: INIT fails (EPROTO) with a guest that cannot.
+    Always,
 }
 
 impl Default for ServerOptions {
@@ -394,6 +408,7 @@ impl Default for ServerOptions {
             readdirplus: true,
             allow_mmap: false,
             dax: None,
+            posix_acl: AclMode::Never,
         }
     }
 }
@@ -409,6 +424,8 @@ pub struct Server {
     dax: Option<Arc<Dax>>,
     /// INIT accepted HAS_INODE_DAX: regular files carry FUSE_ATTR_DAX per `--dax-inodes`.
     inode_dax: AtomicBool,
+    /// INIT accepted SETXATTR_EXT: SETXATTR carries the 16-byte argument.
+    setxattr_ext: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -432,6 +449,7 @@ impl Server {
             queue_size: AtomicU16::new(0),
             dax,
             inode_dax: AtomicBool::new(false),
+            setxattr_ext: AtomicBool::new(false),
         }
     }
 
@@ -575,7 +593,10 @@ impl Server {
         let mut bytes = vec![0u8; len];
         chain.read_request(0, &mut bytes).map_err(errno)?;
         let body = &bytes[FuseInHeader::SIZE..];
-        let req = match Request::parse_parts(header, body, ParseOptions::default()) {
+        let opts = ParseOptions {
+            setxattr_ext: self.setxattr_ext.load(Ordering::Relaxed),
+        };
+        let req = match Request::parse_parts(header, body, opts) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(unique = header.unique, "malformed request: {e}");
@@ -696,6 +717,27 @@ impl Server {
         if self.opts.allow_mmap {
             wanted |= FUSE_DIRECT_IO_ALLOW_MMAP;
         }
+        // POSIX ACLs need all three: the client enforcing ACLs, sending modes without its
+        // umask (the host applies a default ACL or the umask: fs::umask_in), and saying when
+        // setting an access ACL must clear set-group-id.
+        const ACL_FLAGS: u64 = FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT;
+        let offered = u64::from(k.flags)
+            | if k.flags & FUSE_INIT_EXT as u32 != 0 {
+                u64::from(k.flags2) << 32
+            } else {
+                0
+            };
+        match self.opts.posix_acl {
+            AclMode::Never => {}
+            _ if offered & ACL_FLAGS == ACL_FLAGS => wanted |= ACL_FLAGS,
+            AclMode::Auto => {
+                tracing::warn!("--posix-acl=auto: the guest cannot do POSIX ACLs; serving without")
+            }
+            AclMode::Always => {
+                tracing::error!("--posix-acl=always: the guest cannot do POSIX ACLs");
+                return Err(libc::EPROTO);
+            }
+        }
         let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {
@@ -718,6 +760,10 @@ impl Server {
             if out.flags64() & FUSE_MAP_ALIGNMENT != 0 {
                 out.map_alignment = MAP_ALIGNMENT_LOG2;
             }
+            let accepted = out.flags64();
+            self.fs.set_posix_acl(accepted & FUSE_POSIX_ACL != 0);
+            self.setxattr_ext
+                .store(accepted & FUSE_SETXATTR_EXT != 0, Ordering::Relaxed);
             let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
                 && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
             self.inode_dax.store(inode_dax, Ordering::Relaxed);
@@ -950,7 +996,14 @@ impl Server {
             ),
             O::Setxattr { arg, name, value } => empty(
                 chain,
-                fs.setxattr(&ctx, node, name, value, arg.flags as i32),
+                fs.setxattr(
+                    &ctx,
+                    node,
+                    name,
+                    value,
+                    arg.flags as i32,
+                    arg.setxattr_flags,
+                ),
             ),
             O::Getxattr { arg, name } => xattr(chain, fs.getxattr(&ctx, node, name, arg.size)),
             O::Listxattr(arg) => xattr(chain, fs.listxattr(&ctx, node, arg.size)),

@@ -1627,7 +1627,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--killpriv-v2"],
         &["--preserve-noatime"],
         &["--syslog"],
-        &["--posix-acl"],
         &["--modcaps=+nonsense"],
         &["--security-label"],
         &["--uid-map", ":0:1000:1:"],
@@ -1643,15 +1642,29 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     ];
     let dir = Ext4::new();
     for flags in refused {
-        let out = std::process::Command::new(zerodax())
+        // A flag accepted by mistake would leave the daemon waiting for a frontend: give it
+        // TIMEOUT to refuse, then kill it and fail.
+        let mut child = std::process::Command::new(zerodax())
             .arg("serve")
             .arg("--socket-path")
             .arg(dir.root.join("refused.sock"))
             .arg("--shared-dir")
             .arg(&dir.mnt)
             .args(*flags)
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{flags:?} was accepted: the daemon is serving");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         // `-o` options are refused under their long flag's name, or as `-o NAME`.
         let name = match flags[0] {
@@ -1777,7 +1790,7 @@ fn readdirplus_and_direct_io_mmap_follow_their_flags() {
                 cache: CachePolicy::Never,
                 readdirplus,
                 allow_mmap,
-                dax: None,
+                ..Default::default()
             },
         );
         let mut s = Session {
@@ -2328,4 +2341,109 @@ fn unprivileged_serve_sandboxes_itself_in_a_user_namespace() {
     assert_eq!(proc_status(pid, "Seccomp"), "2");
     drop(fs);
     srv.expect_exit_0();
+}
+
+/// A POSIX ACL xattr value (posix_acl_xattr: version 2, then tag/perm/id entries) with the
+/// owner, group and other permissions given.
+fn acl(user: u16, group: u16, other: u16) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, user), (0x04, group), (0x20, other)] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+/// `--posix-acl`: negotiated only with a guest that offers POSIX_ACL, DONT_MASK and
+/// SETXATTR_EXT (`always` refuses the others at INIT); then a directory's default ACL, not
+/// the caller's umask, shapes what is created in it, and setting an access ACL with
+/// KILL_SGID clears set-group-id. Without it the ACL xattrs are refused.
+#[test]
+fn posix_acls_follow_the_flag_and_the_negotiation() {
+    const ACL_INIT: u64 = FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT;
+    let connect = |srv: &Served, flags: u64| {
+        let config = DriverConfig {
+            timeout: TIMEOUT,
+            ..Default::default()
+        };
+        let mut fs = FuseClient::connect(&srv.socket, &config).unwrap();
+        let init = fs.init(flags);
+        (fs, init)
+    };
+    let no_acl = DEFAULT_INIT_FLAGS & !ACL_INIT;
+    // always: a guest without ACLs cannot INIT.
+    let srv = Served::start(&["--posix-acl"]);
+    let (_fs, init) = connect(&srv, no_acl);
+    assert!(
+        matches!(init, Err(FuseError::Errno(libc::EPROTO))),
+        "{init:?}"
+    );
+    drop(srv);
+
+    // always, with a guest that can.
+    let srv = Served::start(&["--posix-acl=always"]);
+    let (mut fs, init) = connect(&srv, DEFAULT_INIT_FLAGS | ACL_INIT);
+    let out = init.unwrap();
+    assert_eq!(out.flags64() & ACL_INIT, ACL_INIT);
+    let plain = fs.mkdir(FUSE_ROOT_ID, "plain", 0o777, 0).unwrap();
+    let acl_dir = fs.mkdir(FUSE_ROOT_ID, "acl", 0o777, 0).unwrap();
+    fs.setxattr(acl_dir.nodeid, "system.posix_acl_default", &acl(7, 5, 0), 0)
+        .unwrap();
+    let mode_of = |fs: &mut FuseClient, dir: u64, name: &str| {
+        fs.create(dir, name, libc::O_RDWR as u32, libc::S_IFREG | 0o666, 0o077)
+            .unwrap()
+            .0
+            .attr
+            .mode
+            & 0o7777
+    };
+    assert_eq!(
+        mode_of(&mut fs, plain.nodeid, "f"),
+        0o600,
+        "no default ACL: the umask"
+    );
+    assert_eq!(
+        mode_of(&mut fs, acl_dir.nodeid, "f"),
+        0o640,
+        "the default ACL, not the umask"
+    );
+    let host = srv.disk.mnt.join("acl/f");
+    assert_eq!(
+        std::fs::metadata(&host).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    // KILL_SGID on an access ACL clears set-group-id; without it the bit stays.
+    let sgid = srv.disk.mnt.join("plain/f");
+    for (kill, want) in [(0, libc::S_ISGID), (FUSE_SETXATTR_ACL_KILL_SGID, 0)] {
+        std::fs::set_permissions(&sgid, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let node = fs.lookup(plain.nodeid, "f").unwrap().nodeid;
+        fs.setxattr_ext(node, "system.posix_acl_access", &acl(7, 7, 0), 0, kill)
+            .unwrap();
+        let mode = std::fs::metadata(&sgid).unwrap().permissions().mode();
+        assert_eq!(mode & libc::S_ISGID, want, "kill_sgid {kill}: {mode:o}");
+    }
+    drop(fs);
+    drop(srv);
+
+    // auto with a guest that cannot, and the default (never) with --xattr: no ACLs.
+    // (Served runs zerodax with --xattr.)
+    for flags in [&["--posix-acl=auto"][..], &["--posix-acl=never"][..]] {
+        let srv = Served::start(flags);
+        let guest = if flags[0].ends_with("never") {
+            DEFAULT_INIT_FLAGS
+        } else {
+            no_acl
+        };
+        let (mut fs, init) = connect(&srv, guest);
+        assert_eq!(init.unwrap().flags64() & FUSE_POSIX_ACL, 0);
+        let d = fs.mkdir(FUSE_ROOT_ID, "d", 0o755, 0).unwrap();
+        let r = fs.setxattr(d.nodeid, "system.posix_acl_default", &acl(7, 5, 0), 0);
+        assert!(
+            matches!(r, Err(FuseError::Errno(libc::EOPNOTSUPP))),
+            "{flags:?}: {r:?}"
+        );
+        fs.setxattr(d.nodeid, "user.ok", b"1", 0)
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    }
 }

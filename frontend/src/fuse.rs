@@ -834,10 +834,24 @@ impl FuseClient {
         value: &[u8],
         flags: u32,
     ) -> Result<(), FuseError> {
+        self.setxattr_ext(nodeid, name, value, flags, 0)
+    }
+
+    /// SETXATTR with SETXATTR_EXT's `setxattr_flags` (sent only when INIT accepted
+    /// SETXATTR_EXT; otherwise the compat layout drops them, as a kernel would).
+    pub fn setxattr_ext(
+        &mut self,
+        nodeid: u64,
+        name: &str,
+        value: &[u8],
+        flags: u32,
+        setxattr_flags: u32,
+    ) -> Result<(), FuseError> {
         let name = cstr(name)?;
         let arg = FuseSetxattrIn {
             size: value.len() as u32,
             flags,
+            setxattr_flags,
             ..Default::default()
         };
         self.request_empty(

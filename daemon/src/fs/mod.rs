@@ -236,6 +236,9 @@ fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
 }
 
+const POSIX_ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+const POSIX_ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+
 /// Linux limits on one xattr value and on a list of names (include/uapi/linux/limits.h).
 const XATTR_SIZE_MAX: u32 = 65536;
 const XATTR_LIST_MAX: u32 = 65536;
@@ -251,6 +254,8 @@ pub struct FileSystem {
     cfg: Config,
     switch_creds: bool,
     fd_budget_logged: AtomicBool,
+    /// The session negotiated POSIX ACLs (`--posix-acl`, FUSE_POSIX_ACL | FUSE_DONT_MASK).
+    posix_acl: AtomicBool,
 }
 
 impl fmt::Debug for FileSystem {
@@ -389,6 +394,7 @@ impl FileSystem {
             cfg,
             switch_creds,
             fd_budget_logged: AtomicBool::new(false),
+            posix_acl: AtomicBool::new(false),
         })
     }
 
@@ -400,6 +406,34 @@ impl FileSystem {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// INIT negotiated POSIX ACLs (or a new session did not): the client then sends modes
+    /// without its umask applied (DONT_MASK), and the `system.posix_acl_*` xattrs are served.
+    pub fn set_posix_acl(&self, on: bool) {
+        self.posix_acl.store(on, Ordering::Relaxed);
+    }
+
+    /// The umask a new node in `parent` gets: the caller's, unless ACLs are on and `parent`
+    /// has a default ACL, which then decides the permissions instead (as POSIX has it; the
+    /// host kernel applies the default ACL, masked by the mode given).
+    fn umask_in(&self, parent: &Inode, ctx: &Context) -> u32 {
+        let umask = ctx.umask & 0o7777;
+        if umask == 0 || !self.posix_acl.load(Ordering::Relaxed) {
+            return umask;
+        }
+        let has_default = self
+            .reopen(
+                parent,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK,
+            )
+            .and_then(|fd| sys::getxattr(fd.as_fd(), c"system.posix_acl_default", &mut []))
+            .is_ok_and(|n| n > 0);
+        if has_default {
+            0
+        } else {
+            umask
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -670,9 +704,10 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
+        let umask = self.umask_in(&p, ctx);
         {
             let _creds = self.creds(ctx)?;
-            sys::mknodat(p.fd(), name, mode & !(ctx.umask & 0o7777), rdev)?;
+            sys::mknodat(p.fd(), name, mode & !umask, rdev)?;
         }
         self.lookup_in(&p, name)
     }
@@ -681,9 +716,10 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
+        let umask = self.umask_in(&p, ctx);
         {
             let _creds = self.creds(ctx)?;
-            sys::mkdirat(p.fd(), name, mode & 0o7777 & !ctx.umask)?;
+            sys::mkdirat(p.fd(), name, mode & 0o7777 & !umask)?;
         }
         self.lookup_in(&p, name)
     }
@@ -823,13 +859,14 @@ impl FileSystem {
             | libc::O_NOFOLLOW
             // Never block opening a FIFO that a hostile client names here.
             | libc::O_NONBLOCK;
+        let umask = self.umask_in(&p, ctx);
         let file = {
             let _creds = self.creds(ctx)?;
             sys::openat2(
                 p.fd(),
                 name,
                 oflags,
-                mode & 0o7777 & !ctx.umask,
+                mode & 0o7777 & !umask,
                 sys::RESOLVE_CONFINED,
             )
             .map_err(|e| self.fd_error(e))?
@@ -857,9 +894,10 @@ impl FileSystem {
             | access
             | libc::O_TMPFILE
             | libc::O_NONBLOCK;
+        let umask = self.umask_in(&p, ctx);
         let file = {
             let _creds = self.creds(ctx)?;
-            sys::openat_mode(p.fd(), c".", oflags, mode & 0o7777 & !ctx.umask)
+            sys::openat_mode(p.fd(), c".", oflags, mode & 0o7777 & !umask)
                 .map_err(|e| self.fd_error(e))?
         };
         self.opened_new(file, flags)
@@ -1107,6 +1145,14 @@ impl FileSystem {
         if !self.cfg.xattr {
             return Err(err(libc::ENOSYS));
         }
+        // Without negotiated ACLs the client kernel neither enforces nor expects them: a
+        // host ACL set through here would change access behind its back (virtiofsd refuses
+        // them the same way).
+        if !self.posix_acl.load(Ordering::Relaxed)
+            && [POSIX_ACL_ACCESS, POSIX_ACL_DEFAULT].contains(&name.to_bytes())
+        {
+            return Err(err(libc::EOPNOTSUPP));
+        }
         let Some(map) = &self.cfg.xattrmap else {
             return Ok(Cow::Borrowed(name));
         };
@@ -1178,6 +1224,9 @@ impl FileSystem {
         Ok(Xattr::Data(buf))
     }
 
+    /// `setxattr_flags` are SETXATTR_EXT's: with ACLs on, FUSE_SETXATTR_ACL_KILL_SGID on
+    /// `system.posix_acl_access` asks that the set-group-id bit go, as the client kernel
+    /// would clear it for a caller outside the file's group without CAP_FSETID.
     pub fn setxattr(
         &self,
         _ctx: &Context,
@@ -1185,10 +1234,25 @@ impl FileSystem {
         name: &CStr,
         value: &[u8],
         flags: i32,
+        setxattr_flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
+        let kill_sgid = self.posix_acl.load(Ordering::Relaxed)
+            && setxattr_flags & protocol::abi::FUSE_SETXATTR_ACL_KILL_SGID != 0
+            && name.to_bytes() == POSIX_ACL_ACCESS;
         let name = self.host_xattr_name(name, libc::EPERM)?;
+        if kill_sgid {
+            let stx = sys::statx_fd(inode.fd())?;
+            let mode = u32::from(stx.stx_mode);
+            if mode & libc::S_ISGID != 0 && !inode.is_symlink() {
+                sys::fchmodat(
+                    self.proc_self_fd.as_fd(),
+                    &Self::proc_name(inode.fd()),
+                    mode & 0o7777 & !libc::S_ISGID,
+                )?;
+            }
+        }
         self.on_xattrs(
             &inode,
             |fd, at| match at {

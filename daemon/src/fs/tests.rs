@@ -283,7 +283,7 @@ fn read_only_refuses_every_modification() {
         libc::EROFS
     );
     assert_eq!(
-        errno(fs.setxattr(&ctx(), f.node, &c("user.a"), b"b", 0)),
+        errno(fs.setxattr(&ctx(), f.node, &c("user.a"), b"b", 0, 0)),
         libc::EROFS
     );
     let open = fs
@@ -412,7 +412,7 @@ fn xattrmap_moves_trusted_names_and_guards_the_prefix() {
     let fs = core_with_map(&t, "/map/trusted./user.virtiofs./");
     let f = fs.lookup(&ctx(), ROOT_NODE, &c("f")).expect("f");
 
-    fs.setxattr(&ctx(), f.node, &c("trusted.x"), b"1", 0)
+    fs.setxattr(&ctx(), f.node, &c("trusted.x"), b"1", 0, 0)
         .expect("set trusted.x");
     assert_eq!(
         host_getxattr(&path, "user.virtiofs.trusted.x").as_deref(),
@@ -423,7 +423,7 @@ fn xattrmap_moves_trusted_names_and_guards_the_prefix() {
         None,
         "never the real name"
     );
-    fs.setxattr(&ctx(), f.node, &c("user.x"), b"22", 0)
+    fs.setxattr(&ctx(), f.node, &c("user.x"), b"22", 0, 0)
         .expect("set user.x");
     assert_eq!(host_getxattr(&path, "user.x").as_deref(), Some(&b"22"[..]));
 
@@ -452,7 +452,7 @@ fn xattrmap_moves_trusted_names_and_guards_the_prefix() {
         libc::ENODATA
     );
     assert_eq!(
-        errno(fs.setxattr(&ctx(), f.node, &direct, b"evil", 0)),
+        errno(fs.setxattr(&ctx(), f.node, &direct, b"evil", 0, 0)),
         libc::EPERM
     );
     assert_eq!(errno(fs.removexattr(&ctx(), f.node, &direct)), libc::EPERM);
@@ -492,7 +492,7 @@ fn xattrmap_moves_trusted_names_and_guards_the_prefix() {
     // A name that would outgrow XATTR_NAME_MAX once prefixed.
     let long = c(&format!("trusted.{}", "a".repeat(240)));
     assert_eq!(
-        errno(fs.setxattr(&ctx(), f.node, &long, b"v", 0)),
+        errno(fs.setxattr(&ctx(), f.node, &long, b"v", 0, 0)),
         libc::ERANGE
     );
     assert_eq!(errno(fs.getxattr(&ctx(), f.node, &long, 64)), libc::ERANGE);
@@ -522,7 +522,7 @@ fn xattrmap_unsupported_unmatched_and_disabled() {
     let fs = core_with_map(&t, map);
     let d = fs.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
     assert_eq!(
-        errno(fs.setxattr(&ctx(), d.node, &c("security.x"), b"v", 0)),
+        errno(fs.setxattr(&ctx(), d.node, &c("security.x"), b"v", 0, 0)),
         libc::EOPNOTSUPP
     );
     assert_eq!(
@@ -530,14 +530,14 @@ fn xattrmap_unsupported_unmatched_and_disabled() {
         libc::EOPNOTSUPP
     );
     assert_eq!(
-        errno(fs.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0)),
+        errno(fs.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0, 0)),
         libc::EPERM
     );
     assert_eq!(
         errno(fs.getxattr(&ctx(), d.node, &c("trusted.x"), 0)),
         libc::ENODATA
     );
-    fs.setxattr(&ctx(), d.node, &c("user.a"), b"v", 0)
+    fs.setxattr(&ctx(), d.node, &c("user.a"), b"v", 0, 0)
         .expect("user.a");
     assert_eq!(
         host_getxattr(&path, "user.guest.user.a").as_deref(),
@@ -564,7 +564,7 @@ fn xattrmap_unsupported_unmatched_and_disabled() {
     .expect("core");
     let d = off.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
     for r in [
-        off.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0)
+        off.setxattr(&ctx(), d.node, &c("trusted.x"), b"v", 0, 0)
             .map(drop),
         off.getxattr(&ctx(), d.node, &c("user.a"), 0).map(drop),
         off.listxattr(&ctx(), d.node, 0).map(drop),
