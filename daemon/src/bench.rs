@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use dax_window::{procfs, Window, HUGE_SIZE, PAGE_SIZE};
 
+use zerodax::size::parse_size;
+
 use crate::probe::{extents, extents_json, Extents};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -34,7 +36,7 @@ const UPGRADE_PAGES: usize = 256;
 /// hole behaviour do not depend on where the bench runs. Not root: --dir is required.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Apparent size of the sparse file (K, M, G suffixes: powers of 1024), at least 2M.
+    /// Apparent size of the sparse file (K, M, G, T suffixes: powers of 1024), 2M to 1T.
     #[arg(long, default_value = "1G")]
     pub size: String,
     /// Percentage of the file that is data (0 to 100), in scattered 256 KiB extents of
@@ -76,19 +78,9 @@ pub enum Peer {
     CVirtiofsd,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n = digits
-        .parse::<u64>()
-        .map_err(|e| format!("{s:?}: {e}"))?
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))?;
+/// `--size`: a size (zerodax::size) in whole 4 KiB pages, from 2 MiB to 1 TiB.
+fn parse_bench_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s).map_err(|e| format!("{s:?}: {e}"))?;
     if n < 2 * MIB || n % PAGE_SIZE as u64 != 0 {
         return Err(format!("{s:?}: need a multiple of 4 KiB, at least 2M"));
     }
@@ -122,7 +114,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         .filter(|n| (1..=100).contains(n))
         .ok_or_else(|| format!("--repeat {:?}: a count from 1 to 100", args.repeat))?;
     Ok(Settings {
-        size: parse_size(&args.size).map_err(|e| format!("--size {e}"))?,
+        size: parse_bench_size(&args.size).map_err(|e| format!("--size {e}"))?,
         data_percent: parse_percent(&args.data_percent)
             .map_err(|e| format!("--data-percent {e}"))?,
         repeat,
@@ -808,12 +800,30 @@ mod tests {
 
     #[test]
     fn sizes_and_percentages_parse() {
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("1M").is_err());
-        assert!(parse_size("3000001").is_err());
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_bench_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_bench_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_bench_size("1T"), Ok(1 << 40));
+        assert_eq!(
+            parse_bench_size("1M"),
+            Err("\"1M\": need a multiple of 4 KiB, at least 2M".into())
+        );
+        assert!(parse_bench_size("3000001").is_err());
+        assert_eq!(
+            parse_bench_size("x"),
+            Err("\"x\": unknown size suffix 'x'".into())
+        );
+        assert_eq!(
+            parse_bench_size("2x4M"),
+            Err("\"2x4M\": invalid digit found in string".into())
+        );
+        assert_eq!(
+            parse_bench_size("1025G"),
+            Err("\"1025G\": at most 1T".into())
+        );
+        assert_eq!(
+            parse_bench_size("99999999999G"),
+            Err("\"99999999999G\": too large".into())
+        );
         assert_eq!(parse_percent("1"), Ok(1.0));
         assert_eq!(parse_percent("0.5"), Ok(0.5));
         assert!(parse_percent("150").is_err());

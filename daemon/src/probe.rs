@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use dax_window::{procfs, Extent, PageStates, Window, HUGE_SIZE, PAGE_SIZE};
 use zerodax::dax::DaxHoles;
+use zerodax::size::parse_size;
 
 /// Map a file through a DAX window and report page states and memory cost.
 #[derive(clap::Args, Debug)]
@@ -17,7 +18,7 @@ pub struct ProbeArgs {
     /// The file to map.
     pub file: PathBuf,
     /// Write LEN bytes of 0xA5 at OFFSET through the window (repeatable). Numbers take an
-    /// optional K, M or G suffix (powers of 1024) or a 0x prefix.
+    /// optional K, M, G or T suffix (powers of 1024) or a 0x prefix.
     #[arg(long = "write", value_name = "OFFSET:LEN", value_parser = parse_write)]
     pub writes: Vec<(u64, u64)>,
     /// Print one JSON object instead of text.
@@ -68,22 +69,13 @@ pub enum Via {
     Virtio,
 }
 
+/// An offset or length of `--write`: a size (zerodax::size), or hexadecimal after `0x`.
 fn parse_num(s: &str) -> Result<u64, String> {
     let s = s.trim();
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         return u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?}: {e}"));
     }
-    let (digits, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .map_err(|e| format!("{s:?}: {e}"))?
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
+    parse_size(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_write(s: &str) -> Result<(u64, u64), String> {
@@ -361,10 +353,13 @@ mod tests {
         assert_eq!(parse_write("4096:10"), Ok((4096, 10)));
         assert_eq!(parse_write("1M:4K"), Ok((1 << 20, 4096)));
         assert_eq!(parse_write("0x1000:0x10"), Ok((4096, 16)));
+        assert_eq!(parse_write("1T:1k"), Ok((1 << 40, 1024)));
         assert!(parse_write("10").is_err());
         assert!(parse_write("10:0").is_err());
         assert!(parse_write("x:1").is_err());
         assert!(parse_write("18446744073709551615:2").is_err());
         assert!(parse_write("99999999999G:1").is_err());
+        assert!(parse_write("0x10K:1").is_err());
+        assert!(parse_write("1Q:1").is_err());
     }
 }
