@@ -131,63 +131,6 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-/// A loop-mounted ext4 image in a temp dir; unmounted and removed on drop.
-struct Ext4Scratch {
-    root: PathBuf,
-    mnt: PathBuf,
-    mounted: bool,
-}
-
-impl Ext4Scratch {
-    fn new(image_bytes: u64) -> Result<Self, String> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let root =
-            std::env::temp_dir().join(format!("zerodax-bench-{}-{stamp}", std::process::id()));
-        let mut s = Ext4Scratch {
-            mnt: root.join("mnt"),
-            root,
-            mounted: false,
-        };
-        std::fs::create_dir_all(&s.mnt).map_err(|e| format!("scratch dir: {e}"))?;
-        let img = s.root.join("ext4.img");
-        File::create(&img)
-            .and_then(|f| f.set_len(image_bytes))
-            .map_err(|e| format!("image: {e}"))?;
-        // Inode tables and journal initialised now, not by ext4lazyinit writing behind the
-        // first cold reads.
-        run_cmd(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(&img),
-        )?;
-        run_cmd(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&img)
-                .arg(&s.mnt),
-        )?;
-        s.mounted = true;
-        Ok(s)
-    }
-}
-
-impl Drop for Ext4Scratch {
-    fn drop(&mut self) {
-        if self.mounted {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 /// A file removed on drop.
 struct Scratch(PathBuf);
 
@@ -195,17 +138,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 /// xorshift64*: random bytes for the data extents without reading /dev/urandom per byte.
@@ -220,8 +152,8 @@ impl Rng {
     }
 }
 
-/// Makes `path`: `size` bytes apparent, `percent`% of them in 256 KiB extents of random
-/// bytes at distinct slots chosen at random; synced.
+/// Makes `path` (which must not exist): `size` bytes apparent, `percent`% of them in 256 KiB
+/// extents of random bytes at distinct slots chosen at random; synced.
 fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
     let f = OpenOptions::new()
         .read(true)
@@ -229,7 +161,6 @@ fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
         .create_new(true)
         .open(path)
         .map_err(|e| format!("create {}: {e}", path.display()))?;
-    f.set_len(size).map_err(|e| format!("truncate: {e}"))?;
     let slots = size / EXTENT;
     let want = ((size as f64 * percent / 100.0 / EXTENT as f64).round() as u64).min(slots);
     let seed = std::time::SystemTime::now()
@@ -239,17 +170,16 @@ fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
     let mut rng = Rng(seed);
     // A partial Fisher-Yates shuffle of the slots: `want` distinct ones, scattered.
     let mut order: Vec<u64> = (0..slots).collect();
-    let mut buf = vec![0u8; EXTENT as usize];
-    for i in 0..want as usize {
+    let extents = (0..want as usize).map(|i| {
         let j = i + (rng.next() % (slots - i as u64)) as usize;
         order.swap(i, j);
+        let mut buf = vec![0u8; EXTENT as usize];
         for c in buf.chunks_exact_mut(8) {
             c.copy_from_slice(&rng.next().to_ne_bytes());
         }
-        f.write_all_at(&buf, order[i] * EXTENT)
-            .map_err(|e| format!("write: {e}"))?;
-    }
-    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+        (order[i] * EXTENT, buf)
+    });
+    scratch::fill_sparse(&f, size, extents).map_err(|e| e.to_string())?;
     Ok(f)
 }
 
@@ -566,7 +496,12 @@ fn bench(args: &BenchArgs, set: &Settings) -> Result<(), String> {
         Some(d) => d.clone(),
         None if root => {
             let image = (data_target * 2 + 64 * MIB).max(256 * MIB);
-            ext4 = Ext4Scratch::new(image)?;
+            ext4 = scratch::Ext4::builder("zerodax-bench", image)
+                // Inode tables and journal initialised now, not by ext4lazyinit writing
+                // behind the first cold reads.
+                .mkfs_args(&["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+                .create()
+                .map_err(|e| e.to_string())?;
             ext4.mnt.clone()
         }
         None => return Err("without root, give --dir DIR (no loop-mounted ext4)".into()),
