@@ -18,7 +18,7 @@ use dax_window::{procfs, Window, HUGE_SIZE, PAGE_SIZE};
 
 use zerodax::size::parse_size;
 
-use crate::probe::{extents, extents_json, Extents};
+use crate::report::{extents, extents_json, Extents};
 
 const GIB: f64 = (1u64 << 30) as f64;
 const MIB: u64 = 1 << 20;

@@ -18,9 +18,8 @@ use vhost::vhost_user::VhostUserProtocolFeatures as P;
 
 use zerodax::dax::DaxHoles;
 
-use crate::probe::{
-    extents, extents_json, mappable_size, pages_json, BackendKind, ProbeArgs, ReadPath,
-};
+use crate::probe_args::{mappable_size, BackendKind, ProbeArgs, ReadPath};
+use crate::report::{extents, extents_json, pages_json};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
