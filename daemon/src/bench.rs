@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use dax_window::{procfs, Window, HUGE_SIZE, PAGE_SIZE};
 
-use crate::probe::{extents, extents_json, Extents};
+use zerodax::size::parse_size;
+
+use crate::report::{extents, extents_json, Extents};
 
 const GIB: f64 = (1u64 << 30) as f64;
 const MIB: u64 = 1 << 20;
@@ -34,7 +36,7 @@ const UPGRADE_PAGES: usize = 256;
 /// hole behaviour do not depend on where the bench runs. Not root: --dir is required.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Apparent size of the sparse file (K, M, G suffixes: powers of 1024), at least 2M.
+    /// Apparent size of the sparse file (K, M, G, T suffixes: powers of 1024), 2M to 1T.
     #[arg(long, default_value = "1G")]
     pub size: String,
     /// Percentage of the file that is data (0 to 100), in scattered 256 KiB extents of
@@ -76,19 +78,9 @@ pub enum Peer {
     CVirtiofsd,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n = digits
-        .parse::<u64>()
-        .map_err(|e| format!("{s:?}: {e}"))?
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))?;
+/// `--size`: a size (zerodax::size) in whole 4 KiB pages, from 2 MiB to 1 TiB.
+fn parse_bench_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s).map_err(|e| format!("{s:?}: {e}"))?;
     if n < 2 * MIB || n % PAGE_SIZE as u64 != 0 {
         return Err(format!("{s:?}: need a multiple of 4 KiB, at least 2M"));
     }
@@ -122,7 +114,7 @@ fn settings(args: &BenchArgs) -> Result<Settings, String> {
         .filter(|n| (1..=100).contains(n))
         .ok_or_else(|| format!("--repeat {:?}: a count from 1 to 100", args.repeat))?;
     Ok(Settings {
-        size: parse_size(&args.size).map_err(|e| format!("--size {e}"))?,
+        size: parse_bench_size(&args.size).map_err(|e| format!("--size {e}"))?,
         data_percent: parse_percent(&args.data_percent)
             .map_err(|e| format!("--data-percent {e}"))?,
         repeat,
@@ -139,63 +131,6 @@ pub fn run(args: BenchArgs) -> ExitCode {
     }
 }
 
-/// A loop-mounted ext4 image in a temp dir; unmounted and removed on drop.
-struct Ext4Scratch {
-    root: PathBuf,
-    mnt: PathBuf,
-    mounted: bool,
-}
-
-impl Ext4Scratch {
-    fn new(image_bytes: u64) -> Result<Self, String> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let root =
-            std::env::temp_dir().join(format!("zerodax-bench-{}-{stamp}", std::process::id()));
-        let mut s = Ext4Scratch {
-            mnt: root.join("mnt"),
-            root,
-            mounted: false,
-        };
-        std::fs::create_dir_all(&s.mnt).map_err(|e| format!("scratch dir: {e}"))?;
-        let img = s.root.join("ext4.img");
-        File::create(&img)
-            .and_then(|f| f.set_len(image_bytes))
-            .map_err(|e| format!("image: {e}"))?;
-        // Inode tables and journal initialised now, not by ext4lazyinit writing behind the
-        // first cold reads.
-        run_cmd(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-                .arg(&img),
-        )?;
-        run_cmd(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&img)
-                .arg(&s.mnt),
-        )?;
-        s.mounted = true;
-        Ok(s)
-    }
-}
-
-impl Drop for Ext4Scratch {
-    fn drop(&mut self) {
-        if self.mounted {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 /// A file removed on drop.
 struct Scratch(PathBuf);
 
@@ -203,17 +138,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
 }
 
 /// xorshift64*: random bytes for the data extents without reading /dev/urandom per byte.
@@ -228,8 +152,8 @@ impl Rng {
     }
 }
 
-/// Makes `path`: `size` bytes apparent, `percent`% of them in 256 KiB extents of random
-/// bytes at distinct slots chosen at random; synced.
+/// Makes `path` (which must not exist): `size` bytes apparent, `percent`% of them in 256 KiB
+/// extents of random bytes at distinct slots chosen at random; synced.
 fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
     let f = OpenOptions::new()
         .read(true)
@@ -237,7 +161,6 @@ fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
         .create_new(true)
         .open(path)
         .map_err(|e| format!("create {}: {e}", path.display()))?;
-    f.set_len(size).map_err(|e| format!("truncate: {e}"))?;
     let slots = size / EXTENT;
     let want = ((size as f64 * percent / 100.0 / EXTENT as f64).round() as u64).min(slots);
     let seed = std::time::SystemTime::now()
@@ -247,17 +170,16 @@ fn make_sparse(path: &Path, size: u64, percent: f64) -> Result<File, String> {
     let mut rng = Rng(seed);
     // A partial Fisher-Yates shuffle of the slots: `want` distinct ones, scattered.
     let mut order: Vec<u64> = (0..slots).collect();
-    let mut buf = vec![0u8; EXTENT as usize];
-    for i in 0..want as usize {
+    let extents = (0..want as usize).map(|i| {
         let j = i + (rng.next() % (slots - i as u64)) as usize;
         order.swap(i, j);
+        let mut buf = vec![0u8; EXTENT as usize];
         for c in buf.chunks_exact_mut(8) {
             c.copy_from_slice(&rng.next().to_ne_bytes());
         }
-        f.write_all_at(&buf, order[i] * EXTENT)
-            .map_err(|e| format!("write: {e}"))?;
-    }
-    f.sync_all().map_err(|e| format!("fsync: {e}"))?;
+        (order[i] * EXTENT, buf)
+    });
+    scratch::fill_sparse(&f, size, extents).map_err(|e| e.to_string())?;
     Ok(f)
 }
 
@@ -574,7 +496,12 @@ fn bench(args: &BenchArgs, set: &Settings) -> Result<(), String> {
         Some(d) => d.clone(),
         None if root => {
             let image = (data_target * 2 + 64 * MIB).max(256 * MIB);
-            ext4 = Ext4Scratch::new(image)?;
+            ext4 = scratch::Ext4::builder("zerodax-bench", image)
+                // Inode tables and journal initialised now, not by ext4lazyinit writing
+                // behind the first cold reads.
+                .mkfs_args(&["-E", "lazy_itable_init=0,lazy_journal_init=0"])
+                .create()
+                .map_err(|e| e.to_string())?;
             ext4.mnt.clone()
         }
         None => return Err("without root, give --dir DIR (no loop-mounted ext4)".into()),
@@ -808,12 +735,30 @@ mod tests {
 
     #[test]
     fn sizes_and_percentages_parse() {
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("1M").is_err());
-        assert!(parse_size("3000001").is_err());
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("99999999999G").is_err());
+        assert_eq!(parse_bench_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_bench_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_bench_size("1T"), Ok(1 << 40));
+        assert_eq!(
+            parse_bench_size("1M"),
+            Err("\"1M\": need a multiple of 4 KiB, at least 2M".into())
+        );
+        assert!(parse_bench_size("3000001").is_err());
+        assert_eq!(
+            parse_bench_size("x"),
+            Err("\"x\": unknown size suffix 'x'".into())
+        );
+        assert_eq!(
+            parse_bench_size("2x4M"),
+            Err("\"2x4M\": invalid digit found in string".into())
+        );
+        assert_eq!(
+            parse_bench_size("1025G"),
+            Err("\"1025G\": at most 1T".into())
+        );
+        assert_eq!(
+            parse_bench_size("99999999999G"),
+            Err("\"99999999999G\": too large".into())
+        );
         assert_eq!(parse_percent("1"), Ok(1.0));
         assert_eq!(parse_percent("0.5"), Ok(0.5));
         assert!(parse_percent("150").is_err());

@@ -8,4 +8,5 @@ pub mod fuse_dev;
 pub mod mount;
 pub mod serve;
 pub mod server;
+pub mod size;
 pub mod vhost_user;

@@ -2,7 +2,9 @@
 
 mod bench;
 mod probe;
+mod probe_args;
 mod probe_virtio;
+mod report;
 
 use std::process::ExitCode;
 
@@ -28,7 +30,7 @@ enum Command {
     /// Serve SHARED_DIR at MOUNTPOINT through /dev/fuse, in the foreground.
     Mount(mount::MountArgs),
     /// Map FILE through a DAX window in this process and report how its pages are backed.
-    Probe(probe::ProbeArgs),
+    Probe(probe_args::ProbeArgs),
     /// Serve SHARED_DIR as a vhost-user virtio-fs device backend (in place of virtiofsd).
     Serve(Box<serve::ServeArgs>),
 }

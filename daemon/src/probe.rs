@@ -3,101 +3,14 @@
 //! pages are backed, the file's extents before and after, the memory it cost and the time.
 //! JSON fields are documented in docs/probe-json.md.
 
-use std::fs::{File, OpenOptions};
-use std::path::PathBuf;
+use std::fs::OpenOptions;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use dax_window::{procfs, Extent, PageStates, Window, HUGE_SIZE, PAGE_SIZE};
-use zerodax::dax::DaxHoles;
 
-/// Map a file through a DAX window and report page states and memory cost.
-#[derive(clap::Args, Debug)]
-pub struct ProbeArgs {
-    /// The file to map.
-    pub file: PathBuf,
-    /// Write LEN bytes of 0xA5 at OFFSET through the window (repeatable). Numbers take an
-    /// optional K, M or G suffix (powers of 1024) or a 0x prefix.
-    #[arg(long = "write", value_name = "OFFSET:LEN", value_parser = parse_write)]
-    pub writes: Vec<(u64, u64)>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// `local`: a dax-window in this process maps the file. `virtio`: a `zerodax serve`
-    /// child serves the file's directory with a DAX window and the built-in frontend maps
-    /// the file through it (FUSE_SETUPMAPPING, SHMEM_MAP), as a guest would.
-    #[arg(long, value_enum, default_value_t = Via::Local)]
-    pub via: Via,
-    /// With `--via virtio`: the server's `--dax-holes`.
-    #[arg(long, value_enum, default_value_t = DaxHoles::Zero)]
-    pub dax_holes: DaxHoles,
-    /// With `--via virtio`: read through the DAX window, or with FUSE_READ requests (the
-    /// comparison; no window, no writes).
-    #[arg(long, value_enum, default_value_t = ReadPath::Window)]
-    pub read: ReadPath,
-    /// With `--via virtio --read fuse`: the backend to start. `zerodax` is this binary's
-    /// `serve`; the others need `--backend-bin`.
-    #[arg(long, value_enum, default_value_t = BackendKind::Zerodax)]
-    pub backend: BackendKind,
-    /// The backend program for `--backend virtiofsd|c-virtiofsd`.
-    #[arg(long, value_name = "PATH")]
-    pub backend_bin: Option<PathBuf>,
-}
-
-/// `--read`: how `--via virtio` reads the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReadPath {
-    Window,
-    Fuse,
-}
-
-/// `--backend`: which vhost-user-fs backend `--via virtio` starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendKind {
-    Zerodax,
-    /// The Rust virtiofsd (1.x).
-    Virtiofsd,
-    /// QEMU's C virtiofsd.
-    CVirtiofsd,
-}
-
-/// `--via`: which path maps the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Via {
-    Local,
-    Virtio,
-}
-
-fn parse_num(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?}: {e}"));
-    }
-    let (digits, mult) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .map_err(|e| format!("{s:?}: {e}"))?
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
-}
-
-fn parse_write(s: &str) -> Result<(u64, u64), String> {
-    let (off, len) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: expected OFFSET:LEN"))?;
-    let (off, len) = (parse_num(off)?, parse_num(len)?);
-    if len == 0 {
-        return Err(format!("{s:?}: empty write"));
-    }
-    off.checked_add(len)
-        .ok_or_else(|| format!("{s:?}: offset + length overflows"))?;
-    Ok((off, len))
-}
+use crate::probe_args::{mappable_size, ProbeArgs, Via};
+use crate::report::{extents, extents_json, pages_json, Extents};
 
 struct Memory {
     rss: u64,
@@ -115,62 +28,6 @@ fn memory() -> Result<Memory, String> {
         vmpte: kib(procfs::status_kib("VmPTE"), "VmPTE")?,
         cached: kib(procfs::meminfo_kib("Cached"), "Cached")?,
     })
-}
-
-pub(crate) struct Extents {
-    pub(crate) data: Vec<Extent>,
-    pub(crate) holes: Vec<Extent>,
-}
-
-pub(crate) fn extents(file: &File, size: u64) -> Result<Extents, String> {
-    let e = |r: std::io::Result<Vec<Extent>>| r.map_err(|e| format!("SEEK_DATA/SEEK_HOLE: {e}"));
-    Ok(Extents {
-        data: e(dax_window::data_extents(file, 0, size))?,
-        holes: e(dax_window::hole_extents(file, 0, size))?,
-    })
-}
-
-pub(crate) fn extents_json(e: &Extents) -> serde_json::Value {
-    let list = |v: &[Extent]| -> Vec<[u64; 2]> { v.iter().map(|x| [x.start, x.end]).collect() };
-    let sum = |v: &[Extent]| -> u64 { v.iter().map(Extent::len).sum() };
-    serde_json::json!({
-        "data": list(&e.data),
-        "holes": list(&e.holes),
-        "data_bytes": sum(&e.data),
-        "hole_bytes": sum(&e.holes),
-    })
-}
-
-pub(crate) fn pages_json(p: &PageStates) -> serde_json::Value {
-    serde_json::json!({
-        "total": p.total(),
-        "zero": p.zero_total(),
-        "huge_zero": p.huge_zero,
-        "file": p.file,
-        "not_populated": p.not_populated,
-        "marker": p.marker,
-        "private_anon": p.private_anon,
-    })
-}
-
-/// The size of `file` to map: a non-empty regular file that every `--write` fits in.
-pub(crate) fn mappable_size(file: &File, writes: &[(u64, u64)]) -> Result<u64, String> {
-    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let size = meta.len();
-    if size == 0 {
-        return Err("empty file: nothing to map".into());
-    }
-    for &(off, len) in writes {
-        if off + len > size {
-            return Err(format!(
-                "--write {off}:{len} reaches past EOF ({size}); writes through a window never extend a file"
-            ));
-        }
-    }
-    Ok(size)
 }
 
 fn growth(before: u64, after: u64) -> i64 {
@@ -350,21 +207,4 @@ fn probe(args: &ProbeArgs) -> Result<(), String> {
         secs(total)
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_specs_parse() {
-        assert_eq!(parse_write("4096:10"), Ok((4096, 10)));
-        assert_eq!(parse_write("1M:4K"), Ok((1 << 20, 4096)));
-        assert_eq!(parse_write("0x1000:0x10"), Ok((4096, 16)));
-        assert!(parse_write("10").is_err());
-        assert!(parse_write("10:0").is_err());
-        assert!(parse_write("x:1").is_err());
-        assert!(parse_write("18446744073709551615:2").is_err());
-        assert!(parse_write("99999999999G:1").is_err());
-    }
 }

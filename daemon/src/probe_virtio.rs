@@ -18,9 +18,8 @@ use vhost::vhost_user::VhostUserProtocolFeatures as P;
 
 use zerodax::dax::DaxHoles;
 
-use crate::probe::{
-    extents, extents_json, mappable_size, pages_json, BackendKind, ProbeArgs, ReadPath,
-};
+use crate::probe_args::{mappable_size, BackendKind, ProbeArgs, ReadPath};
+use crate::report::{extents, extents_json, pages_json};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,14 +36,6 @@ fn rss_of(pid: u32) -> Result<u64, String> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|k| k * 1024)
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
-}
-
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 pub fn probe(args: &ProbeArgs) -> Result<(), String> {
@@ -75,12 +66,7 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
     }
     // The backend: this binary's `serve`, the file's directory, a window holding the file.
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("zerodax-probe-{}-{stamp}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).map_err(|e| format!("scratch dir: {e}"))?;
+    let scratch = scratch::TempDir::new("zerodax-probe").map_err(|e| e.to_string())?;
     let bin = || {
         args.backend_bin
             .clone()

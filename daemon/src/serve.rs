@@ -22,6 +22,7 @@ use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SL
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
 use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
+use crate::size::{parse_size, SizeError};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
 
 /// `--sandbox`: how the daemon confines itself after opening the shared directory.
@@ -111,7 +112,7 @@ pub struct ServeArgs {
     pub tag: Option<String>,
     /// Size of the DAX window (virtio-fs shared memory region 0), e.g. `1G`, `512M`; a
     /// multiple of 2 MiB. 0 (the default, as virtiofsd) turns DAX off.
-    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_cache_size)]
     pub cache_size: u64,
     /// What SETUPMAPPING maps of a file's holes: `map` (whole ranges, any SHMEM_MAP VMM) or
     /// `zero` (data extents only; holes read as the VMM's zero page).
@@ -310,27 +311,15 @@ impl RefusedFlags {
     }
 }
 
-/// `--cache-size`: bytes with an optional K, M, G or T suffix (powers of 1024); a multiple
-/// of 2 MiB (the guest maps the window in 2 MiB ranges).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// `--cache-size`: a size (crate::size: K, M, G or T suffix, powers of 1024) that is a
+/// multiple of 2 MiB (the guest maps the window in 2 MiB ranges).
+pub fn parse_cache_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let (num, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix in {s:?}")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    let bytes = n
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size too large: {s:?}"))?;
+    let bytes = parse_size(s).map_err(|e| match e {
+        SizeError::Suffix(_) => format!("unknown size suffix in {s:?}"),
+        SizeError::Number(_) => format!("not a size: {s:?}"),
+        SizeError::TooLarge => format!("size too large: {s:?}"),
+    })?;
     if bytes % (2 << 20) != 0 {
         return Err(format!("{s:?} is not a multiple of 2 MiB"));
     }
@@ -378,20 +367,34 @@ pub fn capabilities() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::parse_cache_size;
 
     #[test]
     fn cache_sizes_parse() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("2M"), Ok(2 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert_eq!(parse_size("4194304"), Ok(4 << 20));
-        assert!(parse_size("1M").is_err(), "not a multiple of 2 MiB");
-        assert!(parse_size("3K").is_err());
-        assert!(parse_size("x").is_err());
-        assert!(parse_size("2Q").is_err());
-        assert!(parse_size("99999999999T").is_err(), "overflow");
-        assert!(parse_size("").is_err());
+        assert_eq!(parse_cache_size("0"), Ok(0));
+        assert_eq!(parse_cache_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_cache_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_cache_size("4194304"), Ok(4 << 20));
+        assert_eq!(
+            parse_cache_size("1M"),
+            Err("\"1M\" is not a multiple of 2 MiB".into())
+        );
+        assert!(parse_cache_size("3K").is_err());
+        assert_eq!(
+            parse_cache_size("x"),
+            Err("unknown size suffix in \"x\"".into())
+        );
+        assert_eq!(
+            parse_cache_size("2Q"),
+            Err("unknown size suffix in \"2Q\"".into())
+        );
+        assert_eq!(
+            parse_cache_size("99999999999T"),
+            Err("size too large: \"99999999999T\"".into()),
+            "overflow"
+        );
+        assert_eq!(parse_cache_size(""), Err("not a size: \"\"".into()));
+        assert_eq!(parse_cache_size("-2M"), Err("not a size: \"-2M\"".into()));
     }
 }
 

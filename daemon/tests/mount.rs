@@ -729,7 +729,7 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
 
 #[test]
 fn missing_mountpoint_is_a_one_line_error() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("zerodax-test").expect("tempdir");
     let out = Command::new(zerodax())
         .arg("mount")
         .arg(&tmp.0)

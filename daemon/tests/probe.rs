@@ -48,14 +48,8 @@ fn data_bytes(path: &Path) -> u64 {
 /// Creates the sparse file `path` of `size` with each `(offset, bytes)` written; synced,
 /// its page cache dropped.
 fn make_sparse(path: &Path, size: u64, data: impl IntoIterator<Item = (u64, Vec<u8>)>) {
-    let f = File::create(path).expect("create");
-    f.set_len(size).expect("size");
-    for (off, bytes) in data {
-        f.write_all_at(&bytes, off).expect("data");
-    }
-    f.sync_all().expect("sync");
-    // SAFETY: advice on a descriptor we own.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let f = scratch::sparse_file(path, size, data).expect("sparse file");
+    scratch::drop_cache(&f).expect("drop cache");
 }
 
 fn n(v: &serde_json::Value, path: &[&str]) -> u64 {
@@ -125,7 +119,7 @@ fn probe_reports_holes_as_zero_pages_and_writes_reach_the_file() {
 
 #[test]
 fn probe_errors_are_one_line_and_nonzero() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("zerodax-test").expect("tempdir");
     let missing = tmp.0.join("missing");
     let (ok, _, stderr) = probe(&[missing.to_str().expect("utf-8")]);
     assert!(!ok);

@@ -19,8 +19,8 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
-use crate::dax::{BackendReqServer, ShmemWindow};
 use crate::memory::{GuestRam, MemoryError, RAM_BASE};
+use crate::shmem::{BackendReqServer, ShmemWindow};
 use crate::virtqueue::{
     QueueError, RawDescriptor, SplitQueue, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
 };

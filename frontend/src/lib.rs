@@ -8,10 +8,13 @@
 //! - [`memory`]: guest RAM (memfd, `MAP_SHARED`), bounds-checked volatile access.
 //! - [`virtqueue`]: the driver side of a split virtqueue in that RAM.
 //! - [`vmm`]: the vhost-user conversation (features, memory table, vrings).
-//! - [`driver`]: descriptor chains in and out, waits with deadlines, raw/malformed chains.
+//! - [`shmem`]: the VMM's DAX window: SHMEM_MAP/UNMAP served into a zero-page window, on
+//!   the backend-request channel.
+//! - [`driver`]: descriptor chains in and out, waits with deadlines, raw/malformed chains;
+//!   owns the vhost-user connection and the [`shmem`] window.
 //! - [`fuse`]: FUSE requests encoded with the protocol crate, replies checked and decoded.
-//! - [`dax`]: the DAX window: SHMEM_MAP/UNMAP served into a zero-page window (VMM), and
-//!   fs/fuse/dax.c's use of it (guest).
+//! - [`dax`]: the guest's use of that window (fs/fuse/dax.c): ranges set up, upgraded and
+//!   reclaimed with FUSE requests.
 //! - [`backend`]: starting a backend process on a socket and directory, and reaping it.
 //!
 //! ```no_run
@@ -32,5 +35,6 @@ pub mod dax;
 pub mod driver;
 pub mod fuse;
 pub mod memory;
+pub mod shmem;
 pub mod virtqueue;
 pub mod vmm;

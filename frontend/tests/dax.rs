@@ -8,7 +8,6 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,19 +80,12 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// A sparse file of `size` with `data` written at the given offsets; synced, cache dropped.
 fn make_sparse(path: &Path, size: u64, data: &[(u64, Vec<u8>)]) {
-    let f = File::create(path).unwrap();
-    f.set_len(size).unwrap();
-    for (off, bytes) in data {
-        f.write_all_at(bytes, *off).unwrap();
-    }
-    f.sync_all().unwrap();
+    scratch::sparse_file(path, size, data.iter().map(|(off, bytes)| (*off, bytes))).unwrap();
     drop_cache(path);
 }
 
 fn drop_cache(path: &Path) {
-    let f = File::open(path).unwrap();
-    // SAFETY: advice on a descriptor we own.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    scratch::drop_cache(&File::open(path).unwrap()).unwrap();
 }
 
 /// Page-cache pages of `path` (cachestat(2)).

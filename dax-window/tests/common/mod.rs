@@ -5,34 +5,17 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use dax_window::{Extent, PageState, Window, PAGE_SIZE};
 
 pub const MIB: usize = 1 << 20;
 
-static MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh ext4 filesystem on a loop device, unmounted and deleted on drop (panics too).
-pub struct Ext4 {
-    pub root: PathBuf,
-    pub mnt: PathBuf,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// A fresh ext4 filesystem on a loop device (scratch::Ext4: unmounted and deleted on drop,
+/// panics too), with no reserved blocks and its root open to every user.
+pub struct Ext4(scratch::Ext4);
 
 impl Ext4 {
     pub fn new(size_mib: u64) -> Ext4 {
@@ -42,53 +25,24 @@ impl Ext4 {
     /// As `new`, with extra `mkfs.ext4` arguments (`-b 4096`, say: small images otherwise get
     /// 1 KiB blocks).
     pub fn with_mkfs_args(size_mib: u64, args: &[&str]) -> Ext4 {
-        let root = std::env::temp_dir().join(format!(
-            "dax-window-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let mnt = root.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let img = root.join("fs.img");
-        File::create(&img).unwrap().set_len(size_mib << 20).unwrap();
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .args(args)
-            .arg(&img));
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt));
-        MOUNTS.lock().unwrap().push(mnt.clone());
-        std::fs::set_permissions(&mnt, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        let fs = scratch::Ext4::builder("dax-window-test", size_mib << 20)
+            .mkfs_args(&["-m", "0"])
+            .mkfs_args(args)
+            // A window's mapping may still be going away in a handler thread.
+            .umount_tries(50)
+            .create()
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&fs.mnt, std::os::unix::fs::PermissionsExt::from_mode(0o777))
             .unwrap();
-        Ext4 { root, mnt }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.mnt.join(name)
+        Ext4(fs)
     }
 }
 
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        let mut ok = false;
-        for _ in 0..50 {
-            if Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                ok = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        MOUNTS.lock().unwrap().retain(|m| m != &self.mnt);
-        let _ = std::fs::remove_dir_all(&self.root);
+impl std::ops::Deref for Ext4 {
+    type Target = scratch::Ext4;
+
+    fn deref(&self) -> &scratch::Ext4 {
+        &self.0
     }
 }
 
@@ -105,11 +59,7 @@ impl Watchdog {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs))
             {
                 eprintln!("watchdog: {name} still running after {secs}s, aborting");
-                if let Ok(m) = MOUNTS.lock() {
-                    for p in m.iter() {
-                        let _ = Command::new("umount").arg("-l").arg(p).status();
-                    }
-                }
+                scratch::detach_all_lazily();
                 std::process::abort();
             }
         });
@@ -127,19 +77,7 @@ impl Drop for Watchdog {
 
 /// Creates `path` of `size` bytes, sparse, with `data` written at the given offsets.
 pub fn sparse_file(path: &Path, size: u64, data: &[(u64, &[u8])]) -> File {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    f.set_len(size).unwrap();
-    for (off, bytes) in data {
-        f.write_all_at(bytes, *off).unwrap();
-    }
-    f.sync_all().unwrap();
-    f
+    scratch::sparse_file(path, size, data.iter().copied()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn open_rw(path: &Path) -> File {

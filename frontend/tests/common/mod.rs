@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use frontend::backend::{BackendChild, BackendSpec};
@@ -23,25 +22,6 @@ use protocol::Opcode;
 
 /// Deadline for every wait on a backend.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs a host command under coreutils `timeout`, so a wedged mount cannot hang the suite.
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", "60", cmd])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd} {args:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
@@ -67,7 +47,7 @@ fn newest_source() -> std::time::SystemTime {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut newest = std::time::UNIX_EPOCH;
-    for crate_dir in ["daemon", "protocol", "dax-window", "frontend"] {
+    for crate_dir in ["daemon", "protocol", "dax-window", "frontend", "scratch"] {
         walk(&root.join(crate_dir).join("src"), &mut newest);
     }
     newest
@@ -190,66 +170,44 @@ pub fn for_each_backend(test: &str, case: impl Fn(&mut Harness)) {
     assert!(failures.is_empty(), "{test} failed on: {failures:#?}");
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A loop-mounted ext4 image in a scratch directory; unmounted and removed on drop.
+/// A scratch directory `root` holding the shared directory `mnt`: a loop-mounted ext4
+/// image (scratch::Ext4) or a plain directory; unmounted and removed on drop.
 pub struct Scratch {
     pub root: PathBuf,
     pub mnt: PathBuf,
-    mounted: bool,
+    _space: Space,
+}
+
+enum Space {
+    Ext4(scratch::Ext4),
+    Plain(scratch::TempDir),
 }
 
 impl Scratch {
     /// A loop-mounted ext4 filesystem (real holes, real st_blocks).
     pub fn new(test: &str) -> Self {
-        Self::create(test, true)
+        // mkfs, mount and umount under `timeout`, so a wedged mount cannot hang the suite.
+        let fs = scratch::Ext4::builder(&format!("zdfe-{test}"), 256 << 20)
+            .timeout(Duration::from_secs(60))
+            .create()
+            .unwrap_or_else(|e| panic!("{e}"));
+        Scratch {
+            root: fs.root.clone(),
+            mnt: fs.mnt.clone(),
+            _space: Space::Ext4(fs),
+        }
     }
 
     /// A plain directory in the temp dir, for tests that need no particular filesystem.
     pub fn plain(test: &str) -> Self {
-        Self::create(test, false)
-    }
-
-    fn create(test: &str, loop_mount: bool) -> Self {
-        let root = std::env::temp_dir().join(format!(
-            "zdfe-{test}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&root).unwrap();
-        let mut s = Scratch {
-            mnt: root.join("mnt"),
-            root,
-            mounted: false,
-        };
-        let img = s.root.join("fs.img");
-        std::fs::create_dir(&s.mnt).unwrap();
-        if !loop_mount {
-            return s;
+        let dir = scratch::TempDir::new(&format!("zdfe-{test}")).unwrap();
+        let mnt = dir.0.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        Scratch {
+            root: dir.0.clone(),
+            mnt,
+            _space: Space::Plain(dir),
         }
-        std::fs::File::create(&img)
-            .and_then(|f| f.set_len(256 << 20))
-            .unwrap();
-        run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]).unwrap();
-        run(
-            "mount",
-            &["-o", "loop", img.to_str().unwrap(), s.mnt.to_str().unwrap()],
-        )
-        .unwrap();
-        s.mounted = true;
-        s
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.mounted {
-            let m = self.mnt.to_str().unwrap_or_default();
-            if run("umount", &[m]).is_err() {
-                let _ = run("umount", &["-l", m]);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
