@@ -5,27 +5,18 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-/// `struct open_how` of openat2(2) (include/uapi/linux/openat2.h), version 0 (24 bytes).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use rustix::fs::{self, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
-/// Resolution must stay beneath the starting directory (no `..` above it, no absolute
-/// symlinks, no jumps elsewhere).
-pub const RESOLVE_BENEATH: u64 = 0x08;
-/// Refuse /proc-style magic links during resolution.
-pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-/// Refuse every symlink during resolution (the core never asks the host to follow one).
-pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-
-/// The resolve flags used for every name the core opens relative to a parent.
-pub const RESOLVE_CONFINED: u64 = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
+/// The resolve flags used for every name the core opens relative to a parent: resolution
+/// stays beneath the starting directory (no `..` above it, no absolute symlinks, no jumps
+/// elsewhere), refuses /proc-style magic links, and refuses every symlink (the core never
+/// asks the host to follow one).
+pub const RESOLVE_CONFINED: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_SYMLINKS);
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -52,51 +43,37 @@ fn check_ssize(ret: libc::ssize_t) -> io::Result<usize> {
 }
 
 /// openat2(2) with `how.resolve = resolve`; the returned descriptor is owned.
+///
+/// The mode reaches the kernel only with O_CREAT or O_TMPFILE (openat2 refuses a mode
+/// otherwise). rustix adds O_LARGEFILE to non-O_PATH opens, which the kernel's openat2 also
+/// does itself on 64-bit hosts, so the flags the kernel acts on are the caller's.
 pub fn openat2(
     dir: BorrowedFd<'_>,
     name: &CStr,
     flags: libc::c_int,
     mode: u32,
-    resolve: u64,
+    resolve: ResolveFlags,
 ) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
-        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-            u64::from(mode & 0o7777)
-        } else {
-            0
-        },
-        resolve,
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        Mode::from_bits_retain(mode & 0o7777)
+    } else {
+        Mode::empty()
     };
     loop {
-        // SAFETY: `name` is NUL-terminated, `how` is a valid open_how of the size passed, and
-        // the kernel only reads both during the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        match check_long(ret) {
-            // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+        match fs::openat2(dir, name, oflags, mode, resolve) {
+            Ok(fd) => return Ok(fd),
             // openat2 returns EAGAIN when a concurrent rename raced the resolution.
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(e) => return Err(e),
+            Err(Errno::AGAIN) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Plain openat(2) (used for `/proc/self/fd/N` reopening and for `..`).
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; the mode argument is ignored without O_CREAT.
-    let fd =
-        check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
-    // SAFETY: fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    Ok(fs::openat(dir, name, oflags, Mode::empty())?)
 }
 
 /// openat(2) with a mode, for O_TMPFILE (O_CREAT goes through openat2 and its RESOLVE_*
@@ -107,17 +84,8 @@ pub fn openat_mode(
     flags: libc::c_int,
     mode: u32,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; `mode` is passed by value.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    Ok(fs::openat(dir, name, oflags, Mode::from_bits_retain(mode))?)
 }
 
 /// statx(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink).
