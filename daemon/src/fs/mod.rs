@@ -69,8 +69,8 @@ pub struct Attr {
 }
 
 impl Attr {
-    fn from_statx(s: &libc::statx, node: u64) -> Self {
-        let ts = |t: &libc::statx_timestamp| Timespec {
+    fn from_statx(s: &rustix::fs::Statx, node: u64) -> Self {
+        let ts = |t: &rustix::fs::StatxTimestamp| Timespec {
             sec: t.tv_sec,
             nsec: t.tv_nsec,
         };
@@ -85,7 +85,7 @@ impl Attr {
             nlink: s.stx_nlink,
             uid: s.stx_uid,
             gid: s.stx_gid,
-            rdev: libc::makedev(s.stx_rdev_major, s.stx_rdev_minor) as u32,
+            rdev: rustix::fs::makedev(s.stx_rdev_major, s.stx_rdev_minor) as u32,
             blksize: s.stx_blksize,
         }
     }

@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{self, Mode, OFlags, ResolveFlags};
+use rustix::fs::{self, AtFlags, Mode, OFlags, ResolveFlags, Stat, StatVfs, Statx, StatxFlags};
 use rustix::io::Errno;
 
 /// The resolve flags used for every name the core opens relative to a parent: resolution
@@ -89,44 +89,24 @@ pub fn openat_mode(
 }
 
 /// statx(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink).
-pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
-    // SAFETY: all-zero is a valid statx value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is an empty NUL-terminated string and `stx` is writable for the call.
-    check(unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    })?;
-    Ok(stx)
+pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<Statx> {
+    Ok(fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_SYNC_AS_STAT,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?)
 }
 
 /// fstatat(2) of `name` in `dir` without following a symlink.
-pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat64> {
-    // SAFETY: all-zero is a valid stat64.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated and `st` is writable.
-    check(unsafe {
-        libc::fstatat64(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    Ok(fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
-    // SAFETY: all-zero is a valid statvfs64.
-    let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable; fstatvfs works on O_PATH descriptors.
-    check(unsafe { libc::fstatvfs64(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
+/// fstatvfs(3): fstatfs(2) in statvfs terms (f_frsize, f_namemax); works on O_PATH
+/// descriptors.
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<StatVfs> {
+    Ok(fs::fstatvfs(fd)?)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
