@@ -7,7 +7,10 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{self, AtFlags, Mode, OFlags, ResolveFlags, Stat, StatVfs, Statx, StatxFlags};
+use rustix::fs::{
+    self, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Statx,
+    StatxFlags,
+};
 use rustix::io::Errno;
 
 /// The resolve flags used for every name the core opens relative to a parent: resolution
@@ -110,23 +113,40 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<StatVfs> {
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    Ok(fs::mkdirat(dir, name, Mode::from_bits_retain(mode))?)
 }
 
+/// mknodat(2) with `mode` as the client sent it, file type bits included. rustix ORs the
+/// type in separately; a type of 0 means a regular file to the kernel (as S_IFREG does), and
+/// anything it does not know stays an invalid type (EINVAL), as before. The kernel's dev_t
+/// is 32 bits: a wider `rdev` is EINVAL, as glibc's mknodat answers.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    if u32::try_from(rdev).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let file_type = match mode & libc::S_IFMT {
+        0 => FileType::RegularFile,
+        t => FileType::from_raw_mode(t),
+    };
+    Ok(fs::mknodat(
+        dir,
+        name,
+        file_type,
+        Mode::from_bits_retain(mode),
+        rdev,
+    )?)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: both strings are NUL-terminated.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(fs::symlinkat(target, dir, name)?)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    Ok(fs::unlinkat(
+        dir,
+        name,
+        AtFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn renameat2(
@@ -136,17 +156,13 @@ pub fn renameat2(
     newname: &CStr,
     flags: u32,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated.
-    check(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            oldname.as_ptr(),
-            newdir.as_raw_fd(),
-            newname.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(fs::renameat_with(
+        olddir,
+        oldname,
+        newdir,
+        newname,
+        RenameFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// linkat(2) of the inode behind an O_PATH descriptor, named `proc_name` in `proc_self_fd`
@@ -158,31 +174,19 @@ pub fn link_fd(
     newdir: BorrowedFd<'_>,
     newname: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated.
-    check(unsafe {
-        libc::linkat(
-            proc_self_fd.as_raw_fd(),
-            proc_name.as_ptr(),
-            newdir.as_raw_fd(),
-            newname.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    Ok(fs::linkat(
+        proc_self_fd,
+        proc_name,
+        newdir,
+        newname,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
 }
 
-/// readlinkat(2) of an O_PATH descriptor on a symlink.
+/// readlinkat(2) of an O_PATH descriptor on a symlink, into a PATH_MAX + 1 buffer.
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is writable for its length; the path is empty.
-    let n = check_ssize(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
+    let n = fs::readlinkat_raw(fd, c"", &mut buf[..])?;
     buf.truncate(n);
     Ok(buf)
 }
