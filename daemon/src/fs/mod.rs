@@ -296,17 +296,17 @@ fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
-fn timespec(t: Option<SetTime>) -> libc::timespec {
+fn timespec(t: Option<SetTime>) -> rustix::fs::Timespec {
     match t {
-        None => libc::timespec {
+        None => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        Some(SetTime::Now) => libc::timespec {
+        Some(SetTime::Now) => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: rustix::fs::UTIME_NOW,
         },
-        Some(SetTime::At(t)) => libc::timespec {
+        Some(SetTime::At(t)) => rustix::fs::Timespec {
             tv_sec: t.sec,
             tv_nsec: i64::from(t.nsec.min(999_999_999)),
         },
@@ -631,7 +631,10 @@ impl FileSystem {
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let times = [timespec(set.atime), timespec(set.mtime)];
+            let times = rustix::fs::Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
             if inode.is_symlink() {
                 sys::utimensat(
                     inode.fd(),

@@ -8,8 +8,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{
-    self, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Statx,
-    StatxFlags,
+    self, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Statx,
+    StatxFlags, Timestamps, Uid,
 };
 use rustix::io::Errno;
 
@@ -191,50 +191,62 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// fchownat(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink);
+/// `u32::MAX` (-1) leaves the owner or group as it is.
 pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: empty NUL-terminated path, no pointers retained.
-    check(unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            uid,
-            gid,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
+    // rustix spells "unchanged" as None (and debug-asserts that a Uid is never -1).
+    let uid = (uid != u32::MAX).then(|| Uid::from_raw(uid));
+    let gid = (gid != u32::MAX).then(|| Gid::from_raw(gid));
+    Ok(fs::chownat(
+        fd,
+        c"",
+        uid,
+        gid,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+    Ok(fs::chmodat(
+        dir,
+        name,
+        Mode::from_bits_retain(mode),
+        AtFlags::empty(),
+    )?)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    Ok(fs::fchmod(fd, Mode::from_bits_retain(mode))?)
 }
 
 pub fn utimensat(
     dir: BorrowedFd<'_>,
     name: &CStr,
-    times: &[libc::timespec; 2],
+    times: &Timestamps,
     flags: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated and `times` points at two timespecs.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
-        .map(drop)
+    Ok(fs::utimensat(
+        dir,
+        name,
+        times,
+        AtFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) }).map(drop)
+    if i64::try_from(size).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(fs::ftruncate(fd, size)?)
 }
 
+/// faccessat2(2) of the descriptor itself with AT_EACCESS, i.e. with the thread's current
+/// fsuid/fsgid, which the caller has switched. Raw: rustix's accessat accepts only
+/// AT_EACCESS and AT_SYMLINK_NOFOLLOW, and answers AT_EMPTY_PATH with EINVAL without making
+/// the call.
 pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
-    // SAFETY: empty NUL-terminated path; faccessat2 with AT_EACCESS checks with the thread's
-    // current fsuid/fsgid, which the caller has switched.
+    // SAFETY: faccessat2 takes a descriptor, a NUL-terminated path (empty here), and two
+    // ints; it reads only the path, during the call.
     check_long(unsafe {
         libc::syscall(
             libc::SYS_faccessat2,
