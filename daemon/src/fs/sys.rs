@@ -8,8 +8,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{
-    self, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Stat, StatVfs, Statx,
-    StatxFlags, Timestamps, Uid,
+    self, AtFlags, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags,
+    SeekFrom, Stat, StatVfs, Statx, StatxFlags, Timestamps, Uid,
 };
 use rustix::io::Errno;
 
@@ -260,36 +260,48 @@ pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `buf` is writable for its length.
-    check_ssize(unsafe {
-        libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset)
-    })
+    if i64::try_from(offset).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(rustix::io::pread(fd, buf, offset)?)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: `buf` is readable for its length.
-    check_ssize(unsafe { libc::pwrite64(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) })
+    if i64::try_from(offset).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(rustix::io::pwrite(fd, buf, offset)?)
 }
 
+/// lseek(2) with a C `whence` (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE; any
+/// other is EINVAL, as the kernel answers). The offset reaches the kernel unchanged, a
+/// negative one included.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
-    // SAFETY: plain syscall on a valid descriptor.
-    let ret = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    let pos = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    Ok(fs::seek(fd, pos)? as i64)
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+    if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(fs::fallocate(
+        fd,
+        FallocateFlags::from_bits_retain(mode as u32),
+        offset,
+        len,
+    )?)
 }
 
+/// copy_file_range(2). rustix always passes flags 0; the kernel answers any other flags
+/// with EINVAL (the descriptors here are always open), so that answer is given here.
 pub fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     off_in: u64,
@@ -298,39 +310,36 @@ pub fn copy_file_range(
     len: u64,
     flags: u32,
 ) -> io::Result<usize> {
-    let mut off_in =
-        i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut off_out =
-        i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    if i64::try_from(off_in).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if i64::try_from(off_out).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    if flags != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let (mut off_in, mut off_out) = (off_in, off_out);
     let len = usize::try_from(len).unwrap_or(usize::MAX);
-    // SAFETY: both offsets are valid writable i64s for the duration of the call.
-    check_ssize(unsafe {
-        libc::copy_file_range(
-            fd_in.as_raw_fd(),
-            &mut off_in,
-            fd_out.as_raw_fd(),
-            &mut off_out,
-            len,
-            flags,
-        )
-    })
+    Ok(fs::copy_file_range(
+        fd_in,
+        Some(&mut off_in),
+        fd_out,
+        Some(&mut off_out),
+        len,
+    )?)
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    // SAFETY: plain syscalls on a valid descriptor.
-    check(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    if datasync {
+        Ok(fs::fdatasync(fd)?)
+    } else {
+        Ok(fs::fsync(fd)?)
+    }
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+    Ok(fs::syncfs(fd)?)
 }
 
 /// getdents64(2) into `buf`; returns the number of bytes filled (0 at end of directory).
