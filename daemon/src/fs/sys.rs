@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{
     self, AtFlags, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags,
-    SeekFrom, Stat, StatVfs, Statx, StatxFlags, Timestamps, Uid,
+    SeekFrom, Stat, StatVfs, Statx, StatxFlags, Timestamps, Uid, XattrFlags,
 };
 use rustix::io::Errno;
 
@@ -34,14 +34,6 @@ fn check_long(ret: libc::c_long) -> io::Result<libc::c_long> {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-fn check_ssize(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
     }
 }
 
@@ -358,36 +350,21 @@ pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Descriptor-based xattr calls on a regular file or directory reopened through
 /// `/proc/self/fd` (no path, so they keep working after the daemon chroots into the share).
+/// An empty `buf` asks for the size (rustix's `*_query` calls).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `name` is NUL-terminated; `buf` is writable for its length (NULL when empty
-    // asks for the size).
-    check_ssize(unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        )
-    })
+    if buf.is_empty() {
+        Ok(fs::fgetxattr_query(fd, name)?)
+    } else {
+        Ok(fs::fgetxattr(fd, name, buf)?)
+    }
 }
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: as for getxattr.
-    check_ssize(unsafe {
-        libc::flistxattr(
-            fd.as_raw_fd(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        )
-    })
+    if buf.is_empty() {
+        Ok(fs::flistxattr_query(fd)?)
+    } else {
+        Ok(fs::flistxattr(fd, buf)?)
+    }
 }
 
 pub fn setxattr(
@@ -396,22 +373,16 @@ pub fn setxattr(
     value: &[u8],
     flags: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; `value` is readable for its length.
-    check(unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(fs::fsetxattr(
+        fd,
+        name,
+        value,
+        XattrFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(fs::fremovexattr(fd, name)?)
 }
 
 // The *xattrat calls (Linux 6.13): xattrs of any file type through an O_PATH descriptor.
