@@ -313,41 +313,13 @@ fn timespec(t: Option<SetTime>) -> rustix::fs::Timespec {
     }
 }
 
-fn dtype_to_mode(d_type: u8) -> u32 {
-    match d_type {
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        libc::DT_REG => libc::S_IFREG,
-        _ => 0,
+/// A directory entry's type as `st_mode` file type bits; 0 when the filesystem did not say
+/// (DT_UNKNOWN).
+fn dtype_to_mode(file_type: rustix::fs::FileType) -> u32 {
+    match file_type {
+        rustix::fs::FileType::Unknown => 0,
+        t => t.as_raw_mode(),
     }
-}
-
-/// Parse one getdents64 buffer into entries (bounds-checked; no alignment assumed).
-fn parse_dirents(buf: &[u8]) -> Vec<(u64, i64, u8, &[u8])> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos + 19 <= buf.len() {
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
-        let off = i64::from_ne_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
-        let reclen = usize::from(u16::from_ne_bytes(rec[16..18].try_into().unwrap_or([0; 2])));
-        let d_type = rec[18];
-        if reclen < 19 || reclen > rec.len() {
-            break;
-        }
-        let name_field = &rec[19..reclen];
-        let name_len = name_field
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(name_field.len());
-        out.push((ino, off, d_type, &name_field[..name_len]));
-        pos += reclen;
-    }
-    out
 }
 
 impl FileSystem {
@@ -977,34 +949,33 @@ impl FileSystem {
         let dir = self.inode(h.node)?;
         let _guard = h.dir_lock.lock().unwrap_or_else(|e| e.into_inner());
         let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        // The cookies are getdents64's d_off: lseek to one and the next getdents64 goes on
+        // with the entry after the one it came with. RawDir reads from the descriptor's
+        // current position and hands each entry's d_off out as `next_entry_cookie`, so the
+        // seek below is all a resumed READDIR needs.
         sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = sys::getdents64(h.fd(), &mut buf)?;
-            if n == 0 {
+        let mut buf = Vec::with_capacity(32 * 1024);
+        let mut entries = rustix::fs::RawDir::new(h.fd(), buf.spare_capacity_mut());
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_owned();
+            let mut file_type = dtype_to_mode(entry.file_type());
+            if file_type == 0 {
+                file_type = sys::stat_at(h.fd(), &name)
+                    .map(|st| st.st_mode & libc::S_IFMT)
+                    .unwrap_or(libc::S_IFREG);
+            }
+            let entry = DirEntry {
+                ino: self.dirent_number(&dir, &name, entry.ino()),
+                offset: entry.next_entry_cookie(),
+                file_type,
+                name,
+            };
+            if !emit(&entry) {
                 return Ok(());
             }
-            for (ino, off, d_type, name) in parse_dirents(&buf[..n]) {
-                let mut file_type = dtype_to_mode(d_type);
-                let Ok(name) = CString::new(name) else {
-                    continue;
-                };
-                if file_type == 0 {
-                    file_type = sys::stat_at(h.fd(), &name)
-                        .map(|st| st.st_mode & libc::S_IFMT)
-                        .unwrap_or(libc::S_IFREG);
-                }
-                let entry = DirEntry {
-                    ino: self.dirent_number(&dir, &name, ino),
-                    offset: off as u64,
-                    file_type,
-                    name,
-                };
-                if !emit(&entry) {
-                    return Ok(());
-                }
-            }
         }
+        Ok(())
     }
 
     /// The inode number clients see for directory entry `name` of `dir` whose host d_ino is

@@ -334,20 +334,6 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(fs::syncfs(fd)?)
 }
 
-/// getdents64(2) into `buf`; returns the number of bytes filled (0 at end of directory).
-pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is writable for its length.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    check_long(ret).map(|n| n as usize)
-}
-
 /// Descriptor-based xattr calls on a regular file or directory reopened through
 /// `/proc/self/fd` (no path, so they keep working after the daemon chroots into the share).
 /// An empty `buf` asks for the size (rustix's `*_query` calls).
