@@ -349,10 +349,8 @@ impl FileSystem {
         let proc_self_fd = std::fs::File::open("/proc/self/fd")
             .map(OwnedFd::from)
             .map_err(FsError::ProcFs)?;
-        // SAFETY: umask has no memory arguments and cannot fail.
-        unsafe { libc::umask(0) };
-        // SAFETY: geteuid has no arguments and cannot fail.
-        let switch_creds = unsafe { libc::geteuid() } == 0;
+        rustix::process::umask(rustix::fs::Mode::empty());
+        let switch_creds = rustix::process::geteuid().is_root();
         Ok(FileSystem {
             inodes: InodeTable::new(root_fd, InodeKey::from_statx(&stx)),
             handles: RwLock::new(HashMap::new()),
@@ -428,15 +426,10 @@ impl FileSystem {
         if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
             && !self.fd_budget_logged.swap(true, Ordering::Relaxed)
         {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: `lim` is writable for the call.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
             tracing::error!(
                 nodes = self.inodes.len(),
-                limit = lim.rlim_cur,
+                limit = lim.current.unwrap_or(libc::RLIM_INFINITY),
                 "open-file budget exhausted ({e}); clients get EMFILE until nodes are forgotten; raise --rlimit-nofile"
             );
         }
@@ -853,12 +846,8 @@ impl FileSystem {
             ));
         }
         if flags & libc::O_NONBLOCK == 0 {
-            // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory arguments.
-            unsafe {
-                let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-                if fl >= 0 {
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-                }
+            if let Ok(fl) = rustix::fs::fcntl_getfl(&file) {
+                let _ = rustix::fs::fcntl_setfl(&file, fl - rustix::fs::OFlags::NONBLOCK);
             }
         }
         // The node's O_PATH descriptor names the very inode just opened (no second lookup
