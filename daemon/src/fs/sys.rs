@@ -1,7 +1,11 @@
-//! Thin, safe wrappers over the raw syscalls the core needs that std does not offer.
+//! Thin, safe wrappers over the syscalls the core needs that std does not offer.
 //!
 //! Every wrapper takes borrowed descriptors and C strings and returns `io::Result`; none of
 //! them follows a symlink in the last path component unless the caller passes a flag for it.
+//! Most are rustix calls, with the core's argument conventions and errno answers kept (a
+//! raw `c_int` of flags, an offset range checked before the call). Raw syscalls remain only
+//! where no crate has the call or its form: faccessat2 with AT_EMPTY_PATH, the Linux 6.13
+//! *xattrat calls, the per-thread setfsuid/setfsgid, and a close(2) whose error is reported.
 
 use std::ffi::CStr;
 use std::io;
@@ -484,7 +488,8 @@ pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Resu
 }
 
 /// Switch this thread's filesystem uid (raw syscall: glibc's wrapper is per-thread too, but
-/// the raw call makes the per-thread intent explicit). Returns the previous value.
+/// the raw call makes the per-thread intent explicit; rustix has no setfsuid). Returns the
+/// previous value.
 pub fn setfsuid(uid: u32) -> u32 {
     // SAFETY: setfsuid has no memory arguments; it always returns the previous fsuid.
     unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
@@ -496,7 +501,9 @@ pub fn setfsgid(gid: u32) -> u32 {
 }
 
 /// Duplicate-and-close: releases POSIX locks held through this open file like close(2)
-/// would, without closing the handle (FUSE flush semantics).
+/// would, without closing the handle (FUSE flush semantics). close(2)'s error is the answer
+/// (NFS, for one, reports write-back failures there), which dropping an `OwnedFd` (or
+/// rustix's `close`) discards: hence the raw call.
 pub fn flush_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     let dup = fd.try_clone_to_owned()?;
     // SAFETY: `dup` is a descriptor we own; into_raw_fd hands ownership to close().
