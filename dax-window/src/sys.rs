@@ -130,9 +130,6 @@ pub struct PmScanArg {
 
 pub const PAGEMAP_SCAN: u64 = iowr(b'f', 16, std::mem::size_of::<PmScanArg>());
 
-// madvise
-pub const MADV_POPULATE_READ: libc::c_int = 22;
-
 /// Issues an ioctl whose argument is a `repr(C)` structure the kernel reads and may write.
 ///
 /// # Safety
