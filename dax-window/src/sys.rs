@@ -24,7 +24,7 @@ const fn iowr(ty: u8, nr: u8, size: usize) -> u64 {
 }
 
 // userfaultfd(2)
-pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+pub const UFFD_USER_MODE_ONLY: u32 = 1;
 pub const UFFD_API: u64 = 0xAA;
 const UFFDIO: u8 = 0xAA;
 
