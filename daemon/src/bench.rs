@@ -6,15 +6,16 @@
 //! dropped first) and warm. Plus the cost of one write upgrade. JSON fields are documented
 //! in docs/benchmarks.md ("zerodax bench").
 
+use std::ffi::c_void;
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use dax_window::{procfs, Window, HUGE_SIZE, PAGE_SIZE};
+use rustix::mm::{self, MapFlags, ProtFlags};
 
 use zerodax::size::parse_size;
 
@@ -188,29 +189,22 @@ fn drop_cache(f: &File) -> Result<(), String> {
     let len = f.metadata().map_err(|e| format!("stat: {e}"))?.len();
     prime_memory(len as usize)?;
     f.sync_all().map_err(|e| format!("fsync: {e}"))?;
-    // SAFETY: advice on our own open descriptor; it only drops clean page cache.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if r != 0 {
-        return Err(format!(
-            "posix_fadvise: {}",
-            std::io::Error::from_raw_os_error(r)
-        ));
-    }
-    Ok(())
+    // Advice on our own open descriptor; it only drops clean page cache.
+    rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed)
+        .map_err(|e| format!("posix_fadvise: {}", std::io::Error::from(e)))
 }
 
 /// Touches and frees `len` bytes of anonymous memory, untimed, before a cold run: in a VM,
 /// free memory the guest has not used lately may have been handed back to the host, and the
 /// first path to fill `len` bytes of page cache would pay the host's faults, not its own.
 fn prime_memory(len: usize) -> Result<(), String> {
-    let p = mmap(
+    let p = mmap_anonymous(
         len,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-        -1,
+        ProtFlags::READ | ProtFlags::WRITE,
+        MapFlags::PRIVATE | MapFlags::POPULATE,
     )?;
     // SAFETY: our own mapping, unmapped once; nothing refers to it.
-    unsafe { libc::munmap(p, len) };
+    let _ = unsafe { mm::munmap(p, len) };
     Ok(())
 }
 
@@ -311,25 +305,33 @@ fn local_run(
 struct Mapped {
     ptr: *const u8,
     window: Option<Window>,
-    raw: Option<(*mut libc::c_void, usize)>,
+    raw: Option<(*mut c_void, usize)>,
 }
 
 impl Drop for Mapped {
     fn drop(&mut self) {
         if let Some((p, len)) = self.raw {
             // SAFETY: a mapping this process made and nothing else refers to.
-            unsafe { libc::munmap(p, len) };
+            let _ = unsafe { mm::munmap(p, len) };
         }
     }
 }
 
-fn mmap(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut libc::c_void, String> {
+fn mmap_anonymous(len: usize, prot: ProtFlags, flags: MapFlags) -> Result<*mut c_void, String> {
     // SAFETY: a new mapping at an address the kernel picks; it replaces nothing.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
-    if p == libc::MAP_FAILED {
-        return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-    }
-    Ok(p)
+    unsafe { mm::mmap_anonymous(std::ptr::null_mut(), len, prot, flags) }
+        .map_err(|e| format!("mmap: {}", std::io::Error::from(e)))
+}
+
+fn mmap_file(
+    len: usize,
+    prot: ProtFlags,
+    flags: MapFlags,
+    f: &File,
+) -> Result<*mut c_void, String> {
+    // SAFETY: a new mapping at an address the kernel picks; it replaces nothing.
+    unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, f, 0) }
+        .map_err(|e| format!("mmap: {}", std::io::Error::from(e)))
 }
 
 fn window_map(f: &File, len: usize) -> Result<Mapped, String> {
@@ -344,7 +346,7 @@ fn window_map(f: &File, len: usize) -> Result<Mapped, String> {
 }
 
 fn plain_map(f: &File, len: usize) -> Result<Mapped, String> {
-    let p = mmap(len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd())?;
+    let p = mmap_file(len, ProtFlags::READ, MapFlags::SHARED, f)?;
     Ok(Mapped {
         ptr: p.cast(),
         window: None,
@@ -355,15 +357,14 @@ fn plain_map(f: &File, len: usize) -> Result<Mapped, String> {
 /// The limit: an anonymous private region backed by the huge zero page when read.
 fn anon_map(len: usize) -> Result<Mapped, String> {
     let total = len + HUGE_SIZE;
-    let raw = mmap(
+    let raw = mmap_anonymous(
         total,
-        libc::PROT_READ,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-        -1,
+        ProtFlags::READ,
+        MapFlags::PRIVATE | MapFlags::NORESERVE,
     )?;
     let p = (raw as usize).next_multiple_of(HUGE_SIZE);
     // SAFETY: advice on our own mapping; it changes no contents.
-    unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    let _ = unsafe { mm::madvise(p as *mut c_void, len, mm::Advice::LinuxHugepage) };
     Ok(Mapped {
         ptr: p as *const u8,
         window: None,
@@ -489,8 +490,7 @@ fn bench(args: &BenchArgs, set: &Settings) -> Result<(), String> {
     let size = set.size;
     let len = usize::try_from(size).map_err(|_| "--size too large for this address space")?;
     let data_target = (size as f64 * set.data_percent / 100.0) as u64;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     let ext4;
     let dir = match &args.dir {
         Some(d) => d.clone(),

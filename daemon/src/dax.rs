@@ -23,8 +23,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::num::NonZeroU64;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustix::fs::Advice;
+use rustix::mm;
 
 use protocol::abi::{
     FuseSetupmappingIn, FUSE_SETUPMAPPING_FLAG_READ, FUSE_SETUPMAPPING_FLAG_WRITE,
@@ -292,27 +296,22 @@ impl Pin {
         // SAFETY: a fresh read-only shared mapping of a descriptor we hold, at a page-aligned
         // offset, never dereferenced by Rust code; unmapped in Drop.
         let addr = unsafe {
-            libc::mmap(
+            mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                foffset as libc::off_t,
-            )
+                mm::ProtFlags::READ,
+                mm::MapFlags::SHARED,
+                fd,
+                foffset,
+            )?
         };
-        if addr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         let pin = Pin {
             addr: addr as usize,
             len,
         };
         // SAFETY: the mapping made above, of `len` bytes; mlock faults the pages in (read)
         // and keeps them resident.
-        if unsafe { libc::mlock(addr, len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        unsafe { mm::mlock(addr, len)? };
         Ok(pin)
     }
 }
@@ -321,7 +320,7 @@ impl Drop for Pin {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in `Pin::new`, unmapped once (munmap also
         // unlocks it).
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        let _ = unsafe { mm::munmap(self.addr as *mut std::ffi::c_void, self.len) };
     }
 }
 
@@ -343,15 +342,7 @@ impl State {
         writable: bool,
     ) -> Result<(), i32> {
         let len = end - start;
-        // SAFETY: advice on a descriptor we hold; no memory is passed.
-        unsafe {
-            libc::posix_fadvise(
-                fd.as_raw_fd(),
-                foffset as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
+        let _ = rustix::fs::fadvise(fd, foffset, NonZeroU64::new(len), Advice::WillNeed);
         let pin = Pin::new(fd, foffset, len)
             .map_err(|e| tracing::debug!(start, len, "region not pinned: {e}"))
             .ok();
@@ -703,15 +694,8 @@ impl Dax {
         let (fd, writable) = self.open_inner(fs, node, write)?;
         // The VMM maps this open file description: random-access advice keeps a fault to
         // the page faulted (no read-around into the neighbouring holes' page cache).
-        // SAFETY: advice on a descriptor we own; it affects only this open file description.
-        unsafe {
-            libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                0,
-                0,
-                libc::POSIX_FADV_RANDOM,
-            )
-        };
+        // It affects only this open file description.
+        let _ = rustix::fs::fadvise(&fd, 0, None, Advice::Random);
         Ok((fd, writable))
     }
 

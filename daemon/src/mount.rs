@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
+use rustix::mount::UnmountFlags;
+use rustix::process::{Resource, Rlimit};
 
 use crate::fs::{self, FileSystem, XattrMap};
 use crate::fuse_dev::{FuseFs, Passthrough};
@@ -184,15 +186,8 @@ impl MountRights {
 
 /// The mount flags (statvfs f_flag) of the filesystem `path` is on.
 fn mount_flags_of(path: &Path) -> io::Result<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: an all-zero statvfs is a valid out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_flag)
+    // A path with a NUL in it is EINVAL, as before.
+    Ok(rustix::fs::statvfs(path)?.f_flag.bits())
 }
 
 /// Why a mount could not be made or kept; each prints as one line.
@@ -259,28 +254,24 @@ pub(crate) fn init_logging(level: LogLevel) {
 /// Raise the soft (and if asked, hard) descriptor limit: the inode table keeps one O_PATH
 /// descriptor per node the client holds. The error carries the limit that was asked for.
 pub(crate) fn raise_nofile(want: Option<u64>) -> Result<u64, (u64, io::Error)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is writable for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err((0, io::Error::last_os_error()));
-    }
+    // rustix spells RLIM_INFINITY as None.
+    let lim = rustix::process::getrlimit(Resource::Nofile);
+    let (cur, max) = (
+        lim.current.unwrap_or(libc::RLIM_INFINITY),
+        lim.maximum.unwrap_or(libc::RLIM_INFINITY),
+    );
     let target = match want {
         // 0: leave the limit as it is (virtiofsd's meaning).
-        Some(0) => return Ok(lim.rlim_cur),
+        Some(0) => return Ok(cur),
         Some(n) => n,
-        None => lim.rlim_max,
+        None => max,
     };
-    let new = libc::rlimit {
-        rlim_cur: target,
-        rlim_max: lim.rlim_max.max(target),
+    let finite = |v: u64| (v != libc::RLIM_INFINITY).then_some(v);
+    let new = Rlimit {
+        current: finite(target),
+        maximum: finite(max.max(target)),
     };
-    // SAFETY: `new` is a valid rlimit read by the call.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
-        return Err((target, io::Error::last_os_error()));
-    }
+    rustix::process::setrlimit(Resource::Nofile, new).map_err(|e| (target, e.into()))?;
     Ok(target)
 }
 
@@ -309,7 +300,8 @@ fn preflight(mountpoint: &Path) -> Result<(), MountError> {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and returns that set. Called
 /// before any thread exists, so every thread inherits the mask and only the one that waits
-/// for the set (sigwait/sigtimedwait) takes them.
+/// for the set (sigwait/sigtimedwait) takes them. (libc's: rustix has signal masks only in
+/// its hidden, unstable `runtime` module, which is not for processes that also run libc.)
 pub(crate) fn block_termination_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigemptyset/sigaddset initialise and modify a local set; pthread_sigmask reads
     // it and is asked for no old mask.
@@ -464,9 +456,8 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
             let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
                 return Ok(());
             };
-            // SAFETY: `c` is a NUL-terminated path.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                tracing::warn!("unmount: {}", io::Error::last_os_error());
+            if let Err(e) = rustix::mount::unmount(c.as_c_str(), UnmountFlags::DETACH) {
+                tracing::warn!("unmount: {}", io::Error::from(e));
             }
         }
         _ => tracing::info!("the mount point no longer holds this mount; nothing to unmount"),

@@ -13,7 +13,7 @@
 //! NOTIFY_REPLY). Nothing the guest sends can make this module panic.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,11 +209,10 @@ impl Chain for BufChain {
     ) -> io::Result<usize> {
         let data = self.request.get(off..).ok_or_else(efault)?;
         transfer(data.len(), |done| {
-            let rest = &data[done..];
-            let pos = file_off.saturating_add(done as u64) as libc::off_t;
-            // SAFETY: `rest` is a live slice of `rest.len()` bytes; pwrite only reads it.
-            let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), pos) };
-            syscall_len(n)
+            // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
+            // (EINVAL).
+            let pos = file_off.saturating_add(done as u64);
+            Ok(rustix::io::pwrite(fd, &data[done..], pos)?)
         })
     }
 
@@ -237,12 +236,8 @@ impl Chain for BufChain {
         let r = range(at, len, self.reply.len())?;
         let buf = &mut self.reply[r];
         transfer(buf.len(), |done| {
-            let rest = &mut buf[done..];
-            let pos = file_off.saturating_add(done as u64) as libc::off_t;
-            // SAFETY: `rest` is a live, exclusively borrowed slice of `rest.len()` bytes.
-            let n =
-                unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), pos) };
-            syscall_len(n)
+            let pos = file_off.saturating_add(done as u64);
+            Ok(rustix::io::pread(fd, &mut buf[done..], pos)?)
         })
     }
 }

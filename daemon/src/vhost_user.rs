@@ -168,6 +168,9 @@ fn for_range<'m>(
     Ok(())
 }
 
+/// Raw iovecs over guest memory for preadv/pwritev. These stay libc calls: rustix's (like
+/// std's) take `IoSlice`/`IoSliceMut`, i.e. Rust slices, which memory a guest may write
+/// at any moment must not become.
 fn iovecs(
     slices: &[VolatileSlice<'_, ()>],
     total: usize,

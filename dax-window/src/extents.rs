@@ -2,7 +2,9 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
 
 /// A byte range of a file, `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,19 +23,23 @@ impl Extent {
     }
 }
 
-fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: lseek on a descriptor we borrow; it only moves that description's offset.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        return Err(e);
+/// lseek(SEEK_DATA, or SEEK_HOLE when `hole`) from `offset`; None where there is no such
+/// offset (ENXIO).
+fn seek(file: &File, offset: u64, hole: bool) -> io::Result<Option<u64>> {
+    // Past i64::MAX is EINVAL, as with the off_t it always went through.
+    if i64::try_from(offset).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    Ok(Some(r as u64))
+    let pos = if hole {
+        SeekFrom::Hole(offset)
+    } else {
+        SeekFrom::Data(offset)
+    };
+    match rustix::fs::seek(file, pos) {
+        Ok(r) => Ok(Some(r)),
+        Err(Errno::NXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The data extents of `file` that intersect `[start, end)`, clipped to it.
@@ -43,13 +49,13 @@ pub fn data_extents(file: &File, start: u64, end: u64) -> io::Result<Vec<Extent>
     let mut out = Vec::new();
     let mut pos = start;
     while pos < end {
-        let Some(data) = seek(file, pos, libc::SEEK_DATA)? else {
+        let Some(data) = seek(file, pos, false)? else {
             break;
         };
         if data >= end {
             break;
         }
-        let hole = seek(file, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let hole = seek(file, data, true)?.unwrap_or(end).min(end);
         if hole <= data {
             break;
         }

@@ -24,7 +24,7 @@ const fn iowr(ty: u8, nr: u8, size: usize) -> u64 {
 }
 
 // userfaultfd(2)
-pub const UFFD_USER_MODE_ONLY: libc::c_int = 1;
+pub const UFFD_USER_MODE_ONLY: u32 = 1;
 pub const UFFD_API: u64 = 0xAA;
 const UFFDIO: u8 = 0xAA;
 
@@ -129,9 +129,6 @@ pub struct PmScanArg {
 }
 
 pub const PAGEMAP_SCAN: u64 = iowr(b'f', 16, std::mem::size_of::<PmScanArg>());
-
-// madvise
-pub const MADV_POPULATE_READ: libc::c_int = 22;
 
 /// Issues an ioctl whose argument is a `repr(C)` structure the kernel reads and may write.
 ///

@@ -1,7 +1,10 @@
-//! A userfaultfd opened for write-protect tracking, through the raw syscall.
+//! A userfaultfd opened for write-protect tracking. rustix opens it; the ioctls and the
+//! message layout are the kernel's uapi, which no crate carries (see `sys`).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::mm::{userfaultfd, UserfaultfdFlags};
 
 use crate::sys;
 
@@ -10,14 +13,10 @@ pub struct Uffd {
     kernel_faults: bool,
 }
 
-fn open_raw(flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: userfaultfd(2) takes one int of flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall just returned this descriptor to us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+fn open_raw(flags: UserfaultfdFlags) -> io::Result<OwnedFd> {
+    // SAFETY: the call itself is safe (rustix marks it unsafe for what the descriptor can
+    // do); what this module registers with it is only ever the window's own memory.
+    Ok(unsafe { userfaultfd(flags) }?)
 }
 
 impl Uffd {
@@ -25,11 +24,12 @@ impl Uffd {
     /// (O_DIRECT, process_vm_writev) when the caller may (root, CAP_SYS_PTRACE or
     /// vm.unprivileged_userfaultfd=1), else one limited to user-mode faults.
     pub fn open() -> io::Result<Uffd> {
-        let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let base = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
         let (fd, kernel_faults) = match open_raw(base) {
             Ok(fd) => (fd, true),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                (open_raw(base | sys::UFFD_USER_MODE_ONLY)?, false)
+                let user_mode_only = UserfaultfdFlags::from_bits_retain(sys::UFFD_USER_MODE_ONLY);
+                (open_raw(base | user_mode_only)?, false)
             }
             Err(e) => return Err(e),
         };

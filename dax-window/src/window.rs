@@ -2,13 +2,19 @@
 //! mapped into it, and the userfaultfd handler that upgrades hole pages on first write.
 
 use std::collections::BTreeMap;
+use std::ffi::c_void;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::fs::{FallocateFlags, OFlags};
+use rustix::io::Errno;
+use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
 
 use crate::extents::{data_extents, Extent};
 use crate::pages::{page_states, PageStates, PAGE_SIZE};
@@ -182,10 +188,10 @@ fn round_up(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
 }
 
-fn os_err(op: &'static str) -> Error {
-    Error::Io {
+fn os_err(op: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::Io {
         op,
-        source: io::Error::last_os_error(),
+        source: e.into(),
     }
 }
 
@@ -200,21 +206,17 @@ fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
 unsafe fn map_zero_readonly(addr: usize, len: usize) -> Result<()> {
     // SAFETY: MAP_FIXED replaces exactly the caller's window range, which no Rust
     // reference points into (windows are only accessed through raw pointers).
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
+    unsafe {
+        mm::mmap_anonymous(
+            addr as *mut c_void,
             len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-            -1,
-            0,
+            ProtFlags::READ,
+            MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(os_err("mmap anonymous"));
     }
+    .map_err(os_err("mmap anonymous"))?;
     // SAFETY: advice on memory we just mapped; MADV_HUGEPAGE changes no contents.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    let _ = unsafe { mm::madvise(addr as *mut c_void, len, Advice::LinuxHugepage) };
     dont_fork(addr, len);
     Ok(())
 }
@@ -234,12 +236,12 @@ const PREFETCH_BUDGET: usize = 64 << 20;
 /// `budget` lasts; past it, data pages fault in one by one.
 fn advise_file_pages(addr: usize, len: usize, budget: &mut usize) {
     // SAFETY: advice on file pages mapped in our own window; changes no contents.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM) };
+    let _ = unsafe { mm::madvise(addr as *mut c_void, len, Advice::Random) };
     let ahead = len.min(*budget);
     if ahead > 0 {
         *budget -= ahead;
         // SAFETY: as above; WILLNEED starts readahead of exactly this range.
-        unsafe { libc::madvise(addr as *mut libc::c_void, ahead, libc::MADV_WILLNEED) };
+        let _ = unsafe { mm::madvise(addr as *mut c_void, ahead, Advice::WillNeed) };
     }
 }
 
@@ -248,7 +250,7 @@ fn advise_file_pages(addr: usize, len: usize, budget: &mut usize) {
 /// copies; without the range the child faults instead (SIGSEGV).
 fn dont_fork(addr: usize, len: usize) {
     // SAFETY: advice on a range of our own window; changes no contents.
-    unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTFORK) };
+    let _ = unsafe { mm::madvise(addr as *mut c_void, len, Advice::LinuxDontFork) };
 }
 
 impl Window {
@@ -269,39 +271,35 @@ impl Window {
             .ok_or(Error::InvalidRange("window too large"))?;
         // SAFETY: a fresh anonymous reservation at an address of the kernel's choosing.
         let raw = unsafe {
-            libc::mmap(
+            mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 reserve,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(os_err("mmap reserve"));
         }
+        .map_err(os_err("mmap reserve"))?;
         let raw = raw as usize;
         let base = raw.next_multiple_of(HUGE_SIZE);
         // SAFETY: trims the unaligned head and tail of the reservation we own.
         unsafe {
             if base > raw {
-                libc::munmap(raw as *mut libc::c_void, base - raw);
+                let _ = mm::munmap(raw as *mut c_void, base - raw);
             }
             let tail = base + len;
             if raw + reserve > tail {
-                libc::munmap(tail as *mut libc::c_void, raw + reserve - tail);
+                let _ = mm::munmap(tail as *mut c_void, raw + reserve - tail);
             }
         }
         // SAFETY: the aligned range is ours; nothing references it yet.
         if let Err(e) = unsafe { map_zero_readonly(base, len) } {
             // SAFETY: releasing our own reservation.
-            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+            let _ = unsafe { mm::munmap(base as *mut c_void, len) };
             return Err(e);
         }
         let unmap_on_err = |e: Error| {
             // SAFETY: releasing our own reservation.
-            unsafe { libc::munmap(base as *mut libc::c_void, len) };
+            let _ = unsafe { mm::munmap(base as *mut c_void, len) };
             e
         };
         let uffd = Uffd::open()
@@ -314,13 +312,8 @@ impl Window {
             .vma_headroom
             .unwrap_or_else(|| (max_map_count / 16).max(256));
         let (vmas, _) = procfs::vma_counts(0, 0).unwrap_or((0, 0));
-        // SAFETY: eventfd(2) returns a new descriptor or -1.
-        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if stop < 0 {
-            return Err(unmap_on_err(os_err("eventfd")));
-        }
-        // SAFETY: eventfd just returned this descriptor; we own it.
-        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| unmap_on_err(os_err("eventfd")(e)))?;
         let inner = Arc::new(Inner {
             base,
             len,
@@ -686,32 +679,31 @@ impl Window {
         }
         let own = File::from(fd.try_clone_to_owned().map_err(io_err("dup"))?);
         let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
+            ProtFlags::READ | ProtFlags::WRITE
         } else {
-            libc::PROT_READ
+            ProtFlags::READ
         };
         let addr = self.inner.base + window_offset;
         // SAFETY: replaces our own window range (checked above, and free of mappings); no
         // Rust reference points into window memory.
         let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
+            mm::mmap(
+                addr as *mut c_void,
                 len,
                 prot,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                own.as_raw_fd(),
-                fd_offset as libc::off_t,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &own,
+                fd_offset,
             )
         };
-        if p == libc::MAP_FAILED {
-            let e = os_err("mmap shared");
+        if let Err(e) = p {
             // The failed MAP_FIXED may have unmapped the old range: restore read-only zeros.
             // SAFETY: the range is inside our window and not recorded as mapped.
             let _ = unsafe { map_zero_readonly(addr, len) };
-            return Err(e);
+            return Err(os_err("mmap shared")(e));
         }
         // SAFETY: advice on the mapping just made in our window; changes no contents.
-        unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_RANDOM) };
+        let _ = unsafe { mm::madvise(addr as *mut c_void, len, Advice::Random) };
         // Only the file's data is read ahead: the range may be a hole the backend mapped for
         // writing, and reading a hole ahead would fill the page cache with zeros.
         let mut prefetch = PREFETCH_BUDGET;
@@ -790,19 +782,13 @@ impl Window {
 
 /// Allocates `[foff, foff+len)` of a mapping's file (unwritten extents where it was a hole).
 fn allocate(m: &Mapping, foff: u64, len: usize) -> io::Result<()> {
-    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE never changes i_size.
-    let rc = unsafe {
-        libc::fallocate(
-            m.file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            foff as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // KEEP_SIZE never changes i_size.
+    Ok(rustix::fs::fallocate(
+        &*m.file,
+        FallocateFlags::KEEP_SIZE,
+        foff,
+        len as u64,
+    )?)
 }
 
 fn reopen(file: &File, writable: bool) -> Result<File> {
@@ -814,16 +800,15 @@ fn reopen(file: &File, writable: bool) -> Result<File> {
         .or_else(|_| file.try_clone())
         .map_err(io_err("reopen file"))?;
     if writable {
-        // SAFETY: F_GETFL on a descriptor we own.
-        let fl = unsafe { libc::fcntl(own.as_raw_fd(), libc::F_GETFL) };
-        if fl < 0 || fl & libc::O_ACCMODE == libc::O_RDONLY {
-            return Err(Error::NotWritable);
+        match rustix::fs::fcntl_getfl(&own) {
+            Ok(fl) if fl & OFlags::ACCMODE != OFlags::RDONLY => {}
+            _ => return Err(Error::NotWritable),
         }
     }
     // Random access advice keeps read(2) priming of one page to one order-0 folio, so a
-    // write through the window dirties (and allocates) exactly that page.
-    // SAFETY: advice on a descriptor we own; affects only its own open file description.
-    unsafe { libc::posix_fadvise(own.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    // write through the window dirties (and allocates) exactly that page. It affects only
+    // this open file description.
+    let _ = rustix::fs::fadvise(&own, 0, None, rustix::fs::Advice::Random);
     Ok(own)
 }
 
@@ -857,11 +842,11 @@ impl Inner {
             // instant exists in which a write to a hole could copy silently.
             for &(s, e) in holes {
                 // SAFETY: populating (read-faulting) anonymous memory of our window.
-                unsafe {
-                    libc::madvise(
-                        (wstart + s) as *mut libc::c_void,
+                let _ = unsafe {
+                    mm::madvise(
+                        (wstart + s) as *mut c_void,
                         e - s,
-                        sys::MADV_POPULATE_READ,
+                        Advice::LinuxPopulateRead,
                     )
                 };
             }
@@ -873,35 +858,38 @@ impl Inner {
                 .map_err(io_err("UFFDIO_WRITEPROTECT"))?;
         }
         let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
+            ProtFlags::READ | ProtFlags::WRITE
         } else {
-            libc::PROT_READ
+            ProtFlags::READ
         };
         let mut prefetch = PREFETCH_BUDGET;
         for &(s, e) in data {
             // SAFETY: maps file pages over our own window range (MAP_FIXED), never past
             // EOF (extents are clipped to it).
-            let p = unsafe {
-                libc::mmap(
-                    (wstart + s) as *mut libc::c_void,
+            unsafe {
+                mm::mmap(
+                    (wstart + s) as *mut c_void,
                     e - s,
                     prot,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    file.as_raw_fd(),
-                    (file_offset + s as u64) as libc::off_t,
+                    MapFlags::SHARED | MapFlags::FIXED,
+                    file,
+                    file_offset + s as u64,
                 )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(os_err("mmap file extent"));
             }
+            .map_err(os_err("mmap file extent"))?;
             advise_file_pages(wstart + s, e - s, &mut prefetch);
             dont_fork(wstart + s, e - s);
         }
         if writable {
             // SAFETY: changes protection of our own window range only.
-            if unsafe { libc::mprotect(wstart as *mut libc::c_void, map_len, prot) } != 0 {
-                return Err(os_err("mprotect"));
+            unsafe {
+                mm::mprotect(
+                    wstart as *mut c_void,
+                    map_len,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
             }
+            .map_err(os_err("mprotect"))?;
         }
         Ok(())
     }
@@ -910,31 +898,24 @@ impl Inner {
         let mut msgs = [sys::UffdMsg::default(); 64];
         loop {
             let mut fds = [
-                libc::pollfd {
-                    fd: self.uffd.fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::from_borrowed_fd(self.uffd.fd(), PollFlags::IN),
+                PollFd::new(&stop, PollFlags::IN),
             ];
-            // SAFETY: `fds` is a live array of two pollfd entries.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if rc < 0 {
+            if let Err(e) = poll(&mut fds, None) {
                 // Never give up while the window lives: a writer parked in a hole would
                 // wait forever. What poll can fail with here (EINTR, ENOMEM) passes.
-                if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                if e != Errno::INTR {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 continue;
             }
-            if fds[1].revents != 0 {
+            if !fds[1].revents().is_empty() {
                 break;
             }
-            if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            if fds[0]
+                .revents()
+                .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL)
+            {
                 // Nothing to read on a userfaultfd in this state; don't spin on it.
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 continue;
@@ -1049,7 +1030,6 @@ impl Inner {
 
     /// Allocates `[foff, foff+glen)` in the file and maps it over the zero pages.
     fn upgrade(&self, m: &Mapping, gs: usize, glen: usize, foff: u64) -> io::Result<()> {
-        let fd = m.file.as_raw_fd();
         allocate(m, foff, glen)?;
         if glen == PAGE_SIZE {
             // Put an order-0 folio in the page cache (the descriptor reads with
@@ -1060,19 +1040,16 @@ impl Inner {
         }
         // SAFETY: maps file pages over our own window range; the range is a hole of a
         // writable mapping, inside EOF, with no Rust reference into it.
-        let p = unsafe {
-            libc::mmap(
-                (self.base + gs) as *mut libc::c_void,
+        unsafe {
+            mm::mmap(
+                (self.base + gs) as *mut c_void,
                 glen,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd,
-                foff as libc::off_t,
-            )
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &*m.file,
+                foff,
+            )?
         };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
         dont_fork(self.base + gs, glen);
         Ok(())
     }
@@ -1104,21 +1081,21 @@ impl Inner {
         // window (MAP_FIXED, atomic: the zero page is replaced, nothing in between); no Rust
         // reference points into window memory.
         let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
+            mm::mmap(
+                addr as *mut c_void,
                 PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                m.file.as_raw_fd(),
-                foff as libc::off_t,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                &*m.file,
+                foff,
             )
         };
-        if p == libc::MAP_FAILED {
+        if p.is_err() {
             self.poison(m, off);
             return;
         }
         // SAFETY: advice on the page just mapped; no read-around into neighbouring holes.
-        unsafe { libc::madvise(addr as *mut libc::c_void, PAGE_SIZE, libc::MADV_RANDOM) };
+        let _ = unsafe { mm::madvise(addr as *mut c_void, PAGE_SIZE, Advice::Random) };
         dont_fork(addr, PAGE_SIZE);
         m.insert_backed(off, off + PAGE_SIZE);
         m.failed_upgrades.push(off);
@@ -1131,20 +1108,20 @@ impl Inner {
     /// resort of `fail`: reads fault too, until the range is unmapped.
     fn poison(&self, m: &mut Mapping, off: usize) {
         let addr = self.base + off;
-        let a = addr as *mut libc::c_void;
+        let a = addr as *mut c_void;
         // Read-only while the page is empty: a write arriving between the discard and the
         // poison faults instead of allocating an anonymous page. The VMA budget keeps
         // headroom for this split.
         // SAFETY: protection and discard of one page of our own window; the page holds
         // the zero page (nothing to lose) and is write-protected.
-        unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ) };
+        let _ = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ) };
         // SAFETY: as above.
-        unsafe { libc::madvise(a, PAGE_SIZE, libc::MADV_DONTNEED) };
+        let _ = unsafe { mm::madvise(a, PAGE_SIZE, Advice::LinuxDontNeed) };
         let mut poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
         // Write permission back, so that a write reaches the poison marker (SIGBUS) rather
         // than stopping at the protection check; poison once more if the kernel wanted it.
         // SAFETY: as above.
-        unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ | libc::PROT_WRITE) };
+        let _ = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ | MprotectFlags::WRITE) };
         if !poisoned {
             poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
         }
@@ -1152,7 +1129,7 @@ impl Inner {
             // Last resort: writes must still fault rather than copy. Read-only if we can,
             // else a fresh write-protect marker (the writer then faults here again).
             // SAFETY: as above.
-            let still_ro = unsafe { libc::mprotect(a, PAGE_SIZE, libc::PROT_READ) } == 0;
+            let still_ro = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ) }.is_ok();
             if !still_ro {
                 let _ = self.uffd.writeprotect(addr, PAGE_SIZE);
             }
@@ -1164,15 +1141,7 @@ impl Inner {
 
 impl Drop for Window {
     fn drop(&mut self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.stop.as_fd().as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
         if let Some(h) = self.handler.take() {
             let _ = h.join();
         }
@@ -1181,19 +1150,17 @@ impl Drop for Window {
         // fault as on unmapped memory instead of sleeping forever. Closing the userfaultfd
         // (when `inner` drops) wakes anything left as well.
         // SAFETY: replaces our own window; nobody may use it after drop.
-        unsafe {
-            libc::mmap(
-                base as *mut libc::c_void,
+        let _ = unsafe {
+            mm::mmap_anonymous(
+                base as *mut c_void,
                 len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
-            );
-        }
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+            )
+        };
         let _ = self.inner.uffd.wake(base, len);
         // SAFETY: releases our own window mapping.
-        unsafe { libc::munmap(base as *mut libc::c_void, len) };
+        let _ = unsafe { mm::munmap(base as *mut c_void, len) };
     }
 }
 

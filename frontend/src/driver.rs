@@ -713,6 +713,9 @@ impl FsDriver {
             },
         ];
         let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // libc's poll and recv: none of these descriptors' owners (vmm-sys-util's EventFd,
+        // vhost's Frontend) lends a BorrowedFd, so rustix would take three unsafe
+        // borrow_raw calls where this takes one unsafe poll.
         // SAFETY: `fds` is a valid array of 3 initialised pollfd structs that outlives the
         // call; poll writes only their `revents` fields.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };

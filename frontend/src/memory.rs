@@ -9,9 +9,9 @@ use std::ffi::CStr;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 
+use rustix::fs::MemfdFlags;
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
     AtomicAccess, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
@@ -80,14 +80,10 @@ impl GuestRam {
     pub fn with_backing(size: usize, backing: Option<usize>) -> Result<Self, MemoryError> {
         let size = size.div_ceil(4096).max(1) * 4096;
         let name: &CStr = c"zerodax-frontend-ram";
-        // SAFETY: `name` is a valid NUL-terminated string and the flags are valid; the call
-        // only creates a new file descriptor, checked below.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(MemoryError::Memfd(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by memfd_create, is open and owned by nobody else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = File::from(
+            rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)
+                .map_err(|e| MemoryError::Memfd(e.into()))?,
+        );
         file.set_len(backing.map_or(size, |b| b.min(size)) as u64)
             .map_err(MemoryError::Memfd)?;
         let mem = GuestMemoryMmap::from_ranges_with_files([(

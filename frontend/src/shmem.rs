@@ -208,8 +208,8 @@ impl BackendReqServer {
 
 impl Drop for BackendReqServer {
     fn drop(&mut self) {
-        // SAFETY: shutdown of a socket we own a duplicate of; the blocked read then fails.
-        unsafe { libc::shutdown(self.stop.as_raw_fd(), libc::SHUT_RDWR) };
+        // Shutdown of a socket we own a duplicate of; the blocked read then fails.
+        let _ = rustix::net::shutdown(&self.stop, rustix::net::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -20,9 +20,9 @@ pub struct InodeKey {
 }
 
 impl InodeKey {
-    pub fn from_statx(stx: &libc::statx) -> Self {
+    pub fn from_statx(stx: &rustix::fs::Statx) -> Self {
         InodeKey {
-            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
             ino: stx.stx_ino,
             mnt_id: stx.stx_mnt_id,
         }

@@ -69,8 +69,8 @@ pub struct Attr {
 }
 
 impl Attr {
-    fn from_statx(s: &libc::statx, node: u64) -> Self {
-        let ts = |t: &libc::statx_timestamp| Timespec {
+    fn from_statx(s: &rustix::fs::Statx, node: u64) -> Self {
+        let ts = |t: &rustix::fs::StatxTimestamp| Timespec {
             sec: t.tv_sec,
             nsec: t.tv_nsec,
         };
@@ -85,7 +85,7 @@ impl Attr {
             nlink: s.stx_nlink,
             uid: s.stx_uid,
             gid: s.stx_gid,
-            rdev: libc::makedev(s.stx_rdev_major, s.stx_rdev_minor) as u32,
+            rdev: rustix::fs::makedev(s.stx_rdev_major, s.stx_rdev_minor) as u32,
             blksize: s.stx_blksize,
         }
     }
@@ -301,58 +301,30 @@ fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
-fn timespec(t: Option<SetTime>) -> libc::timespec {
+fn timespec(t: Option<SetTime>) -> rustix::fs::Timespec {
     match t {
-        None => libc::timespec {
+        None => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        Some(SetTime::Now) => libc::timespec {
+        Some(SetTime::Now) => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: rustix::fs::UTIME_NOW,
         },
-        Some(SetTime::At(t)) => libc::timespec {
+        Some(SetTime::At(t)) => rustix::fs::Timespec {
             tv_sec: t.sec,
             tv_nsec: i64::from(t.nsec.min(999_999_999)),
         },
     }
 }
 
-fn dtype_to_mode(d_type: u8) -> u32 {
-    match d_type {
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        libc::DT_REG => libc::S_IFREG,
-        _ => 0,
+/// A directory entry's type as `st_mode` file type bits; 0 when the filesystem did not say
+/// (DT_UNKNOWN).
+fn dtype_to_mode(file_type: rustix::fs::FileType) -> u32 {
+    match file_type {
+        rustix::fs::FileType::Unknown => 0,
+        t => t.as_raw_mode(),
     }
-}
-
-/// Parse one getdents64 buffer into entries (bounds-checked; no alignment assumed).
-fn parse_dirents(buf: &[u8]) -> Vec<(u64, i64, u8, &[u8])> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos + 19 <= buf.len() {
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
-        let off = i64::from_ne_bytes(rec[8..16].try_into().unwrap_or([0; 8]));
-        let reclen = usize::from(u16::from_ne_bytes(rec[16..18].try_into().unwrap_or([0; 2])));
-        let d_type = rec[18];
-        if reclen < 19 || reclen > rec.len() {
-            break;
-        }
-        let name_field = &rec[19..reclen];
-        let name_len = name_field
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(name_field.len());
-        out.push((ino, off, d_type, &name_field[..name_len]));
-        pos += reclen;
-    }
-    out
 }
 
 impl FileSystem {
@@ -382,10 +354,8 @@ impl FileSystem {
         let proc_self_fd = std::fs::File::open("/proc/self/fd")
             .map(OwnedFd::from)
             .map_err(FsError::ProcFs)?;
-        // SAFETY: umask has no memory arguments and cannot fail.
-        unsafe { libc::umask(0) };
-        // SAFETY: geteuid has no arguments and cannot fail.
-        let switch_creds = unsafe { libc::geteuid() } == 0;
+        rustix::process::umask(rustix::fs::Mode::empty());
+        let switch_creds = rustix::process::geteuid().is_root();
         Ok(FileSystem {
             inodes: InodeTable::new(root_fd, InodeKey::from_statx(&stx)),
             handles: RwLock::new(HashMap::new()),
@@ -490,15 +460,10 @@ impl FileSystem {
         if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
             && !self.fd_budget_logged.swap(true, Ordering::Relaxed)
         {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: `lim` is writable for the call.
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+            let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
             tracing::error!(
                 nodes = self.inodes.len(),
-                limit = lim.rlim_cur,
+                limit = lim.current.unwrap_or(libc::RLIM_INFINITY),
                 "open-file budget exhausted ({e}); clients get EMFILE until nodes are forgotten; raise --rlimit-nofile"
             );
         }
@@ -665,7 +630,10 @@ impl FileSystem {
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let times = [timespec(set.atime), timespec(set.mtime)];
+            let times = rustix::fs::Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
             if inode.is_symlink() {
                 sys::utimensat(
                     inode.fd(),
@@ -916,12 +884,8 @@ impl FileSystem {
             ));
         }
         if flags & libc::O_NONBLOCK == 0 {
-            // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory arguments.
-            unsafe {
-                let fl = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-                if fl >= 0 {
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
-                }
+            if let Ok(fl) = rustix::fs::fcntl_getfl(&file) {
+                let _ = rustix::fs::fcntl_setfl(&file, fl - rustix::fs::OFlags::NONBLOCK);
             }
         }
         // The node's O_PATH descriptor names the very inode just opened (no second lookup
@@ -1012,34 +976,33 @@ impl FileSystem {
         let dir = self.inode(h.node)?;
         let _guard = h.dir_lock.lock().unwrap_or_else(|e| e.into_inner());
         let offset = i64::try_from(offset).map_err(|_| err(libc::EINVAL))?;
+        // The cookies are getdents64's d_off: lseek to one and the next getdents64 goes on
+        // with the entry after the one it came with. RawDir reads from the descriptor's
+        // current position and hands each entry's d_off out as `next_entry_cookie`, so the
+        // seek below is all a resumed READDIR needs.
         sys::lseek(h.fd(), offset, libc::SEEK_SET)?;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = sys::getdents64(h.fd(), &mut buf)?;
-            if n == 0 {
+        let mut buf = Vec::with_capacity(32 * 1024);
+        let mut entries = rustix::fs::RawDir::new(h.fd(), buf.spare_capacity_mut());
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_owned();
+            let mut file_type = dtype_to_mode(entry.file_type());
+            if file_type == 0 {
+                file_type = sys::stat_at(h.fd(), &name)
+                    .map(|st| st.st_mode & libc::S_IFMT)
+                    .unwrap_or(libc::S_IFREG);
+            }
+            let entry = DirEntry {
+                ino: self.dirent_number(&dir, &name, entry.ino()),
+                offset: entry.next_entry_cookie(),
+                file_type,
+                name,
+            };
+            if !emit(&entry) {
                 return Ok(());
             }
-            for (ino, off, d_type, name) in parse_dirents(&buf[..n]) {
-                let mut file_type = dtype_to_mode(d_type);
-                let Ok(name) = CString::new(name) else {
-                    continue;
-                };
-                if file_type == 0 {
-                    file_type = sys::stat_at(h.fd(), &name)
-                        .map(|st| st.st_mode & libc::S_IFMT)
-                        .unwrap_or(libc::S_IFREG);
-                }
-                let entry = DirEntry {
-                    ino: self.dirent_number(&dir, &name, ino),
-                    offset: off as u64,
-                    file_type,
-                    name,
-                };
-                if !emit(&entry) {
-                    return Ok(());
-                }
-            }
         }
+        Ok(())
     }
 
     /// The inode number clients see for directory entry `name` of `dir` whose host d_ino is

@@ -1,31 +1,29 @@
-//! Thin, safe wrappers over the raw syscalls the core needs that std does not offer.
+//! Thin, safe wrappers over the syscalls the core needs that std does not offer.
 //!
 //! Every wrapper takes borrowed descriptors and C strings and returns `io::Result`; none of
 //! them follows a symlink in the last path component unless the caller passes a flag for it.
+//! Most are rustix calls, with the core's argument conventions and errno answers kept (a
+//! raw `c_int` of flags, an offset range checked before the call). Raw syscalls remain only
+//! where no crate has the call or its form: faccessat2 with AT_EMPTY_PATH, the Linux 6.13
+//! *xattrat calls, the per-thread setfsuid/setfsgid, and a close(2) whose error is reported.
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-/// `struct open_how` of openat2(2) (include/uapi/linux/openat2.h), version 0 (24 bytes).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use rustix::fs::{
+    self, AtFlags, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags,
+    SeekFrom, Stat, StatVfs, Statx, StatxFlags, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
 
-/// Resolution must stay beneath the starting directory (no `..` above it, no absolute
-/// symlinks, no jumps elsewhere).
-pub const RESOLVE_BENEATH: u64 = 0x08;
-/// Refuse /proc-style magic links during resolution.
-pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-/// Refuse every symlink during resolution (the core never asks the host to follow one).
-pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-
-/// The resolve flags used for every name the core opens relative to a parent.
-pub const RESOLVE_CONFINED: u64 = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS;
+/// The resolve flags used for every name the core opens relative to a parent: resolution
+/// stays beneath the starting directory (no `..` above it, no absolute symlinks, no jumps
+/// elsewhere), refuses /proc-style magic links, and refuses every symlink (the core never
+/// asks the host to follow one).
+pub const RESOLVE_CONFINED: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_SYMLINKS);
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -43,60 +41,38 @@ fn check_long(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-fn check_ssize(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
 /// openat2(2) with `how.resolve = resolve`; the returned descriptor is owned.
+///
+/// The mode reaches the kernel only with O_CREAT or O_TMPFILE (openat2 refuses a mode
+/// otherwise). rustix adds O_LARGEFILE to non-O_PATH opens, which the kernel's openat2 also
+/// does itself on 64-bit hosts, so the flags the kernel acts on are the caller's.
 pub fn openat2(
     dir: BorrowedFd<'_>,
     name: &CStr,
     flags: libc::c_int,
     mode: u32,
-    resolve: u64,
+    resolve: ResolveFlags,
 ) -> io::Result<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
-        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-            u64::from(mode & 0o7777)
-        } else {
-            0
-        },
-        resolve,
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    let mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        Mode::from_bits_retain(mode & 0o7777)
+    } else {
+        Mode::empty()
     };
     loop {
-        // SAFETY: `name` is NUL-terminated, `how` is a valid open_how of the size passed, and
-        // the kernel only reads both during the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        match check_long(ret) {
-            // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+        match fs::openat2(dir, name, oflags, mode, resolve) {
+            Ok(fd) => return Ok(fd),
             // openat2 returns EAGAIN when a concurrent rename raced the resolution.
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(e) => return Err(e),
+            Err(Errno::AGAIN) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// Plain openat(2) (used for `/proc/self/fd/N` reopening and for `..`).
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; the mode argument is ignored without O_CREAT.
-    let fd =
-        check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, 0) })?;
-    // SAFETY: fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    Ok(fs::openat(dir, name, oflags, Mode::empty())?)
 }
 
 /// openat(2) with a mode, for O_TMPFILE (O_CREAT goes through openat2 and its RESOLVE_*
@@ -107,78 +83,66 @@ pub fn openat_mode(
     flags: libc::c_int,
     mode: u32,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is NUL-terminated; `mode` is passed by value.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let oflags = OFlags::from_bits_retain((flags | libc::O_CLOEXEC) as u32);
+    Ok(fs::openat(dir, name, oflags, Mode::from_bits_retain(mode))?)
 }
 
 /// statx(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink).
-pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<libc::statx> {
-    // SAFETY: all-zero is a valid statx value.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: the path is an empty NUL-terminated string and `stx` is writable for the call.
-    check(unsafe {
-        libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
-            &mut stx,
-        )
-    })?;
-    Ok(stx)
+pub fn statx_fd(fd: BorrowedFd<'_>) -> io::Result<Statx> {
+    Ok(fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_SYNC_AS_STAT,
+        StatxFlags::BASIC_STATS | StatxFlags::MNT_ID,
+    )?)
 }
 
 /// fstatat(2) of `name` in `dir` without following a symlink.
-pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat64> {
-    // SAFETY: all-zero is a valid stat64.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated and `st` is writable.
-    check(unsafe {
-        libc::fstatat64(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &mut st,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    Ok(st)
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    Ok(fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
-    // SAFETY: all-zero is a valid statvfs64.
-    let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable; fstatvfs works on O_PATH descriptors.
-    check(unsafe { libc::fstatvfs64(fd.as_raw_fd(), &mut st) })?;
-    Ok(st)
+/// fstatvfs(3): fstatfs(2) in statvfs terms (f_frsize, f_namemax); works on O_PATH
+/// descriptors.
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<StatVfs> {
+    Ok(fs::fstatvfs(fd)?)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    Ok(fs::mkdirat(dir, name, Mode::from_bits_retain(mode))?)
 }
 
+/// mknodat(2) with `mode` as the client sent it, file type bits included. rustix ORs the
+/// type in separately; a type of 0 means a regular file to the kernel (as S_IFREG does), and
+/// anything it does not know stays an invalid type (EINVAL), as before. The kernel's dev_t
+/// is 32 bits: a wider `rdev` is EINVAL, as glibc's mknodat answers.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    if u32::try_from(rdev).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let file_type = match mode & libc::S_IFMT {
+        0 => FileType::RegularFile,
+        t => FileType::from_raw_mode(t),
+    };
+    Ok(fs::mknodat(
+        dir,
+        name,
+        file_type,
+        Mode::from_bits_retain(mode),
+        rdev,
+    )?)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: both strings are NUL-terminated.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(fs::symlinkat(target, dir, name)?)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    Ok(fs::unlinkat(
+        dir,
+        name,
+        AtFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn renameat2(
@@ -188,17 +152,13 @@ pub fn renameat2(
     newname: &CStr,
     flags: u32,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated.
-    check(unsafe {
-        libc::renameat2(
-            olddir.as_raw_fd(),
-            oldname.as_ptr(),
-            newdir.as_raw_fd(),
-            newname.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(fs::renameat_with(
+        olddir,
+        oldname,
+        newdir,
+        newname,
+        RenameFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// linkat(2) of the inode behind an O_PATH descriptor, named `proc_name` in `proc_self_fd`
@@ -210,79 +170,79 @@ pub fn link_fd(
     newdir: BorrowedFd<'_>,
     newname: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: both names are NUL-terminated.
-    check(unsafe {
-        libc::linkat(
-            proc_self_fd.as_raw_fd(),
-            proc_name.as_ptr(),
-            newdir.as_raw_fd(),
-            newname.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    Ok(fs::linkat(
+        proc_self_fd,
+        proc_name,
+        newdir,
+        newname,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
 }
 
-/// readlinkat(2) of an O_PATH descriptor on a symlink.
+/// readlinkat(2) of an O_PATH descriptor on a symlink, into a PATH_MAX + 1 buffer.
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: `buf` is writable for its length; the path is empty.
-    let n = check_ssize(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
+    let n = fs::readlinkat_raw(fd, c"", &mut buf[..])?;
     buf.truncate(n);
     Ok(buf)
 }
 
+/// fchownat(2) of the descriptor itself (AT_EMPTY_PATH, never following a symlink);
+/// `u32::MAX` (-1) leaves the owner or group as it is.
 pub fn fchownat_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: empty NUL-terminated path, no pointers retained.
-    check(unsafe {
-        libc::fchownat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            uid,
-            gid,
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
+    // rustix spells "unchanged" as None (and debug-asserts that a Uid is never -1).
+    let uid = (uid != u32::MAX).then(|| Uid::from_raw(uid));
+    let gid = (gid != u32::MAX).then(|| Gid::from_raw(gid));
+    Ok(fs::chownat(
+        fd,
+        c"",
+        uid,
+        gid,
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+    Ok(fs::chmodat(
+        dir,
+        name,
+        Mode::from_bits_retain(mode),
+        AtFlags::empty(),
+    )?)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    Ok(fs::fchmod(fd, Mode::from_bits_retain(mode))?)
 }
 
 pub fn utimensat(
     dir: BorrowedFd<'_>,
     name: &CStr,
-    times: &[libc::timespec; 2],
+    times: &Timestamps,
     flags: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated and `times` points at two timespecs.
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
-        .map(drop)
+    Ok(fs::utimensat(
+        dir,
+        name,
+        times,
+        AtFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) }).map(drop)
+    if i64::try_from(size).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(fs::ftruncate(fd, size)?)
 }
 
+/// faccessat2(2) of the descriptor itself with AT_EACCESS, i.e. with the thread's current
+/// fsuid/fsgid, which the caller has switched. Raw: rustix's accessat accepts only
+/// AT_EACCESS and AT_SYMLINK_NOFOLLOW, and answers AT_EMPTY_PATH with EINVAL without making
+/// the call.
 pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
-    // SAFETY: empty NUL-terminated path; faccessat2 with AT_EACCESS checks with the thread's
-    // current fsuid/fsgid, which the caller has switched.
+    // SAFETY: faccessat2 takes a descriptor, a NUL-terminated path (empty here), and two
+    // ints; it reads only the path, during the call.
     check_long(unsafe {
         libc::syscall(
             libc::SYS_faccessat2,
@@ -296,36 +256,48 @@ pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `buf` is writable for its length.
-    check_ssize(unsafe {
-        libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset)
-    })
+    if i64::try_from(offset).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(rustix::io::pread(fd, buf, offset)?)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: `buf` is readable for its length.
-    check_ssize(unsafe { libc::pwrite64(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) })
+    if i64::try_from(offset).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(rustix::io::pwrite(fd, buf, offset)?)
 }
 
+/// lseek(2) with a C `whence` (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE; any
+/// other is EINVAL, as the kernel answers). The offset reaches the kernel unchanged, a
+/// negative one included.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
-    // SAFETY: plain syscall on a valid descriptor.
-    let ret = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+    let pos = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    Ok(fs::seek(fd, pos)? as i64)
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+    if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    Ok(fs::fallocate(
+        fd,
+        FallocateFlags::from_bits_retain(mode as u32),
+        offset,
+        len,
+    )?)
 }
 
+/// copy_file_range(2). rustix always passes flags 0; the kernel answers any other flags
+/// with EINVAL (the descriptors here are always open), so that answer is given here.
 pub fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     off_in: u64,
@@ -334,87 +306,55 @@ pub fn copy_file_range(
     len: u64,
     flags: u32,
 ) -> io::Result<usize> {
-    let mut off_in =
-        i64::try_from(off_in).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut off_out =
-        i64::try_from(off_out).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    if i64::try_from(off_in).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if i64::try_from(off_out).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
+    if flags != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let (mut off_in, mut off_out) = (off_in, off_out);
     let len = usize::try_from(len).unwrap_or(usize::MAX);
-    // SAFETY: both offsets are valid writable i64s for the duration of the call.
-    check_ssize(unsafe {
-        libc::copy_file_range(
-            fd_in.as_raw_fd(),
-            &mut off_in,
-            fd_out.as_raw_fd(),
-            &mut off_out,
-            len,
-            flags,
-        )
-    })
+    Ok(fs::copy_file_range(
+        fd_in,
+        Some(&mut off_in),
+        fd_out,
+        Some(&mut off_out),
+        len,
+    )?)
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-    // SAFETY: plain syscalls on a valid descriptor.
-    check(unsafe {
-        if datasync {
-            libc::fdatasync(fd.as_raw_fd())
-        } else {
-            libc::fsync(fd.as_raw_fd())
-        }
-    })
-    .map(drop)
+    if datasync {
+        Ok(fs::fdatasync(fd)?)
+    } else {
+        Ok(fs::fsync(fd)?)
+    }
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid descriptor.
-    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
-}
-
-/// getdents64(2) into `buf`; returns the number of bytes filled (0 at end of directory).
-pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is writable for its length.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    check_long(ret).map(|n| n as usize)
+    Ok(fs::syncfs(fd)?)
 }
 
 /// Descriptor-based xattr calls on a regular file or directory reopened through
 /// `/proc/self/fd` (no path, so they keep working after the daemon chroots into the share).
+/// An empty `buf` asks for the size (rustix's `*_query` calls).
 pub fn getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `name` is NUL-terminated; `buf` is writable for its length (NULL when empty
-    // asks for the size).
-    check_ssize(unsafe {
-        libc::fgetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        )
-    })
+    if buf.is_empty() {
+        Ok(fs::fgetxattr_query(fd, name)?)
+    } else {
+        Ok(fs::fgetxattr(fd, name, buf)?)
+    }
 }
 
 pub fn listxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: as for getxattr.
-    check_ssize(unsafe {
-        libc::flistxattr(
-            fd.as_raw_fd(),
-            if buf.is_empty() {
-                std::ptr::null_mut()
-            } else {
-                buf.as_mut_ptr().cast()
-            },
-            buf.len(),
-        )
-    })
+    if buf.is_empty() {
+        Ok(fs::flistxattr_query(fd)?)
+    } else {
+        Ok(fs::flistxattr(fd, buf)?)
+    }
 }
 
 pub fn setxattr(
@@ -423,22 +363,16 @@ pub fn setxattr(
     value: &[u8],
     flags: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated; `value` is readable for its length.
-    check(unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    Ok(fs::fsetxattr(
+        fd,
+        name,
+        value,
+        XattrFlags::from_bits_retain(flags as u32),
+    )?)
 }
 
 pub fn removexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated.
-    check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) }).map(drop)
+    Ok(fs::fremovexattr(fd, name)?)
 }
 
 // The *xattrat calls (Linux 6.13): xattrs of any file type through an O_PATH descriptor.
@@ -554,7 +488,8 @@ pub fn removexattr_at(dir: BorrowedFd<'_>, path: &CStr, name: &CStr) -> io::Resu
 }
 
 /// Switch this thread's filesystem uid (raw syscall: glibc's wrapper is per-thread too, but
-/// the raw call makes the per-thread intent explicit). Returns the previous value.
+/// the raw call makes the per-thread intent explicit; rustix has no setfsuid). Returns the
+/// previous value.
 pub fn setfsuid(uid: u32) -> u32 {
     // SAFETY: setfsuid has no memory arguments; it always returns the previous fsuid.
     unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
@@ -566,7 +501,9 @@ pub fn setfsgid(gid: u32) -> u32 {
 }
 
 /// Duplicate-and-close: releases POSIX locks held through this open file like close(2)
-/// would, without closing the handle (FUSE flush semantics).
+/// would, without closing the handle (FUSE flush semantics). close(2)'s error is the answer
+/// (NFS, for one, reports write-back failures there), which dropping an `OwnedFd` (or
+/// rustix's `close`) discards: hence the raw call.
 pub fn flush_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     let dup = fd.try_clone_to_owned()?;
     // SAFETY: `dup` is a descriptor we own; into_raw_fd hands ownership to close().

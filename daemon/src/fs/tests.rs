@@ -295,17 +295,58 @@ fn read_only_refuses_every_modification() {
 }
 
 #[test]
-fn parse_dirents_never_reads_out_of_bounds() {
-    // Truncated, zero-length and oversized records end parsing instead of panicking.
-    let mut rec = vec![0u8; 24];
-    rec[16..18].copy_from_slice(&24u16.to_ne_bytes());
-    rec[19] = b'a';
-    assert_eq!(parse_dirents(&rec).len(), 1);
-    rec[16..18].copy_from_slice(&200u16.to_ne_bytes());
-    assert!(parse_dirents(&rec).is_empty());
-    rec[16..18].copy_from_slice(&0u16.to_ne_bytes());
-    assert!(parse_dirents(&rec).is_empty());
-    assert!(parse_dirents(&rec[..10]).is_empty());
+fn readdir_takes_any_name_and_resumes_at_every_cookie() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Tmp::new();
+    // Longest names of every byte but NUL and '/', non-UTF-8 included, more than one
+    // getdents buffer (32 KiB) of them.
+    let mut names = Vec::new();
+    for i in 0..300usize {
+        let name: Vec<u8> = (0..255)
+            .map(|j| match ((i * 7 + j) % 255 + 1) as u8 {
+                b'/' => b'_',
+                b => b,
+            })
+            .collect();
+        let name = [format!("{i:03}").into_bytes(), name]
+            .concat()
+            .into_iter()
+            .take(255)
+            .collect::<Vec<u8>>();
+        std::fs::write(t.share().join(std::ffi::OsStr::from_bytes(&name)), b"").expect("file");
+        names.push(name);
+    }
+    std::fs::create_dir(t.share().join("d")).expect("dir");
+    symlink("d", t.share().join("l")).expect("symlink");
+    let fs = core(&t, false);
+    let dir = fs.opendir(&ctx(), ROOT_NODE).expect("opendir");
+    let read_from = |offset: u64| {
+        let mut out = Vec::new();
+        fs.readdir(dir, offset, |d| {
+            out.push((d.name.to_bytes().to_vec(), d.offset, d.file_type));
+            true
+        })
+        .expect("readdir");
+        out
+    };
+    let all = read_from(0);
+    assert_eq!(all.len(), names.len() + 4, "the files, d, l, . and ..");
+    for name in &names {
+        let e = all
+            .iter()
+            .find(|e| &e.0 == name)
+            .expect("every name, byte for byte");
+        assert_eq!(e.2, libc::S_IFREG);
+    }
+    let type_of = |n: &[u8]| all.iter().find(|e| e.0 == n).map(|e| e.2);
+    assert_eq!(type_of(b"d"), Some(libc::S_IFDIR));
+    assert_eq!(type_of(b"l"), Some(libc::S_IFLNK));
+    assert_eq!(type_of(b".."), Some(libc::S_IFDIR));
+    // Each entry's cookie resumes right after it.
+    for (i, e) in all.iter().enumerate().step_by(7) {
+        assert_eq!(read_from(e.1), all[i + 1..], "resumed after entry {i}");
+    }
+    fs.releasedir(dir).expect("releasedir");
 }
 
 #[test]
