@@ -28,6 +28,8 @@ have pjdfstest 0.2.2 || cargo install --locked --quiet pjdfstest@0.2.2
 have fsx 0.3.2 || cargo install --locked --quiet fsx@0.3.2
 # Rust virtiofsd: the reference vhost-user-fs backend the frontend tests compare against.
 have virtiofsd 1.14.0 || cargo install --locked --quiet virtiofsd@1.14.0
+# The protocol fuzz target runs for a minute in CI (tests/fuzz/run.sh).
+have cargo-fuzz 0.13.2 || cargo install --locked --quiet cargo-fuzz@0.13.2
 
 # pjdfstest switches to these users; Debian has them, but make sure.
 getent passwd nobody >/dev/null && getent passwd daemon >/dev/null

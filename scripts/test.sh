@@ -30,6 +30,8 @@ suite build cargo build --workspace --release --quiet
 export ZERODAX_FRONTEND_BACKENDS=${ZERODAX_FRONTEND_BACKENDS:-zerodax,c-virtiofsd,virtiofsd}
 export ZERODAX_BIN=$PWD/target/release/zerodax
 suite cargo-test cargo test --workspace --release -- --test-threads=2
+# The FUSE request parser under libFuzzer for a bounded minute (protocol/fuzz).
+suite fuzz tests/fuzz/run.sh 60
 suite pjdfstest tests/pjdfstest/run.sh off on
 suite fsx tests/fsx/run.sh off on
 # A real Linux guest mounting `zerodax serve`, against the C virtiofsd as the reference.
