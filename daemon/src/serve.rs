@@ -97,9 +97,12 @@ pub struct ServeArgs {
     /// has the shared directory to itself.
     #[arg(long)]
     pub allow_mmap: bool,
-    /// Accepted: zerodax never announces submounts (inodes on other mounts get inode
-    /// numbers of their own instead: docs/mount.md, *Inode numbers*).
-    #[arg(long, conflicts_with = "announce_submounts")]
+    /// Mark directories on other mounts inside the share as submounts (FUSE_ATTR_SUBMOUNT),
+    /// so the guest mounts each as a filesystem of its own (own st_dev), as virtiofsd.
+    #[arg(long, overrides_with = "no_announce_submounts")]
+    pub announce_submounts: bool,
+    /// Do not announce submounts (the default).
+    #[arg(long, overrides_with = "announce_submounts")]
     pub no_announce_submounts: bool,
     /// Accepted: KILLPRIV_V2 is never negotiated (virtiofsd's default).
     #[arg(long, conflicts_with = "killpriv_v2")]
@@ -216,7 +219,7 @@ impl ServeArgs {
                     "no_writeback" => self.refused.writeback = false,
                     "allow_direct_io" => self.refused.allow_direct_io = true,
                     "no_allow_direct_io" => self.refused.allow_direct_io = false,
-                    "announce_submounts" => self.refused.announce_submounts = true,
+                    "announce_submounts" => self.announce_submounts = true,
                     "killpriv_v2" => self.refused.killpriv_v2 = true,
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
                     "posix_acl" => self.posix_acl = AclMode::Always,
@@ -237,9 +240,6 @@ impl ServeArgs {
 /// virtiofsd fails with a reason naming what zerodax does instead, never silently.
 #[derive(Debug, Default, clap::Args)]
 pub struct RefusedFlags {
-    /// Refused: zerodax does not announce submounts (see --no-announce-submounts).
-    #[arg(long, hide = true)]
-    pub announce_submounts: bool,
     /// Only `never` (zerodax references inodes by O_PATH descriptors).
     #[arg(long, value_name = "WHEN", hide = true)]
     pub inode_file_handles: Option<String>,
@@ -287,7 +287,6 @@ impl RefusedFlags {
     pub fn check(&self) -> Result<(), String> {
         let value_is = |v: &Option<String>, ok: &str| v.as_deref().is_none_or(|v| v == ok);
         let refused = [
-            (self.announce_submounts, "--announce-submounts", "zerodax does not announce submounts: inodes on other mounts get inode numbers of their own (docs/mount.md); use --no-announce-submounts"),
             (!value_is(&self.inode_file_handles, "never"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: only `never` is accepted"),
             (self.writeback, "--writeback", "no writeback cache: --cache always is the closest"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
@@ -618,6 +617,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             readdirplus: !args.no_readdirplus,
             allow_mmap: args.allow_mmap,
             posix_acl: args.posix_acl,
+            announce_submounts: args.announce_submounts,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

@@ -329,7 +329,12 @@ fn fuse_attr(a: &fs::Attr, dax: bool) -> FuseAttr {
     }
 }
 
-fn entry_out(e: &fs::Entry, dax: bool) -> FuseEntryOut {
+/// `submounts`: the session announces submounts (`--announce-submounts`, FUSE_SUBMOUNTS).
+fn entry_out(e: &fs::Entry, dax: bool, submounts: bool) -> FuseEntryOut {
+    let mut attr = fuse_attr(&e.attr, dax);
+    if submounts && e.submount {
+        attr.flags |= FUSE_ATTR_SUBMOUNT;
+    }
     FuseEntryOut {
         nodeid: e.node,
         generation: e.generation,
@@ -337,7 +342,7 @@ fn entry_out(e: &fs::Entry, dax: bool) -> FuseEntryOut {
         attr_valid: e.attr_timeout.as_secs(),
         entry_valid_nsec: e.entry_timeout.subsec_nanos(),
         attr_valid_nsec: e.attr_timeout.subsec_nanos(),
-        attr: fuse_attr(&e.attr, dax),
+        attr,
     }
 }
 
@@ -382,6 +387,8 @@ pub struct ServerOptions {
     pub dax: Option<DaxConfig>,
     /// `--posix-acl`.
     pub posix_acl: AclMode,
+    /// `--announce-submounts`: directories on other mounts carry FUSE_ATTR_SUBMOUNT.
+    pub announce_submounts: bool,
 }
 
 /// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
@@ -404,6 +411,7 @@ impl Default for ServerOptions {
             allow_mmap: false,
             dax: None,
             posix_acl: AclMode::Never,
+            announce_submounts: false,
         }
     }
 }
@@ -421,6 +429,8 @@ pub struct Server {
     inode_dax: AtomicBool,
     /// INIT accepted SETXATTR_EXT: SETXATTR carries the 16-byte argument.
     setxattr_ext: AtomicBool,
+    /// INIT accepted SUBMOUNTS (`--announce-submounts`).
+    submounts: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -445,6 +455,7 @@ impl Server {
             dax,
             inode_dax: AtomicBool::new(false),
             setxattr_ext: AtomicBool::new(false),
+            submounts: AtomicBool::new(false),
         }
     }
 
@@ -670,7 +681,11 @@ impl Server {
         let mut d = DirentBuf::new(&mut buf);
         let res = self.fs.readdirplus(ctx, r.fh, r.offset, |e, entry| {
             let out = match entry {
-                Some(en) => entry_out(en, self.inode_dax.load(Ordering::Relaxed)),
+                Some(en) => entry_out(
+                    en,
+                    self.inode_dax.load(Ordering::Relaxed),
+                    self.submounts.load(Ordering::Relaxed),
+                ),
                 None => FuseEntryOut {
                     attr: FuseAttr {
                         ino: e.ino,
@@ -711,6 +726,9 @@ impl Server {
         }
         if self.opts.allow_mmap {
             wanted |= FUSE_DIRECT_IO_ALLOW_MMAP;
+        }
+        if self.opts.announce_submounts {
+            wanted |= FUSE_SUBMOUNTS;
         }
         // POSIX ACLs need all three: the client enforcing ACLs, sending modes without its
         // umask (the host applies a default ACL or the umask: fs::umask_in), and saying when
@@ -759,6 +777,8 @@ impl Server {
             self.fs.set_posix_acl(accepted & FUSE_POSIX_ACL != 0);
             self.setxattr_ext
                 .store(accepted & FUSE_SETXATTR_EXT != 0, Ordering::Relaxed);
+            self.submounts
+                .store(accepted & FUSE_SUBMOUNTS != 0, Ordering::Relaxed);
             let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
                 && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
             self.inode_dax.store(inode_dax, Ordering::Relaxed);
@@ -789,6 +809,7 @@ impl Server {
         let with_umask = |umask: u32| Context { umask, ..ctx };
         let fs = &*self.fs;
         let dax = self.inode_dax.load(Ordering::Relaxed);
+        let submounts = self.submounts.load(Ordering::Relaxed);
         let empty = |chain: &mut dyn Chain, r: io::Result<()>| -> Outcome {
             r.map_err(errno)?;
             sent(reply::reply_empty(&mut sink(chain), unique))
@@ -798,7 +819,7 @@ impl Server {
             sent(reply::reply_entry(
                 &mut sink(chain),
                 unique,
-                &entry_out(&e, dax),
+                &entry_out(&e, dax, submounts),
             ))
         };
         let attr = |chain: &mut dyn Chain, r: io::Result<fs::Attr>| -> Outcome {
@@ -828,7 +849,7 @@ impl Server {
             sent(reply::reply_create(
                 &mut sink(chain),
                 unique,
-                &entry_out(e, dax),
+                &entry_out(e, dax, submounts),
                 &out,
             ))
         };

@@ -1619,7 +1619,6 @@ fn xattrs_are_enosys_without_the_flag() {
 #[test]
 fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
-        &["--announce-submounts"],
         &["--inode-file-handles=prefer"],
         &["--inode-file-handles=mandatory"],
         &["--writeback"],
@@ -1637,7 +1636,7 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["-o", "writeback"],
         &["-o", "cache=auto,flock"],
         &["-o", "cache=sometimes"],
-        &["-o", "announce_submounts"],
+        &["-o", "announce_submounts,writeback"],
         &["--migration-mode", "find-paths"],
     ];
     let dir = Ext4::new();
@@ -2445,5 +2444,51 @@ fn posix_acls_follow_the_flag_and_the_negotiation() {
         );
         fs.setxattr(d.nodeid, "user.ok", b"1", 0)
             .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    }
+}
+
+/// Unmounts a mount point on drop (panics included).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `--announce-submounts`: a directory on another mount inside the share is marked
+/// FUSE_ATTR_SUBMOUNT in LOOKUP and READDIRPLUS (the guest then mounts it as a filesystem
+/// of its own), ordinary directories are not, and without the flag nothing is.
+#[test]
+fn submounts_are_announced_only_when_asked() {
+    for (flags, want) in [(&["--announce-submounts"][..], true), (&[][..], false)] {
+        let srv = Served::start(flags);
+        let sub = srv.disk.mnt.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::create_dir(srv.disk.mnt.join("plain")).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"])
+            .arg(&sub)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _unmount = Unmount(sub.clone());
+        let mut fs = srv.connect();
+        let flags_of =
+            |fs: &mut FuseClient, name: &str| fs.lookup(FUSE_ROOT_ID, name).unwrap().attr.flags;
+        assert_eq!(
+            flags_of(&mut fs, "sub") & FUSE_ATTR_SUBMOUNT != 0,
+            want,
+            "{flags:?}"
+        );
+        assert_eq!(
+            flags_of(&mut fs, "plain") & FUSE_ATTR_SUBMOUNT,
+            0,
+            "{flags:?}"
+        );
+        // The submount's own contents are served as usual.
+        let sub_node = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+        fs.mkdir(sub_node, "inside", 0o755, 0).unwrap();
+        assert!(sub.join("inside").is_dir());
     }
 }

@@ -103,6 +103,9 @@ pub struct Entry {
     pub attr: Attr,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
+    /// A directory on another mount than the directory it was looked up in: the root of a
+    /// submount (announced to the client with `--announce-submounts`).
+    pub submount: bool,
 }
 
 /// An open file or directory.
@@ -506,6 +509,7 @@ impl FileSystem {
             attr: Attr::from_statx(&stx, inode.node),
             entry_timeout: self.cfg.entry_timeout,
             attr_timeout: self.cfg.attr_timeout,
+            submount: false,
         })
     }
 
@@ -547,6 +551,7 @@ impl FileSystem {
                     attr: Attr::from_statx(&stx, inode.node),
                     entry_timeout: self.cfg.entry_timeout,
                     attr_timeout: self.cfg.attr_timeout,
+                    submount: false,
                 });
             }
             _ => {}
@@ -560,7 +565,13 @@ impl FileSystem {
             sys::RESOLVE_CONFINED,
         )
         .map_err(|e| self.fd_error(e))?;
-        self.entry(fd)
+        let mut entry = self.entry(fd)?;
+        entry.submount = entry.attr.mode & libc::S_IFMT == libc::S_IFDIR
+            && self
+                .inodes
+                .get(entry.node)
+                .is_some_and(|i| i.key.mnt_id != parent.key.mnt_id);
+        Ok(entry)
     }
 
     pub fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
