@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// virtiofsd. See docs/serve.md.
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<XattrMap>,
+    /// Keep the guest's O_NOATIME when opening files; by default it is dropped, as
+    /// virtiofsd does.
+    #[arg(long)]
+    pub preserve_noatime: bool,
     /// POSIX ACLs: `never` (default), `auto` (when the guest can), `always` (INIT fails
     /// otherwise); `--posix-acl` alone is `always`, as virtiofsd. Implies --xattr.
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
@@ -252,9 +256,6 @@ pub struct RefusedFlags {
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
-    /// Refused: atime is not preserved apart.
-    #[arg(long, hide = true)]
-    pub preserve_noatime: bool,
     /// Refused: logs go to stderr.
     #[arg(long, hide = true)]
     pub syslog: bool,
@@ -291,7 +292,6 @@ impl RefusedFlags {
             (self.writeback, "--writeback", "no writeback cache: --cache always is the closest"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (self.preserve_noatime, "--preserve-noatime", "not supported"),
             (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
@@ -591,6 +591,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             tracing::debug!("xattr map rule: {rule}");
         }
     }
+    cfg.preserve_noatime = args.preserve_noatime;
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,

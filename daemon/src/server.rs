@@ -58,6 +58,7 @@ impl CachePolicy {
             xattrmap: None,
             entry_timeout: self.timeout(),
             attr_timeout: self.timeout(),
+            preserve_noatime: true,
         }
     }
 

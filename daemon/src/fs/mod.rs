@@ -193,6 +193,9 @@ pub struct Config {
     pub xattrmap: Option<XattrMap>,
     pub entry_timeout: Duration,
     pub attr_timeout: Duration,
+    /// Keep a client's O_NOATIME when opening (`serve --preserve-noatime`); without it the
+    /// flag is dropped and reads update atime on the host, as virtiofsd does by default.
+    pub preserve_noatime: bool,
 }
 
 impl Default for Config {
@@ -201,6 +204,7 @@ impl Default for Config {
             read_only: false,
             xattr: true,
             xattrmap: None,
+            preserve_noatime: true,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -406,6 +410,15 @@ impl FileSystem {
             0
         } else {
             umask
+        }
+    }
+
+    /// A client's open flags, less O_NOATIME unless `preserve_noatime`.
+    fn noatime(&self, flags: i32) -> i32 {
+        if self.cfg.preserve_noatime {
+            flags
+        } else {
+            flags & !libc::O_NOATIME
         }
     }
 
@@ -810,6 +823,7 @@ impl FileSystem {
         if inode.is_dir() {
             return Err(err(libc::EISDIR));
         }
+        let flags = self.noatime(flags);
         let file = self.reopen(&inode, flags)?;
         let (fh, handle) = self.insert_handle(node, file);
         Ok(Open {
@@ -832,6 +846,7 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
+        let flags = self.noatime(flags);
         let oflags = (flags
             & !(libc::O_NOCTTY | libc::O_DIRECT | libc::O_DIRECTORY | libc::O_PATH | libc::O_TMPFILE))
             | libc::O_CREAT
