@@ -9,4 +9,5 @@ pub mod mount;
 pub mod serve;
 pub mod server;
 pub mod size;
+pub mod syslog;
 pub mod vhost_user;

@@ -235,20 +235,35 @@ impl std::fmt::Display for MountError {
 impl std::error::Error for MountError {}
 
 pub(crate) fn init_logging(level: LogLevel) {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level_filter(level))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// `serve --syslog`: the same events, to the local syslog (no time: syslog adds it).
+pub(crate) fn init_syslog(level: LogLevel) -> io::Result<()> {
+    let syslog = crate::syslog::Syslog::connect()?;
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level_filter(level))
+        .with_writer(syslog)
+        .with_ansi(false)
+        .without_time()
+        .try_init();
+    Ok(())
+}
+
+fn level_filter(level: LogLevel) -> tracing_subscriber::filter::LevelFilter {
     use tracing_subscriber::filter::LevelFilter;
-    let level = match level {
+    match level {
         LogLevel::Off => LevelFilter::OFF,
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Warn => LevelFilter::WARN,
         LogLevel::Info => LevelFilter::INFO,
         LogLevel::Debug => LevelFilter::DEBUG,
         LogLevel::Trace => LevelFilter::TRACE,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    }
 }
 
 /// Raise the soft (and if asked, hard) descriptor limit: the inode table keeps one O_PATH

@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
-use crate::mount::{block_termination_signals, init_logging, raise_nofile, LogLevel};
+use crate::mount::{block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel};
 use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
 use crate::size::{parse_size, SizeError};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
@@ -157,6 +157,9 @@ pub struct ServeArgs {
     /// virtiofsd. See docs/serve.md.
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<XattrMap>,
+    /// Log to the local syslog (/dev/log) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
     /// Keep the guest's O_NOATIME when opening files; by default it is dropped, as
     /// virtiofsd does.
     #[arg(long)]
@@ -256,9 +259,6 @@ pub struct RefusedFlags {
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
-    /// Refused: logs go to stderr.
-    #[arg(long, hide = true)]
-    pub syslog: bool,
     /// Only `never` (no security context is set at create).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always", hide = true)]
     pub security_label: Option<String>,
@@ -292,7 +292,6 @@ impl RefusedFlags {
             (self.writeback, "--writeback", "no writeback cache: --cache always is the closest"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (self.syslog, "--syslog", "logs go to stderr (a service manager's journal keeps them)"),
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
@@ -529,11 +528,19 @@ pub fn run(mut args: ServeArgs) -> ExitCode {
         println!("{:#}", capabilities());
         return ExitCode::SUCCESS;
     }
-    init_logging(if args.debug {
+    let level = if args.debug {
         LogLevel::Debug
     } else {
         args.log_level
-    });
+    };
+    if args.syslog {
+        if let Err(e) = init_syslog(level) {
+            eprintln!("zerodax serve: --syslog: /dev/log: {e}");
+            return ExitCode::FAILURE;
+        }
+    } else {
+        init_logging(level);
+    }
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1624,7 +1624,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--writeback"],
         &["--allow-direct-io"],
         &["--killpriv-v2"],
-        &["--syslog"],
         &["--modcaps=+nonsense"],
         &["--security-label"],
         &["--uid-map", ":0:1000:1:"],
@@ -2521,5 +2520,52 @@ fn preserve_noatime_keeps_the_guest_flag() {
             atime_kept,
             "{flags:?}: atime {before} -> {after}"
         );
+    }
+}
+
+/// `--syslog`: lines go to /dev/log as `<PRI>zerodax[PID]: ...` datagrams (facility daemon),
+/// none to stderr. /dev/log is this test's own socket, seen by the daemon through a private
+/// mount namespace with a tmpfs /dev (unshare(1)).
+#[test]
+fn syslog_gets_the_log_lines() {
+    let disk = Ext4::new();
+    let log = disk.root.join("log");
+    let sock = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let script = format!(
+        "mount -t tmpfs none /dev && ln -s {} /dev/log && exec {} serve --syslog \
+         --socket-path {} --shared-dir {}",
+        log.display(),
+        zerodax(),
+        disk.root.join("vfs.sock").display(),
+        disk.mnt.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !lines.iter().any(|l: &String| l.contains("serving")) {
+        match sock.recv(&mut buf) {
+            Ok(n) => lines.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no 'serving' line in {lines:?}: {e}");
+            }
+        }
+    }
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "nothing on stderr"
+    );
+    for l in &lines {
+        assert!(l.starts_with("<30>zerodax[") && l.contains("]: "), "{l:?}");
     }
 }
