@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// virtiofsd. See docs/serve.md.
     #[arg(long, value_name = "RULES")]
     pub xattrmap: Option<XattrMap>,
+    /// Offer the guest a writeback cache (FUSE_WRITEBACK_CACHE): writes are cached in the
+    /// guest and written back later, as virtiofsd's flag.
+    #[arg(long)]
+    pub writeback: bool,
     /// Log to the local syslog (/dev/log) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
@@ -222,8 +226,8 @@ impl ServeArgs {
                     "no_xattr" => self.xattr = false,
                     "readdirplus" => self.no_readdirplus = false,
                     "no_readdirplus" => self.no_readdirplus = true,
-                    "writeback" => self.refused.writeback = true,
-                    "no_writeback" => self.refused.writeback = false,
+                    "writeback" => self.writeback = true,
+                    "no_writeback" => self.writeback = false,
                     "allow_direct_io" => self.refused.allow_direct_io = true,
                     "no_allow_direct_io" => self.refused.allow_direct_io = false,
                     "announce_submounts" => self.announce_submounts = true,
@@ -250,9 +254,6 @@ pub struct RefusedFlags {
     /// Only `never` (zerodax references inodes by O_PATH descriptors).
     #[arg(long, value_name = "WHEN", hide = true)]
     pub inode_file_handles: Option<String>,
-    /// Refused: no writeback cache.
-    #[arg(long, hide = true)]
-    pub writeback: bool,
     /// Refused: guest O_DIRECT is not honoured (files are opened without it).
     #[arg(long, hide = true)]
     pub allow_direct_io: bool,
@@ -289,7 +290,6 @@ impl RefusedFlags {
         let value_is = |v: &Option<String>, ok: &str| v.as_deref().is_none_or(|v| v == ok);
         let refused = [
             (!value_is(&self.inode_file_handles, "never"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: only `never` is accepted"),
-            (self.writeback, "--writeback", "no writeback cache: --cache always is the closest"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
@@ -626,6 +626,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             allow_mmap: args.allow_mmap,
             posix_acl: args.posix_acl,
             announce_submounts: args.announce_submounts,
+            writeback: args.writeback,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

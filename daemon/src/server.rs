@@ -390,6 +390,8 @@ pub struct ServerOptions {
     pub posix_acl: AclMode,
     /// `--announce-submounts`: directories on other mounts carry FUSE_ATTR_SUBMOUNT.
     pub announce_submounts: bool,
+    /// `--writeback`: offer the guest a writeback cache (FUSE_WRITEBACK_CACHE).
+    pub writeback: bool,
 }
 
 /// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
@@ -413,6 +415,7 @@ impl Default for ServerOptions {
             dax: None,
             posix_acl: AclMode::Never,
             announce_submounts: false,
+            writeback: false,
         }
     }
 }
@@ -432,6 +435,8 @@ pub struct Server {
     setxattr_ext: AtomicBool,
     /// INIT accepted SUBMOUNTS (`--announce-submounts`).
     submounts: AtomicBool,
+    /// INIT accepted WRITEBACK_CACHE (`--writeback`).
+    writeback: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -457,6 +462,7 @@ impl Server {
             inode_dax: AtomicBool::new(false),
             setxattr_ext: AtomicBool::new(false),
             submounts: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
         }
     }
 
@@ -731,6 +737,9 @@ impl Server {
         if self.opts.announce_submounts {
             wanted |= FUSE_SUBMOUNTS;
         }
+        if self.opts.writeback {
+            wanted |= FUSE_WRITEBACK_CACHE;
+        }
         // POSIX ACLs need all three: the client enforcing ACLs, sending modes without its
         // umask (the host applies a default ACL or the umask: fs::umask_in), and saying when
         // setting an access ACL must clear set-group-id.
@@ -780,6 +789,8 @@ impl Server {
                 .store(accepted & FUSE_SETXATTR_EXT != 0, Ordering::Relaxed);
             self.submounts
                 .store(accepted & FUSE_SUBMOUNTS != 0, Ordering::Relaxed);
+            self.writeback
+                .store(accepted & FUSE_WRITEBACK_CACHE != 0, Ordering::Relaxed);
             let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
                 && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
             self.inode_dax.store(inode_dax, Ordering::Relaxed);
@@ -795,6 +806,21 @@ impl Server {
             self.initialized.store(true, Ordering::Release);
         }
         r
+    }
+
+    /// A client's open flags as the host open needs them. With a writeback cache the client
+    /// kernel reads pages around partial writes through any open file, so write-only opens
+    /// become read-write, and it computes append offsets itself, so O_APPEND goes (the host
+    /// would otherwise move every cached write to the end).
+    fn open_flags(&self, flags: u32) -> i32 {
+        let mut flags = flags as i32;
+        if self.writeback.load(Ordering::Relaxed) {
+            if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            flags &= !libc::O_APPEND;
+        }
+        flags
     }
 
     fn dispatch(&self, chain: &mut dyn Chain, req: &Request<'_>) -> Outcome {
@@ -942,7 +968,7 @@ impl Server {
                 if trunc {
                     self.will_shrink(node, 0);
                 }
-                let open = fs.open(&ctx, node, o.flags as i32);
+                let open = fs.open(&ctx, node, self.open_flags(o.flags));
                 if trunc {
                     self.file_changed(|| Some(node));
                 }
@@ -957,7 +983,7 @@ impl Server {
                         node,
                         name,
                         arg.mode,
-                        arg.flags as i32,
+                        self.open_flags(arg.flags),
                     )
                     .map_err(errno)?;
                 // CREATE of an existing file with O_TRUNC (Linux sends it so): ranges of it

@@ -1621,7 +1621,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
         &["--inode-file-handles=prefer"],
         &["--inode-file-handles=mandatory"],
-        &["--writeback"],
         &["--allow-direct-io"],
         &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
@@ -1631,10 +1630,10 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--translate-uid", "map:0:1000:1"],
         &["--translate-gid", "map:0:1000:1"],
         &["--modcaps=sys_admin"],
-        &["-o", "writeback"],
+        &["-o", "allow_direct_io"],
         &["-o", "cache=auto,flock"],
         &["-o", "cache=sometimes"],
-        &["-o", "announce_submounts,writeback"],
+        &["-o", "announce_submounts,allow_direct_io"],
         &["--migration-mode", "find-paths"],
     ];
     let dir = Ext4::new();
@@ -2567,5 +2566,41 @@ fn syslog_gets_the_log_lines() {
     );
     for l in &lines {
         assert!(l.starts_with("<30>zerodax[") && l.contains("]: "), "{l:?}");
+    }
+}
+
+/// `--writeback`: WRITEBACK_CACHE is offered, and then a write-only open is read-write on
+/// the host (the guest reads around partial page writes) and O_APPEND is left to the guest
+/// (it sends the offsets); without it both are the guest's as given.
+#[test]
+fn writeback_opens_read_write_and_leaves_appends_to_the_guest() {
+    for writeback in [true, false] {
+        let srv = Served::start(if writeback { &["--writeback"] } else { &[] });
+        let host = srv.disk.mnt.join("f");
+        std::fs::write(&host, b"0123456789").unwrap();
+        let config = DriverConfig {
+            timeout: TIMEOUT,
+            ..Default::default()
+        };
+        let mut fs = FuseClient::connect(&srv.socket, &config).unwrap();
+        let init = fs.init(DEFAULT_INIT_FLAGS | FUSE_WRITEBACK_CACHE).unwrap();
+        assert_eq!(init.flags64() & FUSE_WRITEBACK_CACHE != 0, writeback);
+        let node = fs.lookup(FUSE_ROOT_ID, "f").unwrap().nodeid;
+        let o = fs
+            .open(node, (libc::O_WRONLY | libc::O_APPEND) as u32)
+            .unwrap();
+        let read = fs.read(node, o.fh, 0, 4);
+        fs.write(node, o.fh, 0, b"AB").unwrap();
+        let content = std::fs::read(&host).unwrap();
+        if writeback {
+            assert_eq!(read.unwrap(), b"0123");
+            assert_eq!(content, b"AB23456789");
+        } else {
+            assert!(
+                matches!(read, Err(FuseError::Errno(libc::EBADF))),
+                "{read:?}"
+            );
+            assert_eq!(content, b"0123456789AB");
+        }
     }
 }
