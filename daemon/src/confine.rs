@@ -13,9 +13,13 @@ use rustix::thread::{CapabilitySet, CapabilitySets};
 /// Why confinement could not be set up; each prints as one line.
 #[derive(Debug)]
 pub enum ConfineError {
+    /// A sandbox step failed: the directory (or namespace) it was for, and the error.
     Sandbox(PathBuf, io::Error),
+    /// `--modcaps` names an unknown capability or is malformed.
     Modcaps(String),
+    /// Dropping the capabilities failed.
     Capabilities(io::Error),
+    /// Building or installing the seccomp filter failed.
     Seccomp(String),
 }
 

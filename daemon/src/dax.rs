@@ -44,6 +44,8 @@ pub const MAP_ALIGNMENT_LOG2: u16 = 12;
 /// The frontend's side of the window: SHMEM_MAP and SHMEM_UNMAP of shared memory region 0.
 /// Each call returns once the frontend acknowledged it.
 pub trait ShmemChannel: Send + Sync {
+    /// SHMEM_MAP: map `len` bytes of `fd` from `fd_offset` at `window_offset`, writable or
+    /// read-only. An error is the frontend's refusal (or no answer in time).
     fn map(
         &self,
         window_offset: u64,
@@ -52,6 +54,8 @@ pub trait ShmemChannel: Send + Sync {
         fd_offset: u64,
         writable: bool,
     ) -> io::Result<()>;
+    /// SHMEM_UNMAP: return `[window_offset, window_offset + len)`, which covers whole
+    /// mappings, to the frontend's unmapped state.
     fn unmap(&self, window_offset: u64, len: u64) -> io::Result<()>;
 }
 
@@ -84,7 +88,9 @@ pub struct DaxConfig {
     /// Bytes of the window (shared memory region 0) the operator asked for; the window
     /// offered to the VMM may be smaller ([`Dax::window_len`]).
     pub window_len: u64,
+    /// `--dax-holes`: whether holes are mapped from the file or left unmapped.
     pub holes: DaxHoles,
+    /// `--dax-inodes`: which files carry FUSE_ATTR_DAX.
     pub inodes: DaxInodes,
     /// `--dax-slots`: how many SHMEM_MAP regions may be live at once.
     pub slots: u32,
@@ -402,17 +408,24 @@ impl State {
 /// Window-level view for tests and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DaxCounts {
+    /// Live ranges (SETUPMAPPINGs not yet removed).
     pub ranges: usize,
+    /// Live regions (SHMEM_MAPs not yet unmapped).
     pub regions: usize,
+    /// Bytes mapped by the live regions.
     pub mapped_bytes: u64,
 }
 
 /// What the window did since the daemon started, for the log line at exit and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DaxStats {
+    /// FUSE_SETUPMAPPING requests served.
     pub setups: u64,
+    /// FUSE_REMOVEMAPPING requests served.
     pub removes: u64,
+    /// SHMEM_MAP requests sent to the frontend.
     pub shmem_maps: u64,
+    /// SHMEM_UNMAP requests sent to the frontend.
     pub shmem_unmaps: u64,
     /// Regions remapped together with a neighbour because their range was at its cap.
     pub merges: u64,
@@ -492,6 +505,9 @@ fn errno(e: &io::Error) -> i32 {
 }
 
 impl Dax {
+    /// The window of `cfg` on a share that is read-only or not (which sets the regions a
+    /// range may need, and so the window offered); no range is served before
+    /// [`Dax::set_channel`].
     pub fn new(cfg: DaxConfig, read_only: bool) -> Self {
         let window_len = cfg.offered_window(read_only);
         if window_len < cfg.window_len {
@@ -516,6 +532,7 @@ impl Dax {
         }
     }
 
+    /// The configuration the window was made with.
     pub fn config(&self) -> &DaxConfig {
         &self.cfg
     }
@@ -525,6 +542,7 @@ impl Dax {
         self.window_len
     }
 
+    /// The counters since the daemon started (kept across frontends).
     pub fn stats(&self) -> DaxStats {
         self.lock().stats
     }
@@ -576,6 +594,7 @@ impl Dax {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What is live in the window now.
     pub fn counts(&self) -> DaxCounts {
         let st = self.lock();
         DaxCounts {

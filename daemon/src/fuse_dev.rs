@@ -50,6 +50,8 @@ struct PassthroughTable {
     fh_node: HashMap<u64, u64>,
 }
 
+/// The /dev/fuse transport: a `fuser::Filesystem` that answers each request through the
+/// core and keeps the kernel's passthrough backing ids.
 pub struct FuseFs {
     fs: Arc<FileSystem>,
     mode: Passthrough,
@@ -180,6 +182,7 @@ fn reply_xattr(reply: ReplyXattr, r: io::Result<Xattr>) {
 }
 
 impl FuseFs {
+    /// A transport over `fs`, asking the kernel for passthrough as `mode` says.
     pub fn new(fs: Arc<FileSystem>, mode: Passthrough) -> Self {
         FuseFs {
             fs,

@@ -1,6 +1,8 @@
 //! zerodax: the filesystem core and its transports, as a library so that every transport
 //! (and the integration tests) use one core.
 
+#![warn(missing_docs)]
+
 pub mod confine;
 pub mod dax;
 pub mod fs;

@@ -15,17 +15,24 @@ use rustix::process::{Resource, Rlimit};
 use crate::fs::{self, FileSystem, XattrMap};
 use crate::fuse_dev::{FuseFs, Passthrough};
 
+/// `--log-level` of `mount` and `serve`: the most verbose level logged to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
     /// No log at all.
     Off,
+    /// Errors only.
     Error,
+    /// Errors and warnings.
     Warn,
+    /// Also start and stop, connections, passthrough, the DAX counters.
     Info,
+    /// Also each DAX mapping and other detail.
     Debug,
+    /// Everything.
     Trace,
 }
 
+/// The flags of `zerodax mount`.
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
     /// Directory to serve.
@@ -41,6 +48,7 @@ pub struct MountArgs {
     /// Let users other than root use the mount (needed for multi-user test suites).
     #[arg(long)]
     pub allow_other: bool,
+    /// Most verbose level logged to stderr.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
     /// Open-file limit to raise RLIMIT_NOFILE to at start (default: the hard limit). Every
@@ -66,19 +74,30 @@ pub struct MountArgs {
 /// What the mount grants, from `-o` and the flags, limited by the shared directory's mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MountRights {
+    /// Set-id bits take effect (`suid`).
     pub suid: bool,
+    /// Device nodes can be opened (`dev`).
     pub dev: bool,
+    /// Files can be executed (`exec`).
     pub exec: bool,
+    /// Mounted read-only, every modification refused (`ro`, `--read-only`).
     pub read_only: bool,
+    /// Users other than the mounter may use the mount (`allow_other`).
     pub allow_other: bool,
+    /// `noatime` or `atime`/`strictatime`; `None` is the kernel's default, relatime.
     pub atime: Option<MountAtime>,
+    /// Synchronous writes (`sync`).
     pub sync: bool,
+    /// Synchronous directory changes (`dirsync`).
     pub dirsync: bool,
 }
 
+/// An explicit atime policy of the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountAtime {
+    /// Access times are never updated (`noatime`).
     NoAtime,
+    /// Access times are updated on every access (`atime`, `strictatime`).
     Atime,
 }
 
@@ -193,16 +212,27 @@ fn mount_flags_of(path: &Path) -> io::Result<u64> {
 /// Why a mount could not be made or kept; each prints as one line.
 #[derive(Debug)]
 pub enum MountError {
+    /// The mount point does not exist.
     MountpointMissing(PathBuf),
+    /// The mount point is not a directory.
     MountpointNotDir(PathBuf),
+    /// The mount point could not be examined.
     Mountpoint(PathBuf, io::Error),
+    /// There is no /dev/fuse (the fuse module is not loaded).
     DevFuseAbsent,
+    /// The process lacks a privilege the mount needs (what it was doing).
     NotPermitted(String),
+    /// RLIMIT_NOFILE could not be raised to the limit asked.
     Rlimit(u64, io::Error),
+    /// The filesystem core could not be set up on the shared directory.
     Fs(fs::FsError),
+    /// The mount itself failed.
     Mount(PathBuf, io::Error),
+    /// The termination signals could not be blocked or waited for.
     Signals(io::Error),
+    /// A `-o` option is unknown or asks for more than the shared directory's mount allows.
     Options(String),
+    /// The shared directory could not be examined.
     SharedDir(PathBuf, io::Error),
 }
 
@@ -352,6 +382,8 @@ fn top_mount_id(mountpoint: &Path) -> Option<u64> {
     })
 }
 
+/// `zerodax mount`: mounts, serves until a signal or an external unmount, unmounts;
+/// prints the error and fails if any step does.
 pub fn run(args: MountArgs) -> ExitCode {
     init_logging(args.log_level);
     match serve(&args) {

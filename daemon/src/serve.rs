@@ -38,6 +38,7 @@ pub enum Sandbox {
     Namespace,
 }
 
+/// The flags of `zerodax serve` (virtiofsd's spelling where they overlap).
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// vhost-user socket to create and listen on (an existing file is replaced). Also
@@ -68,6 +69,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_REQUEST_QUEUES)))]
     pub request_queues: u16,
+    /// Most verbose level logged to stderr.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
     /// `--log-level debug` (virtiofsd's deprecated spelling).
@@ -107,6 +109,7 @@ pub struct ServeArgs {
     /// Accepted: KILLPRIV_V2 is never negotiated (virtiofsd's default).
     #[arg(long, conflicts_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
+    /// virtiofsd's flags that zerodax parses only to refuse with a reason.
     #[command(flatten)]
     pub refused: RefusedFlags,
     /// virtio-fs tag reported in the device config space (for frontends that ask the
@@ -266,20 +269,25 @@ pub struct RefusedFlags {
     /// Refused: no user namespace uid/gid maps.
     #[arg(long, value_name = "MAP", hide = true)]
     pub uid_map: Vec<String>,
+    /// Refused, as --uid-map.
     #[arg(long, value_name = "MAP", hide = true)]
     pub gid_map: Vec<String>,
     /// Refused: no uid/gid translation.
     #[arg(long, value_name = "MAP", hide = true)]
     pub translate_uid: Vec<String>,
+    /// Refused, as --translate-uid.
     #[arg(long, value_name = "MAP", hide = true)]
     pub translate_gid: Vec<String>,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
+    /// Refused, as --migration-mode.
     #[arg(long, value_name = "ACTION", hide = true)]
     pub migration_on_error: Option<String>,
+    /// Refused, as --migration-mode.
     #[arg(long, hide = true)]
     pub migration_verify_handles: bool,
+    /// Refused, as --migration-mode.
     #[arg(long, hide = true)]
     pub migration_confirm_paths: bool,
 }
@@ -327,13 +335,21 @@ pub fn parse_cache_size(s: &str) -> Result<u64, String> {
 /// Why the backend could not start; each prints as one line.
 #[derive(Debug)]
 pub enum ServeError {
+    /// The flags contradict each other or name something zerodax refuses.
     Usage(String),
+    /// RLIMIT_NOFILE could not be raised to the limit asked.
     Rlimit(u64, io::Error),
+    /// The filesystem core could not be set up on the shared directory.
     Fs(FsError),
+    /// The vhost-user socket could not be created at that path.
     Listen(String, vhost::vhost_user::Error),
+    /// The `--fd` descriptor is not a listening socket.
     Fd(RawFd, io::Error),
+    /// Sandbox, capabilities or seccomp could not be applied.
     Confine(ConfineError),
+    /// The vhost-user device could not be made or could not accept the frontend.
     Device(String),
+    /// The termination signals could not be blocked or waited for.
     Signals(io::Error),
 }
 
@@ -519,6 +535,8 @@ fn listener_from_fd(fd: RawFd) -> Result<Listener, ServeError> {
     Ok(unsafe { Listener::from_raw_fd(fd) })
 }
 
+/// `zerodax serve`: sets up, confines itself, and serves the frontend until it disconnects
+/// or SIGTERM; prints the error and fails if any step does.
 pub fn run(mut args: ServeArgs) -> ExitCode {
     if let Err(e) = args.apply_compat_options() {
         eprintln!("zerodax serve: {e}");

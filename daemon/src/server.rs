@@ -449,6 +449,7 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
+    /// A dispatcher for `fs`, with a DAX window when `opts.dax` asks for one.
     pub fn new(fs: Arc<FileSystem>, opts: ServerOptions) -> Self {
         let dax = opts
             .dax

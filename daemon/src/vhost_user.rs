@@ -448,6 +448,7 @@ pub struct FsBackend {
 }
 
 impl FsBackend {
+    /// The device for `server`; starts the worker pool when `opts.thread_pool_size` > 0.
     pub fn new(server: Arc<Server>, opts: DeviceOptions) -> io::Result<Self> {
         let pool = match opts.thread_pool_size {
             0 => None,

@@ -9,15 +9,19 @@ use rustix::io::Errno;
 /// A byte range of a file, `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
+    /// First byte of the range.
     pub start: u64,
+    /// One past the last byte.
     pub end: u64,
 }
 
 impl Extent {
+    /// Length in bytes.
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
 
+    /// Whether the range holds no byte.
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }

@@ -5,6 +5,8 @@
 //! was, in the manner of fsdax's pfn_mkwrite path, through a userfaultfd write-protect
 //! handler. See docs/dax-window.md for the design.
 
+#![warn(missing_docs)]
+
 mod extents;
 mod pages;
 pub mod procfs;
@@ -24,7 +26,12 @@ use std::io;
 #[derive(Debug)]
 pub enum Error {
     /// A system call failed.
-    Io { op: &'static str, source: io::Error },
+    Io {
+        /// The call or step that failed, as printed first in the message.
+        op: &'static str,
+        /// The error the kernel returned.
+        source: io::Error,
+    },
     /// An offset or length is not 4 KiB aligned.
     Unaligned,
     /// A range is empty, overflows, or leaves the window.
@@ -42,12 +49,20 @@ pub enum Error {
     /// a store there is SIGSEGV).
     ReadOnly,
     /// A window read or write would touch a page poisoned by a failed upgrade (SIGBUS).
-    Poisoned { window_offset: usize },
+    Poisoned {
+        /// Offset of the poisoned page from the window's start.
+        window_offset: usize,
+    },
     /// Mapping would take the process too close to `vm.max_map_count`.
     VmaBudget {
+        /// VMAs the mapping may add: one per data extent and per hole, two for the split of
+        /// the memory around it.
         needed: usize,
+        /// VMAs the process has now (/proc/self/maps).
         in_use: usize,
+        /// VMAs kept free for the fault handler's own splits (`WindowOptions::vma_headroom`).
         headroom: usize,
+        /// The system's `vm.max_map_count`.
         max_map_count: usize,
     },
 }
@@ -89,4 +104,5 @@ impl std::error::Error for Error {
     }
 }
 
+/// The result of window operations.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -17,6 +17,7 @@ use std::os::fd::AsFd;
 
 use crate::sys;
 
+/// The page size windows and page states work in: 4 KiB, the only one supported.
 pub const PAGE_SIZE: usize = 4096;
 
 /// The backing of one page.
@@ -73,8 +74,11 @@ impl PageState {
 /// A run of pages in one state; `offset` is relative to the start of the scanned range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRun {
+    /// Byte offset of the run's first page.
     pub offset: usize,
+    /// Length in bytes, a multiple of `PAGE_SIZE`.
     pub len: usize,
+    /// The backing of every page of the run.
     pub state: PageState,
 }
 
@@ -85,10 +89,15 @@ pub struct PageStates {
     pub zero: u64,
     /// 4 KiB pages covered by huge zero pages.
     pub huge_zero: u64,
+    /// Page-cache pages of a file.
     pub file: u64,
+    /// Private anonymous pages: silent copies, which a window must never contain.
     pub private_anon: u64,
+    /// Pages holding a uffd-wp or poison marker (or a swap entry).
     pub marker: u64,
+    /// Pages with nothing in the page table.
     pub not_populated: u64,
+    /// The runs, in address order, that the counts sum up.
     pub runs: Vec<PageRun>,
 }
 
@@ -98,6 +107,7 @@ impl PageStates {
         self.zero + self.huge_zero
     }
 
+    /// All pages counted, whatever their state.
     pub fn total(&self) -> u64 {
         self.zero
             + self.huge_zero

@@ -40,6 +40,7 @@ pub enum Granule {
 /// Tunables of a window.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowOptions {
+    /// How much of a hole the first write to it allocates and maps.
     pub granule: Granule,
     /// VMAs kept free below `vm.max_map_count` for the handler's own splits; `None` picks
     /// max(256, max_map_count / 16).
@@ -72,10 +73,13 @@ pub struct WindowStats {
 /// One live mapping of a file range in the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappingInfo {
+    /// Where the mapping starts in the window.
     pub window_offset: usize,
     /// Mapped length: the requested length clipped to EOF rounded up to a page.
     pub len: usize,
+    /// The file offset mapped at `window_offset`.
     pub file_offset: u64,
+    /// Whether the mapping is writable (its holes upgrade on the first write).
     pub writable: bool,
     /// Window-offset ranges mapped as file pages (data extents and upgraded granules).
     pub file_backed: Vec<(usize, usize)>,
@@ -259,6 +263,7 @@ impl Window {
         Window::with_options(len, WindowOptions::default())
     }
 
+    /// As [`Window::new`], with the granule and VMA headroom of `options`.
     pub fn with_options(len: usize, options: WindowOptions) -> Result<Window> {
         if len == 0 {
             return Err(Error::InvalidRange("empty window"));
@@ -355,10 +360,12 @@ impl Window {
         self.inner.base as *mut u8
     }
 
+    /// Length of the window in bytes (a multiple of 2 MiB).
     pub fn len(&self) -> usize {
         self.inner.len
     }
 
+    /// Always false: an empty window is refused at creation.
     pub fn is_empty(&self) -> bool {
         self.inner.len == 0
     }
@@ -369,6 +376,7 @@ impl Window {
         self.inner.uffd.kernel_faults()
     }
 
+    /// The fault handler's counters so far.
     pub fn stats(&self) -> WindowStats {
         WindowStats {
             upgrades: self.inner.upgrades.load(Ordering::Relaxed),

@@ -12,14 +12,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// Node id of the shared directory itself, fixed by the FUSE protocol.
 pub const ROOT_NODE: u64 = 1;
 
+/// A host inode's identity: hard links share it, the same inode on two mounts does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InodeKey {
+    /// `st_dev`.
     pub dev: u64,
+    /// `st_ino`.
     pub ino: u64,
+    /// The mount id (`STATX_MNT_ID`).
     pub mnt_id: u64,
 }
 
 impl InodeKey {
+    /// The key of a statx result taken with `STATX_MNT_ID`.
     pub fn from_statx(stx: &rustix::fs::Statx) -> Self {
         InodeKey {
             dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
@@ -32,7 +37,9 @@ impl InodeKey {
 /// One node: the O_PATH descriptor that pins the host inode, and its file type bits.
 #[derive(Debug)]
 pub struct Inode {
+    /// The node id the client knows it by.
     pub node: u64,
+    /// The host identity it was found under.
     pub key: InodeKey,
     /// `st_mode & S_IFMT` when the node was first seen; file types never change.
     pub file_type: u32,
@@ -40,18 +47,22 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// The O_PATH descriptor (use `/proc/self/fd/N` to reopen it for I/O).
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
+    /// A directory.
     pub fn is_dir(&self) -> bool {
         self.file_type == libc::S_IFDIR
     }
 
+    /// A regular file.
     pub fn is_reg(&self) -> bool {
         self.file_type == libc::S_IFREG
     }
 
+    /// A symbolic link.
     pub fn is_symlink(&self) -> bool {
         self.file_type == libc::S_IFLNK
     }

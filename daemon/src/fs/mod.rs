@@ -36,16 +36,22 @@ pub use xattrmap::XattrMap;
 /// Who asks: the client's credentials for this request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Context {
+    /// The caller's fsuid: owner of what it creates.
     pub uid: u32,
+    /// The caller's fsgid: group of what it creates (unless the directory is setgid).
     pub gid: u32,
+    /// The calling process, as the client kernel reports it (the core does not use it).
     pub pid: u32,
     /// Applied to the mode of every node this request creates.
     pub umask: u32,
 }
 
+/// A timestamp: seconds and nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timespec {
+    /// Seconds since 1970-01-01 00:00 UTC (negative before).
     pub sec: i64,
+    /// Nanoseconds, below 1,000,000,000.
     pub nsec: u32,
 }
 
@@ -53,18 +59,29 @@ pub struct Timespec {
 /// the inode number clients see (docs/mount.md, *Inode numbers*).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Attr {
+    /// The node id (not the host's `st_ino`).
     pub ino: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Allocated 512-byte blocks: what holes save shows here.
     pub blocks: u64,
+    /// Last access.
     pub atime: Timespec,
+    /// Last data change.
     pub mtime: Timespec,
+    /// Last status change.
     pub ctime: Timespec,
     /// Full `st_mode`: file type and permission bits.
     pub mode: u32,
+    /// Hard links.
     pub nlink: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Device number of a device node (`makedev` encoding), 0 otherwise.
     pub rdev: u32,
+    /// Preferred I/O size of the host filesystem.
     pub blksize: u32,
 }
 
@@ -90,6 +107,7 @@ impl Attr {
         }
     }
 
+    /// The `S_IF*` file type bits of `mode`.
     pub fn file_type(&self) -> u32 {
         self.mode & libc::S_IFMT
     }
@@ -98,10 +116,15 @@ impl Attr {
 /// A node the client now holds one more lookup reference on.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
+    /// The node id.
     pub node: u64,
+    /// Always 0: node ids are never reused, so they need no generation to tell them apart.
     pub generation: u64,
+    /// The node's attributes.
     pub attr: Attr,
+    /// How long the client may cache the name → node lookup.
     pub entry_timeout: Duration,
+    /// How long the client may cache `attr`.
     pub attr_timeout: Duration,
     /// A directory on another mount than the directory it was looked up in: the root of a
     /// submount (announced to the client with `--announce-submounts`).
@@ -111,6 +134,7 @@ pub struct Entry {
 /// An open file or directory.
 #[derive(Debug)]
 pub struct Handle {
+    /// The node it was opened from.
     pub node: u64,
     file: OwnedFd,
     /// Serialises seek+getdents on directory handles.
@@ -127,12 +151,14 @@ impl Handle {
 /// Result of open/create.
 #[derive(Debug, Clone)]
 pub struct Open {
+    /// The handle id the client passes back in later requests.
     pub fh: u64,
     /// The open handle; a transport that can hand the host file to its kernel (FUSE
     /// passthrough) uses `handle.fd()`. Only set for regular files.
     pub backing: Option<Arc<Handle>>,
 }
 
+/// One directory entry from readdir or readdirplus.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     /// The entry's inode number as clients see it ([`Attr::ino`]): the node id it has or
@@ -142,35 +168,54 @@ pub struct DirEntry {
     pub offset: u64,
     /// `S_IF*` file type bits (from d_type).
     pub file_type: u32,
+    /// The entry's name, a single component.
     pub name: CString,
 }
 
+/// The shared directory's filesystem, as statvfs(3) reports it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatFs {
+    /// Size in `frsize` units.
     pub blocks: u64,
+    /// Free blocks.
     pub bfree: u64,
+    /// Free blocks for unprivileged users.
     pub bavail: u64,
+    /// Inodes.
     pub files: u64,
+    /// Free inodes.
     pub ffree: u64,
+    /// Preferred block size.
     pub bsize: u32,
+    /// Longest file name.
     pub namelen: u32,
+    /// Fragment size, the unit of the block counts.
     pub frsize: u32,
 }
 
+/// A timestamp to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {
+    /// The host's current time (`UTIME_NOW`), so the caller needs only write access.
     Now,
+    /// This time.
     At(Timespec),
 }
 
 /// Which attributes setattr changes; `None` leaves one alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetAttr {
+    /// New permission bits (chmod).
     pub mode: Option<u32>,
+    /// New owner (chown).
     pub uid: Option<u32>,
+    /// New group (chown).
     pub gid: Option<u32>,
+    /// New size (truncate).
     pub size: Option<u64>,
+    /// New access time.
     pub atime: Option<SetTime>,
+    /// New modification time.
     pub mtime: Option<SetTime>,
     /// Open handle to use for size changes (ftruncate) when the client has one.
     pub fh: Option<u64>,
@@ -179,19 +224,25 @@ pub struct SetAttr {
 /// getxattr/listxattr answer: with a zero-size request only the size is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Xattr {
+    /// The size the value or list needs.
     Size(u32),
+    /// The value, or the NUL-terminated names of a list.
     Data(Vec<u8>),
 }
 
+/// How the core serves the shared directory, fixed at start.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Every modification answers EROFS (`--read-only`).
     pub read_only: bool,
     /// Extended attributes served (`--xattr`); without, every xattr request is ENOSYS, which
     /// a Linux client remembers and stops asking.
     pub xattr: bool,
     /// `--xattrmap`: how xattr names are renamed between client and host (with `xattr`).
     pub xattrmap: Option<XattrMap>,
+    /// [`Entry::entry_timeout`] of every answer.
     pub entry_timeout: Duration,
+    /// [`Entry::attr_timeout`] and the attribute timeout of GETATTR/SETATTR answers.
     pub attr_timeout: Duration,
     /// Keep a client's O_NOATIME when opening (`serve --preserve-noatime`); without it the
     /// flag is dropped and reads update atime on the host, as virtiofsd does by default.
@@ -214,8 +265,16 @@ impl Default for Config {
 /// Errors setting the core up (operations return `io::Error` with the host errno).
 #[derive(Debug)]
 pub enum FsError {
-    SharedDir { path: PathBuf, source: io::Error },
+    /// The shared directory could not be opened.
+    SharedDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The shared directory is not a directory.
     NotADirectory(PathBuf),
+    /// /proc/self/fd could not be opened (the core reopens nodes through it).
     ProcFs(io::Error),
 }
 
@@ -253,6 +312,8 @@ const XATTR_LIST_MAX: u32 = 65536;
 /// Largest single read the core serves in one call.
 pub const MAX_IO: u32 = 1 << 20;
 
+/// The filesystem core: a passthrough of the shared directory, serving every FUSE
+/// operation as a method on `&self`, confined to the directory; transports call it.
 pub struct FileSystem {
     inodes: InodeTable,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
@@ -422,6 +483,7 @@ impl FileSystem {
         }
     }
 
+    /// The configuration the core was made with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -587,21 +649,26 @@ impl FileSystem {
         Ok(entry)
     }
 
+    /// The node of `name` in directory `parent`, one more lookup reference on it (a single
+    /// component, resolved beneath the share without following symlinks).
     pub fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let parent = self.dir_inode(parent)?;
         self.lookup_in(&parent, name)
     }
 
+    /// Drops `count` lookup references; at zero the node and its descriptor go.
     pub fn forget(&self, node: u64, count: u64) {
         self.inodes.forget(node, count);
     }
 
+    /// [`FileSystem::forget`] for each (node, count) pair (FUSE_BATCH_FORGET).
     pub fn batch_forget(&self, nodes: &[(u64, u64)]) {
         for &(node, count) in nodes {
             self.inodes.forget(node, count);
         }
     }
 
+    /// The attributes of `node`, through open handle `fh` when it is one of this node's.
     pub fn getattr(&self, _ctx: &Context, node: u64, fh: Option<u64>) -> io::Result<Attr> {
         let stx = match fh.and_then(|fh| self.handle(fh).ok()) {
             Some(h) if h.node == node => sys::statx_fd(h.fd())?,
@@ -677,6 +744,7 @@ impl FileSystem {
         Ok(Attr::from_statx(&sys::statx_fd(inode.fd())?, node))
     }
 
+    /// The target of symlink `node` (EINVAL for anything else), never resolved here.
     pub fn readlink(&self, _ctx: &Context, node: u64) -> io::Result<Vec<u8>> {
         let inode = self.inode(node)?;
         if !inode.is_symlink() {
@@ -685,6 +753,8 @@ impl FileSystem {
         sys::readlink_fd(inode.fd())
     }
 
+    /// Creates a device node, FIFO, socket or regular file as the caller (its fsuid/fsgid,
+    /// its umask).
     pub fn mknod(
         &self,
         ctx: &Context,
@@ -704,6 +774,7 @@ impl FileSystem {
         self.lookup_in(&p, name)
     }
 
+    /// Creates a directory as the caller.
     pub fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32) -> io::Result<Entry> {
         self.writable()?;
         let p = self.dir_inode(parent)?;
@@ -716,6 +787,7 @@ impl FileSystem {
         self.lookup_in(&p, name)
     }
 
+    /// Creates a symlink to `target` as the caller; the target is stored, not checked.
     pub fn symlink(
         &self,
         ctx: &Context,
@@ -733,6 +805,7 @@ impl FileSystem {
         self.lookup_in(&p, name)
     }
 
+    /// Removes the non-directory `name` from `parent`.
     pub fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let p = self.dir_inode(parent)?;
@@ -740,6 +813,7 @@ impl FileSystem {
         sys::unlinkat(p.fd(), name, 0)
     }
 
+    /// Removes the empty directory `name` from `parent`.
     pub fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let p = self.dir_inode(parent)?;
@@ -770,6 +844,8 @@ impl FileSystem {
         sys::renameat2(p.fd(), name, np.fd(), new_name, flags)
     }
 
+    /// A new hard link to `node` in `new_parent` (linkat through its /proc/self/fd magic link,
+    /// which needs no capability).
     pub fn link(
         &self,
         _ctx: &Context,
@@ -815,6 +891,8 @@ impl FileSystem {
             .ok_or_else(|| err(libc::EBADF))
     }
 
+    /// Opens regular file `node` with the client's `flags` (O_DIRECT dropped; EISDIR for a
+    /// directory, ELOOP for a symlink).
     pub fn open(&self, _ctx: &Context, node: u64, flags: i32) -> io::Result<Open> {
         if writes(flags) {
             self.writable()?;
@@ -964,28 +1042,35 @@ impl FileSystem {
         Ok(done)
     }
 
+    /// FUSE_FLUSH: closes a duplicate of the handle's descriptor, so POSIX locks go and
+    /// close(2)'s error is the answer, as at a close on the host.
     pub fn flush(&self, fh: u64) -> io::Result<()> {
         sys::flush_fd(self.handle(fh)?.fd())
     }
 
+    /// Closes open file handle `fh`.
     pub fn release(&self, fh: u64) -> io::Result<()> {
         self.remove_handle(fh).map(drop)
     }
 
+    /// fsync(2), or fdatasync(2) with `datasync`, of the handle's file.
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         sys::fsync(self.handle(fh)?.fd(), datasync)
     }
 
+    /// Opens directory `node` for readdir; the answer is the handle id.
     pub fn opendir(&self, _ctx: &Context, node: u64) -> io::Result<u64> {
         let inode = self.dir_inode(node)?;
         let file = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
         Ok(self.insert_handle(node, file).0)
     }
 
+    /// Closes directory handle `fh`.
     pub fn releasedir(&self, fh: u64) -> io::Result<()> {
         self.remove_handle(fh).map(drop)
     }
 
+    /// fsync(2), or fdatasync(2) with `datasync`, of the handle's directory.
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
         sys::fsync(self.handle(fh)?.fd(), datasync)
     }
@@ -1074,6 +1159,7 @@ impl FileSystem {
         })
     }
 
+    /// statfs of the filesystem holding `node`.
     pub fn statfs(&self, _ctx: &Context, node: u64) -> io::Result<StatFs> {
         let st = sys::fstatfs(self.inode(node)?.fd())?;
         Ok(StatFs {
@@ -1155,6 +1241,8 @@ impl FileSystem {
         })
     }
 
+    /// The value of xattr `name`; with `size` 0 only its size, and ERANGE when it does not
+    /// fit in `size`.
     pub fn getxattr(&self, _ctx: &Context, node: u64, name: &CStr, size: u32) -> io::Result<Xattr> {
         let inode = self.inode(node)?;
         let name = self.host_xattr_name(name, libc::ENODATA)?;
@@ -1252,6 +1340,7 @@ impl FileSystem {
         )
     }
 
+    /// Removes xattr `name` (through `--xattrmap` when one is set).
     pub fn removexattr(&self, _ctx: &Context, node: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
         let inode = self.inode(node)?;
@@ -1320,6 +1409,8 @@ impl FileSystem {
         sys::syncfs(fd.as_fd())
     }
 
+    /// copy_file_range(2) between two open handles on the host; the answer is the bytes
+    /// copied.
     pub fn copy_file_range(
         &self,
         fh_in: u64,

@@ -33,9 +33,15 @@ pub const XATTR_NAME_MAX: usize = 255;
 /// What a rule does to the names it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleType {
+    /// Client names matching `key` go to the host with `prepend` put before them; host
+    /// names starting with `prepend` reach the client with it stripped.
     Prefix,
+    /// Matching names pass unchanged.
     Ok,
+    /// Matching client names are refused (ENODATA for reads, EPERM for changes);
+    /// matching host names are hidden.
     Bad,
+    /// Matching client names are refused with EOPNOTSUPP; matching host names are hidden.
     Unsupported,
 }
 
@@ -46,6 +52,7 @@ pub enum Scope {
     Client,
     /// Names from the host, on `prepend`.
     Server,
+    /// Both.
     All,
 }
 
@@ -59,11 +66,16 @@ impl Scope {
     }
 }
 
+/// One rule of an `--xattrmap`; the first rule whose scope and prefix match a name decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// What the rule does.
     pub kind: RuleType,
+    /// Which direction it applies to.
     pub scope: Scope,
+    /// Prefix matched against client names.
     pub key: Vec<u8>,
+    /// Prefix matched against host names; for `Prefix`, what is put before client names.
     pub prepend: Vec<u8>,
 }
 
@@ -116,29 +128,42 @@ pub enum XattrMapError {
     Empty,
     /// The rule ends before the separator that closes `field`.
     Unterminated {
+        /// The rule's number.
         rule: usize,
+        /// The field left open (`type`, `scope`, `key`, `prepend`).
         field: &'static str,
+        /// The separator the rule started with.
         separator: char,
     },
+    /// A type other than `prefix`, `ok`, `bad`, `unsupported` or `map`.
     UnknownType {
+        /// The rule's number.
         rule: usize,
+        /// The type as written.
         found: String,
     },
+    /// A scope other than `client`, `server` or `all`.
     UnknownScope {
+        /// The rule's number.
         rule: usize,
+        /// The scope as written.
         found: String,
     },
     /// A `map` rule followed by another rule.
     MapNotLast {
+        /// The `map` rule's number.
         rule: usize,
     },
     /// A NUL byte, which no xattr name can hold.
     Nul {
+        /// The rule's number.
         rule: usize,
     },
     /// A `key` or `prepend` longer than any xattr name: the rule could never apply.
     TooLong {
+        /// The rule's number.
         rule: usize,
+        /// `key` or `prepend`.
         field: &'static str,
     },
 }
