@@ -254,7 +254,8 @@ impl ServeArgs {
 /// virtiofsd fails with a reason naming what zerodax does instead, never silently.
 #[derive(Debug, Default, clap::Args)]
 pub struct RefusedFlags {
-    /// Only `never` (zerodax references inodes by O_PATH descriptors).
+    /// `never` or `prefer` (zerodax references inodes by O_PATH descriptors, the fallback
+    /// `prefer` takes in virtiofsd); `mandatory` is refused.
     #[arg(long, value_name = "WHEN", hide = true)]
     pub inode_file_handles: Option<String>,
     /// Refused: guest O_DIRECT is not honoured (files are opened without it).
@@ -297,7 +298,7 @@ impl RefusedFlags {
     pub fn check(&self) -> Result<(), String> {
         let value_is = |v: &Option<String>, ok: &str| v.as_deref().is_none_or(|v| v == ok);
         let refused = [
-            (!value_is(&self.inode_file_handles, "never"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: only `never` is accepted"),
+            (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),

@@ -1619,7 +1619,6 @@ fn xattrs_are_enosys_without_the_flag() {
 #[test]
 fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
-        &["--inode-file-handles=prefer"],
         &["--inode-file-handles=mandatory"],
         &["--allow-direct-io"],
         &["--killpriv-v2"],
@@ -1678,7 +1677,7 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["-f", "-d"],
         &["--no-announce-submounts", "--no-killpriv-v2"],
         &[
-            "--inode-file-handles=never",
+            "--inode-file-handles=prefer",
             "--seccomp",
             "none",
             "--posix-acl=never",
