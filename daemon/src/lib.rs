@@ -7,6 +7,7 @@ pub mod confine;
 pub mod dax;
 pub mod fs;
 pub mod fuse_dev;
+pub mod idmap;
 pub mod mount;
 pub mod serve;
 pub mod server;

@@ -20,6 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
+use crate::idmap::{IdMap, IdRule};
 use crate::mount::{block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel};
 use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
 use crate::size::{parse_size, SizeError};
@@ -164,6 +165,14 @@ pub struct ServeArgs {
     /// guest and written back later, as virtiofsd's flag.
     #[arg(long)]
     pub writeback: bool,
+    /// Translate user ids between guest and host, virtiofsd's syntax (repeatable):
+    /// `map:GUEST:HOST:COUNT`, `guest:…`, `host:…`, `squash-guest:…`, `squash-host:…`,
+    /// `forbid-guest:GUEST:COUNT`. See docs/serve.md.
+    #[arg(long, value_name = "RULE")]
+    pub translate_uid: Vec<IdRule>,
+    /// Translate group ids, as --translate-uid.
+    #[arg(long, value_name = "RULE")]
+    pub translate_gid: Vec<IdRule>,
     /// Log to the local syslog (/dev/log) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
@@ -273,12 +282,6 @@ pub struct RefusedFlags {
     /// Refused, as --uid-map.
     #[arg(long, value_name = "MAP", hide = true)]
     pub gid_map: Vec<String>,
-    /// Refused: no uid/gid translation.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub translate_uid: Vec<String>,
-    /// Refused, as --translate-uid.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub translate_gid: Vec<String>,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
@@ -304,8 +307,6 @@ impl RefusedFlags {
             (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
-            (!self.translate_uid.is_empty(), "--translate-uid", "no uid translation: guest uids are host uids (docs/serve.md, *What a guest can create on the host*)"),
-            (!self.translate_gid.is_empty(), "--translate-gid", "no gid translation: guest gids are host gids"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
             (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
@@ -578,6 +579,15 @@ struct Shutdown {
 
 fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     args.refused.check().map_err(ServeError::Usage)?;
+    if args.posix_acl != AclMode::Never
+        && !(args.translate_uid.is_empty() && args.translate_gid.is_empty())
+    {
+        // ACLs name ids inside xattr values, which translation does not touch (virtiofsd
+        // refuses the pair too).
+        return Err(ServeError::Usage(
+            "--translate-uid/--translate-gid cannot go with --posix-acl: ACLs hold ids".into(),
+        ));
+    }
     let shared_dir = args
         .shared_dir
         .as_deref()
@@ -646,6 +656,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             posix_acl: args.posix_acl,
             announce_submounts: args.announce_submounts,
             writeback: args.writeback,
+            uid_map: IdMap::new(args.translate_uid.clone()),
+            gid_map: IdMap::new(args.translate_gid.clone()),
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

@@ -25,6 +25,7 @@ use protocol::{parse_header, Opcode, Operation, ParseError, ParseOptions, ReplyE
 
 use crate::dax::{Dax, DaxConfig, DaxInodes, MAP_ALIGNMENT_LOG2};
 use crate::fs::{self, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
+use crate::idmap::IdMap;
 
 /// `--cache`: how long the guest may trust what it was told, as virtiofsd's modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -305,7 +306,8 @@ fn parse_errno(e: &ParseError) -> i32 {
     }
 }
 
-fn fuse_attr(a: &fs::Attr, dax: bool) -> FuseAttr {
+/// The attributes as the guest sees them: host ids made guest ids (`--translate-uid/gid`).
+fn fuse_attr(a: &fs::Attr, dax: bool, ids: &(IdMap, IdMap)) -> FuseAttr {
     FuseAttr {
         ino: a.ino,
         size: a.size,
@@ -318,8 +320,8 @@ fn fuse_attr(a: &fs::Attr, dax: bool) -> FuseAttr {
         ctimensec: a.ctime.nsec,
         mode: a.mode,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: ids.0.to_guest(a.uid),
+        gid: ids.1.to_guest(a.gid),
         rdev: a.rdev,
         blksize: a.blksize,
         flags: if dax && a.mode & libc::S_IFMT == libc::S_IFREG {
@@ -331,8 +333,8 @@ fn fuse_attr(a: &fs::Attr, dax: bool) -> FuseAttr {
 }
 
 /// `submounts`: the session announces submounts (`--announce-submounts`, FUSE_SUBMOUNTS).
-fn entry_out(e: &fs::Entry, dax: bool, submounts: bool) -> FuseEntryOut {
-    let mut attr = fuse_attr(&e.attr, dax);
+fn entry_out(e: &fs::Entry, dax: bool, submounts: bool, ids: &(IdMap, IdMap)) -> FuseEntryOut {
+    let mut attr = fuse_attr(&e.attr, dax, ids);
     if submounts && e.submount {
         attr.flags |= FUSE_ATTR_SUBMOUNT;
     }
@@ -375,7 +377,7 @@ fn set_attr(s: &FuseSetattrIn) -> SetAttr {
 }
 
 /// How the server is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// `--cache`.
     pub cache: CachePolicy,
@@ -392,6 +394,10 @@ pub struct ServerOptions {
     pub announce_submounts: bool,
     /// `--writeback`: offer the guest a writeback cache (FUSE_WRITEBACK_CACHE).
     pub writeback: bool,
+    /// `--translate-uid`: guest and host user ids.
+    pub uid_map: IdMap,
+    /// `--translate-gid`: guest and host group ids.
+    pub gid_map: IdMap,
 }
 
 /// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
@@ -416,6 +422,8 @@ impl Default for ServerOptions {
             posix_acl: AclMode::Never,
             announce_submounts: false,
             writeback: false,
+            uid_map: IdMap::default(),
+            gid_map: IdMap::default(),
         }
     }
 }
@@ -437,6 +445,8 @@ pub struct Server {
     submounts: AtomicBool,
     /// INIT accepted WRITEBACK_CACHE (`--writeback`).
     writeback: AtomicBool,
+    /// `--translate-uid` and `--translate-gid`, in that order.
+    ids: (IdMap, IdMap),
 }
 
 impl std::fmt::Debug for Server {
@@ -454,6 +464,7 @@ impl Server {
         let dax = opts
             .dax
             .map(|cfg| Arc::new(Dax::new(cfg, fs.config().read_only)));
+        let ids = (opts.uid_map.clone(), opts.gid_map.clone());
         Self {
             fs,
             opts,
@@ -464,6 +475,7 @@ impl Server {
             setxattr_ext: AtomicBool::new(false),
             submounts: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
+            ids,
         }
     }
 
@@ -693,6 +705,7 @@ impl Server {
                     en,
                     self.inode_dax.load(Ordering::Relaxed),
                     self.submounts.load(Ordering::Relaxed),
+                    &self.ids,
                 ),
                 None => FuseEntryOut {
                     attr: FuseAttr {
@@ -828,9 +841,11 @@ impl Server {
         use Operation as O;
         let h = &req.header;
         let (unique, node) = (h.unique, h.nodeid);
+        // The caller as the host knows it. A forbidden guest id becomes -1, which no
+        // credential switch accepts: whatever would act as the caller fails with EPERM.
         let ctx = Context {
-            uid: h.uid,
-            gid: h.gid,
+            uid: self.ids.0.to_host(h.uid).unwrap_or(u32::MAX),
+            gid: self.ids.1.to_host(h.gid).unwrap_or(u32::MAX),
             pid: h.pid,
             umask: 0,
         };
@@ -847,7 +862,7 @@ impl Server {
             sent(reply::reply_entry(
                 &mut sink(chain),
                 unique,
-                &entry_out(&e, dax, submounts),
+                &entry_out(&e, dax, submounts, &self.ids),
             ))
         };
         let attr = |chain: &mut dyn Chain, r: io::Result<fs::Attr>| -> Outcome {
@@ -856,7 +871,7 @@ impl Server {
                 attr_valid: fs.config().attr_timeout.as_secs(),
                 attr_valid_nsec: fs.config().attr_timeout.subsec_nanos(),
                 dummy: 0,
-                attr: fuse_attr(&a, dax),
+                attr: fuse_attr(&a, dax, &self.ids),
             };
             sent(reply::reply_attr(&mut sink(chain), unique, &out))
         };
@@ -877,7 +892,7 @@ impl Server {
             sent(reply::reply_create(
                 &mut sink(chain),
                 unique,
-                &entry_out(e, dax, submounts),
+                &entry_out(e, dax, submounts, &self.ids),
                 &out,
             ))
         };
@@ -929,7 +944,15 @@ impl Server {
                 if s.valid & FATTR_SIZE != 0 {
                     self.will_shrink(node, s.size);
                 }
-                let r = fs.setattr(&ctx, node, &set_attr(s));
+                let mut set = set_attr(s);
+                // A new owner named in guest ids; a forbidden one is refused.
+                if let Some(uid) = set.uid {
+                    set.uid = Some(self.ids.0.to_host(uid).ok_or(libc::EPERM)?);
+                }
+                if let Some(gid) = set.gid {
+                    set.gid = Some(self.ids.1.to_host(gid).ok_or(libc::EPERM)?);
+                }
+                let r = fs.setattr(&ctx, node, &set);
                 if r.is_ok() && s.valid & FATTR_SIZE != 0 {
                     self.file_changed(|| Some(node));
                 }
