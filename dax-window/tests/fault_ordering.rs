@@ -219,29 +219,23 @@ fn many_threads_same_and_neighbouring_pages() {
     assert_eq!(w.stats().failed, 0);
 }
 
-#[test]
-fn unmap_while_other_threads_touch() {
-    let _wd = Watchdog::new("unmap_while_touch", 120);
-    let fs = Ext4::new(256);
-    let a = fs.path("a");
-    let b = fs.path("b");
-    let fa = sparse_file(&a, 4 * MIB as u64, &[(0, &[b'a'; 65536])]);
-    let fb = sparse_file(&b, 4 * MIB as u64, &[]);
-    let w = Arc::new(Window::new(8 * MIB).unwrap());
-    w.map_file(0, 4 * MIB, &fa, 0, true).unwrap();
-    w.map_file(4 * MIB, 4 * MIB, &fb, 0, true).unwrap();
-    w.write_at(MIB, b"before").unwrap();
+/// One unmap of `[0, 4 MiB)` with two readers of it and a writer next to it running; returns
+/// how many reads overlapped the unmap. Waits on the readers' counts, not on sleeps: each
+/// reader has read before the unmap starts and after it returned.
+fn unmap_under_readers(w: &Arc<Window>, counts: &Arc<[AtomicUsize; 3]>) -> usize {
     let stop = Arc::new(AtomicBool::new(false));
     // 0: before the unmap, 1: while it runs, 2: after it returned.
     let phase = Arc::new(AtomicUsize::new(0));
     let mut hs = Vec::new();
     for _ in 0..2 {
-        let w = Arc::clone(&w);
-        let stop = Arc::clone(&stop);
-        let phase = Arc::clone(&phase);
+        let (w, stop, phase, counts) = (
+            Arc::clone(w),
+            Arc::clone(&stop),
+            Arc::clone(&phase),
+            Arc::clone(counts),
+        );
         hs.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
-            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Reads of the range being unmapped see the file or zeros, never garbage: a
                 // read done before the unmap sees only the file, one started after it only
@@ -251,19 +245,26 @@ fn unmap_while_other_threads_touch() {
                 let before = phase.load(Ordering::SeqCst);
                 w.read_at(0, &mut buf).unwrap();
                 let after = phase.load(Ordering::SeqCst);
-                match (before, after) {
-                    (0, 0) => assert!(buf.iter().all(|&x| x == b'a'), "before the unmap"),
-                    (2, _) => assert!(buf.iter().all(|&x| x == 0), "after the unmap"),
-                    _ => assert!(buf.iter().all(|&x| x == b'a' || x == 0), "during the unmap"),
-                }
-                n += 1;
+                let kind = match (before, after) {
+                    (0, 0) => {
+                        assert!(buf.iter().all(|&x| x == b'a'), "before the unmap");
+                        0
+                    }
+                    (2, _) => {
+                        assert!(buf.iter().all(|&x| x == 0), "after the unmap");
+                        2
+                    }
+                    _ => {
+                        assert!(buf.iter().all(|&x| x == b'a' || x == 0), "during the unmap");
+                        1
+                    }
+                };
+                counts[kind].fetch_add(1, Ordering::SeqCst);
             }
-            n
         }));
     }
     {
-        let w = Arc::clone(&w);
-        let stop = Arc::clone(&stop);
+        let (w, stop) = (Arc::clone(w), Arc::clone(&stop));
         hs.push(std::thread::spawn(move || {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -271,19 +272,62 @@ fn unmap_while_other_threads_touch() {
                 w.write_at(4 * MIB + (i % 256) * PAGE_SIZE, b"b").unwrap();
                 i += 1;
             }
-            i as u64
         }));
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let wait_for = |kind: usize, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while counts[kind].load(Ordering::SeqCst) < n {
+            assert!(std::time::Instant::now() < deadline, "readers stalled");
+            std::thread::yield_now();
+        }
+    };
+    wait_for(0, 2);
     phase.store(1, Ordering::SeqCst);
     w.unmap(0, 4 * MIB).unwrap();
     phase.store(2, Ordering::SeqCst);
     assert!(matches!(w.unmap(4 * MIB, MIB), Err(Error::PartialUnmap)));
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_for(2, 2);
     stop.store(true, Ordering::Relaxed);
     for h in hs {
-        assert!(h.join().unwrap() > 0);
+        h.join().unwrap();
     }
+    counts[1].load(Ordering::SeqCst)
+}
+
+#[test]
+fn unmap_while_other_threads_touch() {
+    let _wd = Watchdog::new("unmap_while_touch", 120);
+    let fs = Ext4::new(256);
+    let a = fs.path("a");
+    let b = fs.path("b");
+    let fa = sparse_file(&a, 4 * MIB as u64, &[(0, &[b'a'; 65536])]);
+    let fb = sparse_file(&b, 4 * MIB as u64, &[]);
+    // The race is proved, not hoped for: reads that overlapped the unmap are counted, and the
+    // whole scenario is run again (a fresh window) until one did.
+    let mut overlapped = 0;
+    let mut attempts = 0;
+    let w = loop {
+        attempts += 1;
+        let w = Arc::new(Window::new(8 * MIB).unwrap());
+        w.map_file(0, 4 * MIB, &fa, 0, true).unwrap();
+        w.map_file(4 * MIB, 4 * MIB, &fb, 0, true).unwrap();
+        w.write_at(MIB, b"before").unwrap();
+        // Reads by phase: [before, overlapping, after].
+        let counts = Arc::new([
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        ]);
+        overlapped += unmap_under_readers(&w, &counts);
+        if overlapped > 0 || attempts == 200 {
+            break w;
+        }
+    };
+    eprintln!("{overlapped} reads overlapped the unmap (attempt {attempts})");
+    assert!(
+        overlapped > 0,
+        "no read overlapped the unmap in {attempts} attempts: the test proved nothing"
+    );
     assert!(read_all_zero(&w, 0, 4 * MIB));
     let s = w.page_states(0, 4 * MIB).unwrap();
     assert_eq!(s.file, 0);
