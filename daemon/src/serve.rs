@@ -176,6 +176,12 @@ pub struct ServeArgs {
     /// Log to the local syslog (/dev/log) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
+    /// Label nodes the guest creates with the security contexts its kernel sends
+    /// (FUSE_SECURITY_CTX, e.g. SELinux's `security.selinux`): `never` (default), `auto`,
+    /// `always` (INIT fails otherwise); `--security-label` alone is `always`, as virtiofsd.
+    #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
+          default_value_t = AclMode::Never, default_missing_value = "always")]
+    pub security_label: AclMode,
     /// Keep the guest's O_NOATIME when opening files; by default it is dropped, as
     /// virtiofsd does.
     #[arg(long)]
@@ -247,8 +253,8 @@ impl ServeArgs {
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
                     "posix_acl" => self.posix_acl = AclMode::Always,
                     "no_posix_acl" => self.posix_acl = AclMode::Never,
-                    "security_label" => self.refused.security_label = Some("always".into()),
-                    "no_security_label" => self.refused.security_label = Some("never".into()),
+                    "security_label" => self.security_label = AclMode::Always,
+                    "no_security_label" => self.security_label = AclMode::Never,
                     // Locks are not served; virtiofsd takes these as no-ops too.
                     "no_posix_lock" | "no_flock" => {}
                     _ => return Err(bad()),
@@ -273,9 +279,6 @@ pub struct RefusedFlags {
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
-    /// Only `never` (no security context is set at create).
-    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always", hide = true)]
-    pub security_label: Option<String>,
     /// Refused: no user namespace uid/gid maps.
     #[arg(long, value_name = "MAP", hide = true)]
     pub uid_map: Vec<String>,
@@ -299,12 +302,10 @@ pub struct RefusedFlags {
 impl RefusedFlags {
     /// The first flag given that zerodax refuses, with the reason.
     pub fn check(&self) -> Result<(), String> {
-        let value_is = |v: &Option<String>, ok: &str| v.as_deref().is_none_or(|v| v == ok);
         let refused = [
             (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
             (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (!value_is(&self.security_label, "never"), "--security-label", "no security context is set on created files (FUSE_SECURITY_CTX is not negotiated): only `never`"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
@@ -658,6 +659,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             writeback: args.writeback,
             uid_map: IdMap::new(args.translate_uid.clone()),
             gid_map: IdMap::new(args.translate_gid.clone()),
+            security_label: args.security_label,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes,

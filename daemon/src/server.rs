@@ -398,6 +398,8 @@ pub struct ServerOptions {
     pub uid_map: IdMap,
     /// `--translate-gid`: guest and host group ids.
     pub gid_map: IdMap,
+    /// `--security-label`: label new nodes with the guest's LSM contexts.
+    pub security_label: AclMode,
 }
 
 /// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
@@ -424,6 +426,7 @@ impl Default for ServerOptions {
             writeback: false,
             uid_map: IdMap::default(),
             gid_map: IdMap::default(),
+            security_label: AclMode::Never,
         }
     }
 }
@@ -447,6 +450,8 @@ pub struct Server {
     writeback: AtomicBool,
     /// `--translate-uid` and `--translate-gid`, in that order.
     ids: (IdMap, IdMap),
+    /// INIT accepted SECURITY_CTX (`--security-label`).
+    security_ctx: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -476,6 +481,7 @@ impl Server {
             submounts: AtomicBool::new(false),
             writeback: AtomicBool::new(false),
             ids,
+            security_ctx: AtomicBool::new(false),
         }
     }
 
@@ -775,6 +781,17 @@ impl Server {
                 return Err(libc::EPROTO);
             }
         }
+        match self.opts.security_label {
+            AclMode::Never => {}
+            _ if offered & FUSE_SECURITY_CTX != 0 => wanted |= FUSE_SECURITY_CTX,
+            AclMode::Auto => {
+                tracing::warn!("--security-label=auto: the guest sends no security contexts")
+            }
+            AclMode::Always => {
+                tracing::error!("--security-label=always: the guest cannot send security contexts");
+                return Err(libc::EPROTO);
+            }
+        }
         let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {
@@ -805,6 +822,8 @@ impl Server {
                 .store(accepted & FUSE_SUBMOUNTS != 0, Ordering::Relaxed);
             self.writeback
                 .store(accepted & FUSE_WRITEBACK_CACHE != 0, Ordering::Relaxed);
+            self.security_ctx
+                .store(accepted & FUSE_SECURITY_CTX != 0, Ordering::Relaxed);
             let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
                 && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
             self.inode_dax.store(inode_dax, Ordering::Relaxed);
@@ -857,8 +876,39 @@ impl Server {
             r.map_err(errno)?;
             sent(reply::reply_empty(&mut sink(chain), unique))
         };
+        // The LSM labels the guest kernel sent with a create (SECURITY_CTX): checked before
+        // the node is made, set on it right after (not atomic: a failure leaves it unlabelled
+        // and fails the request).
+        let contexts = || {
+            req.extensions
+                .security_contexts()
+                .filter(|_| self.security_ctx.load(Ordering::Relaxed))
+        };
+        let creating = matches!(
+            req.op,
+            O::Create { .. }
+                | O::Mkdir { .. }
+                | O::Mknod { .. }
+                | O::Symlink { .. }
+                | O::Tmpfile { .. }
+        );
+        if creating && contexts().any(|(name, _)| !name.to_bytes().starts_with(b"security.")) {
+            return Err(libc::EPERM);
+        }
+        let label = |e: &fs::Entry| -> Result<(), i32> {
+            for (name, value) in contexts() {
+                if let Err(error) = fs.set_security_context(e.node, name, value) {
+                    fs.forget(e.node, 1);
+                    return Err(errno(error));
+                }
+            }
+            Ok(())
+        };
         let entry = |chain: &mut dyn Chain, r: io::Result<fs::Entry>| -> Outcome {
             let e = r.map_err(errno)?;
+            if creating {
+                label(&e)?;
+            }
             sent(reply::reply_entry(
                 &mut sink(chain),
                 unique,
@@ -1016,6 +1066,10 @@ impl Server {
                 if arg.flags as i32 & libc::O_TRUNC != 0 {
                     self.file_changed(|| Some(e.node));
                 }
+                if let Err(error) = label(&e) {
+                    let _ = fs.release(open.fh);
+                    return Err(error);
+                }
                 created(chain, &e, open.fh)
             }
             // An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
@@ -1023,6 +1077,10 @@ impl Server {
                 let (e, open) = fs
                     .tmpfile(&with_umask(arg.umask), node, arg.mode, arg.flags as i32)
                     .map_err(errno)?;
+                if let Err(error) = label(&e) {
+                    let _ = fs.release(open.fh);
+                    return Err(error);
+                }
                 created(chain, &e, open.fh)
             }
             O::Read(ref r) => self.read(chain, unique, r),

@@ -200,6 +200,8 @@ pub struct FuseClient {
     uid: u32,
     gid: u32,
     pid: u32,
+    /// Extension area for the next request only (security contexts, groups).
+    next_extensions: Vec<u8>,
 }
 
 impl FuseClient {
@@ -213,7 +215,14 @@ impl FuseClient {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
+            next_extensions: Vec::new(),
         }
+    }
+
+    /// Sends `bytes` as the extension area of the next request (as a kernel appends security
+    /// contexts or a supplementary group to a create); `bytes` must be a well-formed area.
+    pub fn extend_next_request(&mut self, bytes: Vec<u8>) {
+        self.next_extensions = bytes;
     }
 
     /// Connects to the backend's socket and sets the device up (no INIT yet).
@@ -250,6 +259,7 @@ impl FuseClient {
 
     /// Encodes `op` for `nodeid` with a fresh unique; returns the unique and the bytes.
     pub fn encode(&mut self, nodeid: u64, op: Operation<'_>) -> (u64, Vec<u8>) {
+        let extensions = std::mem::take(&mut self.next_extensions);
         let unique = self.next_unique();
         let req = Request {
             header: FuseInHeader {
@@ -261,7 +271,7 @@ impl FuseClient {
                 ..Default::default()
             },
             op,
-            extensions: Extensions::default(),
+            extensions: Extensions::from_bytes(&extensions).unwrap_or_default(),
         };
         (unique, req.to_bytes(self.opts))
     }

@@ -153,6 +153,25 @@ impl<'a> Extensions<'a> {
         })
     }
 
+    /// The security contexts sent with FUSE_SECURITY_CTX (the kernel's LSM labels for a node
+    /// being created): `(xattr name, value)` pairs. Blocks and records that do not parse
+    /// (a name without its NUL, a value past the block) end the list; nothing panics.
+    pub fn security_contexts(&self) -> impl Iterator<Item = (&'a CStr, &'a [u8])> + 'a {
+        self.iter().filter(|e| e.typ < 32).flat_map(|e| {
+            let mut rest = e.data;
+            (0..e.typ).map_while(move |_| {
+                let size = u32::decode(rest)? as usize;
+                let body = rest.get(FuseSecctx::SIZE..)?;
+                let name = CStr::from_bytes_until_nul(body).ok()?;
+                let value_at = name.to_bytes_with_nul().len();
+                let value = body.get(value_at..value_at.checked_add(size)?)?;
+                let record = (FuseSecctx::SIZE + value_at + size).next_multiple_of(8);
+                rest = rest.get(record..).unwrap_or_default();
+                Some((name, value))
+            })
+        })
+    }
+
     /// The supplementary group sent with FUSE_CREATE_SUPP_GROUP, if any.
     pub fn supp_group(&self) -> Option<u32> {
         let ext = self.iter().find(|e| e.typ == FUSE_EXT_GROUPS)?;

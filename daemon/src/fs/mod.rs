@@ -474,6 +474,25 @@ impl FileSystem {
         }
     }
 
+    /// Labels a node the client just created with the security context its kernel sent
+    /// (FUSE_SECURITY_CTX, `serve --security-label`): the xattr `name` set to `value`, as root.
+    /// Only `security.*` names: a context is an LSM label, and any other namespace here would
+    /// let a guest set `trusted.*` without `--xattr`.
+    pub fn set_security_context(&self, node: u64, name: &CStr, value: &[u8]) -> io::Result<()> {
+        if !name.to_bytes().starts_with(b"security.") {
+            return Err(err(libc::EPERM));
+        }
+        let inode = self.inode(node)?;
+        self.xattr_call(
+            &inode,
+            |fd, at| match at {
+                None => sys::setxattr(fd, name, value, 0),
+                Some(path) => sys::setxattr_at(fd, path, name, value, 0),
+            },
+            || Err(err(libc::EOPNOTSUPP)),
+        )
+    }
+
     /// A client's open flags, less O_NOATIME unless `preserve_noatime`.
     fn noatime(&self, flags: i32) -> i32 {
         if self.cfg.preserve_noatime {
@@ -1202,6 +1221,17 @@ impl FileSystem {
         if !self.cfg.xattr {
             return Err(err(libc::ENOSYS));
         }
+        self.xattr_call(inode, call, unsupported)
+    }
+
+    /// `on_xattrs` without the `--xattr` gate (security labels at create are not guest xattr
+    /// requests).
+    fn xattr_call<T>(
+        &self,
+        inode: &Inode,
+        call: impl FnOnce(BorrowedFd<'_>, Option<&CStr>) -> io::Result<T>,
+        unsupported: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
         if inode.is_reg() || inode.is_dir() {
             let fd = self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
             return call(fd.as_fd(), None);
