@@ -9,6 +9,7 @@ pub mod fs;
 pub mod fuse_dev;
 pub mod idmap;
 pub mod mount;
+pub mod process;
 pub mod serve;
 pub mod server;
 pub mod size;

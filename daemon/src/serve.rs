@@ -21,7 +21,9 @@ use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
-use crate::mount::{block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel};
+use crate::process::{
+    block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel,
+};
 use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
 use crate::size::{parse_size, SizeError};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
