@@ -373,23 +373,13 @@ pub enum SeccompAction {
 fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
     use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
     let any = |nr: libc::c_long| (nr, Vec::new());
-    let arg0_in = |nr: libc::c_long, values: &[u64]| {
+    // The call `nr` only when its argument `arg` is one of `values`.
+    let arg_in = |nr: libc::c_long, arg: u8, values: &[u64]| {
         let rules = values
             .iter()
             .filter_map(|&v| {
-                let cond =
-                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v).ok()?;
-                SeccompRule::new(vec![cond]).ok()
-            })
-            .collect();
-        (nr, rules)
-    };
-    let arg1_in = |nr: libc::c_long, values: &[u64]| {
-        let rules = values
-            .iter()
-            .filter_map(|&v| {
-                let cond =
-                    SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v).ok()?;
+                let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+                    .ok()?;
                 SeccompRule::new(vec![cond]).ok()
             })
             .collect();
@@ -429,8 +419,9 @@ fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
         any(libc::SYS_nanosleep),
         any(libc::SYS_getrandom),
         // Thread names only.
-        arg0_in(
+        arg_in(
             libc::SYS_prctl,
+            0,
             &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64],
         ),
         // Events and the vhost-user sockets (the connection is accepted after the filter).
@@ -447,7 +438,7 @@ fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
         any(libc::SYS_getsockopt),
         any(libc::SYS_shutdown),
         // A terminal check of the log's stderr, non-blocking mode.
-        arg1_in(libc::SYS_ioctl, &[libc::TCGETS, libc::FIONBIO]),
+        arg_in(libc::SYS_ioctl, 1, &[libc::TCGETS, libc::FIONBIO]),
         // Descriptors.
         any(libc::SYS_close),
         any(libc::SYS_fcntl),

@@ -1074,15 +1074,21 @@ impl Served {
     }
 
     fn connect(&self) -> FuseClient {
+        let (fs, init) = self.connect_offering(DEFAULT_INIT_FLAGS);
+        init.unwrap_or_else(|e| panic!("INIT: {e}\n{}", self.backend.log_tail(2000)));
+        fs
+    }
+
+    /// Connects and sends INIT offering `flags`; the INIT answer is the caller's to check.
+    fn connect_offering(&self, flags: u64) -> (FuseClient, Result<FuseInitOut, FuseError>) {
         let config = DriverConfig {
             timeout: TIMEOUT,
             ..Default::default()
         };
         let mut fs = FuseClient::connect(&self.socket, &config)
             .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.backend.log_tail(2000)));
-        fs.init(DEFAULT_INIT_FLAGS)
-            .unwrap_or_else(|e| panic!("INIT: {e}\n{}", self.backend.log_tail(2000)));
-        fs
+        let init = fs.init(flags);
+        (fs, init)
     }
 
     fn expect_exit_0(&mut self) {
@@ -2361,15 +2367,7 @@ fn acl(user: u16, group: u16, other: u16) -> Vec<u8> {
 #[test]
 fn posix_acls_follow_the_flag_and_the_negotiation() {
     const ACL_INIT: u64 = FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT;
-    let connect = |srv: &Served, flags: u64| {
-        let config = DriverConfig {
-            timeout: TIMEOUT,
-            ..Default::default()
-        };
-        let mut fs = FuseClient::connect(&srv.socket, &config).unwrap();
-        let init = fs.init(flags);
-        (fs, init)
-    };
+    let connect = |srv: &Served, flags: u64| srv.connect_offering(flags);
     let no_acl = DEFAULT_INIT_FLAGS & !ACL_INIT;
     // always: a guest without ACLs cannot INIT.
     let srv = Served::start(&["--posix-acl"]);
@@ -2581,12 +2579,8 @@ fn writeback_opens_read_write_and_leaves_appends_to_the_guest() {
         let srv = Served::start(if writeback { &["--writeback"] } else { &[] });
         let host = srv.disk.mnt.join("f");
         std::fs::write(&host, b"0123456789").unwrap();
-        let config = DriverConfig {
-            timeout: TIMEOUT,
-            ..Default::default()
-        };
-        let mut fs = FuseClient::connect(&srv.socket, &config).unwrap();
-        let init = fs.init(DEFAULT_INIT_FLAGS | FUSE_WRITEBACK_CACHE).unwrap();
+        let (mut fs, init) = srv.connect_offering(DEFAULT_INIT_FLAGS | FUSE_WRITEBACK_CACHE);
+        let init = init.unwrap();
         assert_eq!(init.flags64() & FUSE_WRITEBACK_CACHE != 0, writeback);
         let node = fs.lookup(FUSE_ROOT_ID, "f").unwrap().nodeid;
         let o = fs
@@ -2698,12 +2692,8 @@ fn security_labels_land_on_created_nodes() {
     const LABEL: &[u8] = b"system_u:object_r:zerodax_t:s0";
     for labels in [true, false] {
         let srv = Served::start(if labels { &["--security-label"] } else { &[] });
-        let config = DriverConfig {
-            timeout: TIMEOUT,
-            ..Default::default()
-        };
-        let mut fs = FuseClient::connect(&srv.socket, &config).unwrap();
-        let init = fs.init(DEFAULT_INIT_FLAGS | FUSE_SECURITY_CTX).unwrap();
+        let (mut fs, init) = srv.connect_offering(DEFAULT_INIT_FLAGS | FUSE_SECURITY_CTX);
+        let init = init.unwrap();
         assert_eq!(init.flags64() & FUSE_SECURITY_CTX != 0, labels);
         let ext = || secctx(&[("security.selinux", LABEL)]);
         // (With the contexts ignored, the kernel would not send them; sent anyway they are
