@@ -402,13 +402,32 @@ pub struct ServerOptions {
     pub security_label: AclMode,
 }
 
-/// `--posix-acl`: whether to negotiate POSIX ACLs with the guest (virtiofsd's values).
+/// The INIT flags `needed` to ask for under `mode` when the guest `offered` these: all of
+/// them or none; `always` with a guest that lacks one fails INIT (EPROTO).
+fn optional_feature(mode: AclMode, offered: u64, needed: u64, flag: &str) -> Result<u64, i32> {
+    match mode {
+        AclMode::Never => Ok(0),
+        _ if offered & needed == needed => Ok(needed),
+        AclMode::Auto => {
+            tracing::warn!("{flag}=auto: the guest cannot do it; serving without");
+            Ok(0)
+        }
+        AclMode::Always => {
+            tracing::error!("{flag}=always: the guest cannot do it");
+            Err(libc::EPROTO)
+        }
+    }
+}
+
+/// `--posix-acl` and `--security-label`: whether to negotiate the feature with the guest
+/// (virtiofsd's values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum AclMode {
-    /// Never: `system.posix_acl_*` xattrs are refused (EOPNOTSUPP).
+    /// Never (for ACLs: `system.posix_acl_*` xattrs are refused, EOPNOTSUPP).
     #[default]
     Never,
-    /// When the guest offers POSIX_ACL, DONT_MASK and SETXATTR_EXT.
+    /// When the guest offers the flags (ACLs: POSIX_ACL, DONT_MASK and SETXATTR_EXT;
+    /// labels: SECURITY_CTX).
     Auto,
     /// Required: INIT fails (EPROTO) with a guest that cannot.
     Always,
@@ -763,35 +782,19 @@ impl Server {
         // POSIX ACLs need all three: the client enforcing ACLs, sending modes without its
         // umask (the host applies a default ACL or the umask: fs::umask_in), and saying when
         // setting an access ACL must clear set-group-id.
-        const ACL_FLAGS: u64 = FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT;
-        let offered = u64::from(k.flags)
-            | if k.flags & FUSE_INIT_EXT as u32 != 0 {
-                u64::from(k.flags2) << 32
-            } else {
-                0
-            };
-        match self.opts.posix_acl {
-            AclMode::Never => {}
-            _ if offered & ACL_FLAGS == ACL_FLAGS => wanted |= ACL_FLAGS,
-            AclMode::Auto => {
-                tracing::warn!("--posix-acl=auto: the guest cannot do POSIX ACLs; serving without")
-            }
-            AclMode::Always => {
-                tracing::error!("--posix-acl=always: the guest cannot do POSIX ACLs");
-                return Err(libc::EPROTO);
-            }
-        }
-        match self.opts.security_label {
-            AclMode::Never => {}
-            _ if offered & FUSE_SECURITY_CTX != 0 => wanted |= FUSE_SECURITY_CTX,
-            AclMode::Auto => {
-                tracing::warn!("--security-label=auto: the guest sends no security contexts")
-            }
-            AclMode::Always => {
-                tracing::error!("--security-label=always: the guest cannot send security contexts");
-                return Err(libc::EPROTO);
-            }
-        }
+        let offered = k.flags64();
+        wanted |= optional_feature(
+            self.opts.posix_acl,
+            offered,
+            FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SETXATTR_EXT,
+            "--posix-acl",
+        )?;
+        wanted |= optional_feature(
+            self.opts.security_label,
+            offered,
+            FUSE_SECURITY_CTX,
+            "--security-label",
+        )?;
         let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {
@@ -938,6 +941,10 @@ impl Server {
         };
         // CREATE and TMPFILE: the new node's entry and its open handle.
         let created = |chain: &mut dyn Chain, e: &fs::Entry, fh: u64| -> Outcome {
+            if let Err(error) = label(e) {
+                let _ = fs.release(fh);
+                return Err(error);
+            }
             let out = open_out(fh, self.opts.cache.open_flags());
             sent(reply::reply_create(
                 &mut sink(chain),
@@ -1066,10 +1073,6 @@ impl Server {
                 if arg.flags as i32 & libc::O_TRUNC != 0 {
                     self.file_changed(|| Some(e.node));
                 }
-                if let Err(error) = label(&e) {
-                    let _ = fs.release(open.fh);
-                    return Err(error);
-                }
                 created(chain, &e, open.fh)
             }
             // An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
@@ -1077,10 +1080,6 @@ impl Server {
                 let (e, open) = fs
                     .tmpfile(&with_umask(arg.umask), node, arg.mode, arg.flags as i32)
                     .map_err(errno)?;
-                if let Err(error) = label(&e) {
-                    let _ = fs.release(open.fh);
-                    return Err(error);
-                }
                 created(chain, &e, open.fh)
             }
             O::Read(ref r) => self.read(chain, unique, r),
