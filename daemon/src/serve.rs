@@ -188,6 +188,11 @@ pub struct ServeArgs {
     /// virtiofsd does.
     #[arg(long)]
     pub preserve_noatime: bool,
+    /// Honour the guest's O_DIRECT: files it opens with it are opened O_DIRECT on the host
+    /// (bypassing the host page cache; unaligned requests then fail with EINVAL). By
+    /// default it is dropped, as virtiofsd does.
+    #[arg(long)]
+    pub allow_direct_io: bool,
     /// POSIX ACLs: `never` (default), `auto` (when the guest can), `always` (INIT fails
     /// otherwise); `--posix-acl` alone is `always`, as virtiofsd. Implies --xattr.
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
@@ -248,8 +253,8 @@ impl ServeArgs {
                     "no_readdirplus" => self.no_readdirplus = true,
                     "writeback" => self.writeback = true,
                     "no_writeback" => self.writeback = false,
-                    "allow_direct_io" => self.refused.allow_direct_io = true,
-                    "no_allow_direct_io" => self.refused.allow_direct_io = false,
+                    "allow_direct_io" => self.allow_direct_io = true,
+                    "no_allow_direct_io" => self.allow_direct_io = false,
                     "announce_submounts" => self.announce_submounts = true,
                     "killpriv_v2" => self.refused.killpriv_v2 = true,
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
@@ -275,9 +280,6 @@ pub struct RefusedFlags {
     /// `prefer` takes in virtiofsd); `mandatory` is refused.
     #[arg(long, value_name = "WHEN", hide = true)]
     pub inode_file_handles: Option<String>,
-    /// Refused: guest O_DIRECT is not honoured (files are opened without it).
-    #[arg(long, hide = true)]
-    pub allow_direct_io: bool,
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
@@ -306,7 +308,6 @@ impl RefusedFlags {
     pub fn check(&self) -> Result<(), String> {
         let refused = [
             (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
-            (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
             (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
@@ -631,6 +632,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         }
     }
     cfg.preserve_noatime = args.preserve_noatime;
+    cfg.allow_direct_io = args.allow_direct_io;
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
