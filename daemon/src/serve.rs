@@ -17,7 +17,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::confine::{self, ConfineError, SeccompAction};
+use crate::confine::{self, ConfineError, NsIdMap, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
@@ -175,6 +175,16 @@ pub struct ServeArgs {
     /// Translate group ids, as --translate-uid.
     #[arg(long, value_name = "RULE")]
     pub translate_gid: Vec<IdRule>,
+    /// Started unprivileged (with --sandbox namespace): map host uids into the daemon's user
+    /// namespace, `:INSIDE:OUTSIDE:COUNT:` (repeatable), as virtiofsd, e.g. `:0:1000:1:`
+    /// then `:1:100000:65536:`. Ids other than the caller's own are mapped by newuidmap,
+    /// within /etc/subuid. Without it only the caller's uid is mapped, as root. Unlike
+    /// --translate-uid, the kernel does the mapping.
+    #[arg(long, value_name = "MAP")]
+    pub uid_map: Vec<NsIdMap>,
+    /// As --uid-map, for gids (newgidmap, /etc/subgid).
+    #[arg(long, value_name = "MAP")]
+    pub gid_map: Vec<NsIdMap>,
     /// Log to the local syslog (/dev/log) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
@@ -283,12 +293,6 @@ pub struct RefusedFlags {
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
-    /// Refused: no user namespace uid/gid maps.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub uid_map: Vec<String>,
-    /// Refused, as --uid-map.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub gid_map: Vec<String>,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
@@ -309,8 +313,6 @@ impl RefusedFlags {
         let refused = [
             (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
-            (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
             (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
@@ -592,6 +594,15 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             "--translate-uid/--translate-gid cannot go with --posix-acl: ACLs hold ids".into(),
         ));
     }
+    if !(args.uid_map.is_empty() && args.gid_map.is_empty())
+        && (args.sandbox != Sandbox::Namespace || rustix::process::geteuid().is_root())
+    {
+        // As virtiofsd: the maps are those of the user namespace only an unprivileged
+        // daemon makes.
+        return Err(ServeError::Usage(
+            "--uid-map/--gid-map: only for a daemon started unprivileged with --sandbox namespace (it then makes a user namespace with these maps)".into(),
+        ));
+    }
     let shared_dir = args
         .shared_dir
         .as_deref()
@@ -614,7 +625,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
     if args.sandbox == Sandbox::Namespace {
         if !rustix::process::geteuid().is_root() {
-            confine::enter_user_namespace().map_err(ServeError::Confine)?;
+            confine::enter_user_namespace(&args.uid_map, &args.gid_map)
+                .map_err(ServeError::Confine)?;
         }
         // From here on this is the serving child (the parent only supervises it).
         confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;

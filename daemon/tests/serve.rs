@@ -1629,8 +1629,12 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
         &["--security-label=sometimes"],
+        // As root no user namespace is made (virtiofsd refuses them too); malformed maps.
         &["--uid-map", ":0:1000:1:"],
         &["--gid-map", ":0:1000:1:"],
+        &["--sandbox", "none", "--uid-map", ":0:1000:1:"],
+        &["--uid-map", "0:1000:1"],
+        &["--gid-map", ":0:1000:0:"],
         &["--translate-uid", "map:0:1000"],
         &["--translate-gid", "mop:0:1000:1"],
         &["--posix-acl", "--translate-uid", "map:0:1000:1"],
@@ -2967,4 +2971,168 @@ fn direct_io_through_daemon_buffers_is_aligned() {
         ..Default::default()
     };
     assert_eq!(s.errno(node, Operation::Read(arg)), libc::EINVAL);
+}
+
+/// A subordinate id range of `user` in /etc/subuid or /etc/subgid (`file`) for the length of
+/// a test: the first existing entry of `user`, or one added here and removed on drop (only
+/// that line: the file is otherwise left as found).
+struct SubIds {
+    file: &'static str,
+    added: Option<String>,
+    start: u32,
+}
+
+impl SubIds {
+    fn of(file: &'static str, user: &str, count: u32) -> Self {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let existing = text.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (who, start, n) = (f.next()?, f.next()?, f.next()?);
+            let (start, n) = (start.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
+            (who == user && n >= count).then_some(start)
+        });
+        if let Some(start) = existing {
+            return SubIds {
+                file,
+                added: None,
+                start,
+            };
+        }
+        // Past every range the file already hands out.
+        let start = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+            })
+            .max()
+            .unwrap_or(0)
+            .max(300_000)
+            .next_multiple_of(65536) as u32;
+        let line = format!("{user}:{start}:{count}");
+        let mut new = text.clone();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        new.push_str(&line);
+        new.push('\n');
+        std::fs::write(file, new).unwrap();
+        SubIds {
+            file,
+            added: Some(line),
+            start,
+        }
+    }
+}
+
+impl Drop for SubIds {
+    fn drop(&mut self) {
+        if let Some(line) = &self.added {
+            let text = std::fs::read_to_string(self.file).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| l != line)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(self.file, kept);
+        }
+    }
+}
+
+/// `--uid-map`/`--gid-map` (virtiofsd's, started unprivileged): the daemon's user namespace
+/// maps the caller as root and a subordinate range (newuidmap/newgidmap, /etc/subuid and
+/// /etc/subgid) for the other ids, so a guest user's files and a chown through FUSE land
+/// with the mapped host ids. As root, where no user namespace is made, the maps are refused.
+#[test]
+fn uid_and_gid_maps_shape_the_unprivileged_user_namespace() {
+    const NOBODY: u32 = 65534;
+    if Command::new("newuidmap").arg("--help").output().is_err() {
+        panic!("newuidmap is missing: install the uidmap package (scripts/setup.sh does)");
+    }
+    let subuid = SubIds::of("/etc/subuid", "nobody", 65536);
+    let subgid = SubIds::of("/etc/subgid", "nobody", 65536);
+    let (u0, g0) = (subuid.start, subgid.start);
+    let disk = Ext4::new();
+    let share = disk.mnt.join("share");
+    let run = disk.root.join("run");
+    for dir in [&share, &run] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = run.join("vfs.sock");
+    let maps = [
+        "--uid-map".to_owned(),
+        format!(":0:{NOBODY}:1:"),
+        "--uid-map".to_owned(),
+        format!(":1:{u0}:1000:"),
+        "--gid-map".to_owned(),
+        format!(":0:{NOBODY}:1:"),
+        "--gid-map".to_owned(),
+        format!("/1/{g0}/1000/"),
+    ];
+    let mut spec = spec(&maps.iter().map(String::as_str).collect::<Vec<_>>());
+    let zerodax = std::mem::replace(&mut spec.program, PathBuf::from("setpriv"));
+    let mut args = vec![
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_owned(),
+        zerodax.to_str().unwrap().to_owned(),
+    ];
+    args.extend(spec.args.iter().cloned());
+    spec.args = args;
+    let backend = spec
+        .spawn(&socket, &share, &disk.root.join("serve.log"), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut srv = Served {
+        backend,
+        socket,
+        disk,
+    };
+    let pid = srv.backend.serving_pid().unwrap();
+    let map = |kind: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{kind}_map"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        map("uid"),
+        [format!("0 {NOBODY} 1"), format!("1 {u0} 1000")]
+    );
+    assert_eq!(
+        map("gid"),
+        [format!("0 {NOBODY} 1"), format!("1 {g0} 1000")]
+    );
+    let mut fs = srv.connect();
+    let host = |name: &str| {
+        let m = std::fs::metadata(share.join(name)).unwrap();
+        (m.uid(), m.gid())
+    };
+    let mode = libc::S_IFREG | 0o644;
+    let (root_file, _) = fs
+        .create(FUSE_ROOT_ID, "root", libc::O_RDWR as u32, mode, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+    assert_eq!(host("root"), (NOBODY, NOBODY), "guest root is the caller");
+    fs.set_credentials(5, 7, 1);
+    fs.create(FUSE_ROOT_ID, "user", libc::O_RDWR as u32, mode, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+    assert_eq!(host("user"), (u0 + 4, g0 + 6), "guest 5:7 is subordinate");
+    fs.set_credentials(0, 0, 1);
+    let chown = FuseSetattrIn {
+        valid: FATTR_UID | FATTR_GID,
+        uid: 10,
+        gid: 20,
+        ..Default::default()
+    };
+    let out = fs.setattr(root_file.nodeid, &chown).unwrap();
+    assert_eq!((out.attr.uid, out.attr.gid), (10, 20));
+    assert_eq!(host("root"), (u0 + 9, g0 + 19), "a chown to 10:20");
+    // Past the maps: no such id in the namespace.
+    let unmapped = FuseSetattrIn { uid: 5000, ..chown };
+    let r = fs.setattr(root_file.nodeid, &unmapped);
+    assert!(matches!(r, Err(FuseError::Errno(libc::EINVAL))), "{r:?}");
+    drop(fs);
+    srv.expect_exit_0();
 }
