@@ -14,10 +14,11 @@ apt-get update -qq
 # e2fsprogs + util-linux: the loop-mounted ext4 images the suites test on;
 # libacl1-dev + acl: pjdfstest builds against libacl; kmod: modprobe fuse/loop where modular;
 # qemu-system-common: the C virtiofsd, a reference backend for the frontend tests;
-# libseccomp-dev + libcap-ng-dev: building Rust virtiofsd, the other reference backend.
+# libseccomp-dev + libcap-ng-dev: building Rust virtiofsd, the other reference backend;
+# uidmap: newuidmap/newgidmap, which `serve --uid-map/--gid-map` runs when unprivileged.
 apt-get install -y -qq --no-install-recommends \
     e2fsprogs util-linux mount libacl1-dev acl kmod pkg-config \
-    qemu-system-common libseccomp-dev libcap-ng-dev >/dev/null
+    qemu-system-common libseccomp-dev libcap-ng-dev uidmap >/dev/null
 
 [[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
 [[ -e /dev/loop-control ]] || modprobe loop 2>/dev/null || true

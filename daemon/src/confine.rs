@@ -118,25 +118,262 @@ pub fn pivot_into(dir: &Path) -> Result<(), ConfineError> {
     check_rc(unsafe { libc::chdir(c"/".as_ptr()) }, dir)
 }
 
-/// `--sandbox namespace` started unprivileged: a user namespace first, in which this
-/// process is root (uid and gid 0 inside are the caller's outside, the only ids mapped), so
-/// that the namespaces, the bind mount and pivot_root below may be made at all, and the
-/// capability drop after them applies inside it. Host files are then reached only with the
-/// caller's own rights: guest requests as root act as the caller, those of any other guest
-/// uid or gid fail (EPERM: unmapped). Must run single-threaded.
-pub fn enter_user_namespace() -> Result<(), ConfineError> {
-    let err = |e| ConfineError::Sandbox(PathBuf::from("a user namespace"), e);
-    let uid = rustix::process::geteuid().as_raw();
-    let gid = rustix::process::getegid().as_raw();
-    // SAFETY: unshare has no memory arguments.
-    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
-        return Err(err(io::Error::last_os_error()));
+/// One `--uid-map`/`--gid-map` range, virtiofsd's syntax: `:INSIDE:OUTSIDE:COUNT:`, the
+/// first and last character being the same separator (any non-alphanumeric character).
+/// `COUNT` ids from `OUTSIDE` on the host appear as `INSIDE..` in the daemon's user
+/// namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsIdMap {
+    /// First id inside the namespace.
+    pub inside: u32,
+    /// First id on the host.
+    pub outside: u32,
+    /// Ids in the range (at least 1).
+    pub count: u32,
+}
+
+impl std::str::FromStr for NsIdMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("{s:?}: {why} (expected :INSIDE:OUTSIDE:COUNT:)");
+        let sep = s.chars().last().ok_or_else(|| bad("empty"))?;
+        if sep.is_alphanumeric() {
+            return Err(bad("the separator must not be a letter or digit"));
+        }
+        let inner = s
+            .strip_prefix(sep)
+            .and_then(|r| r.strip_suffix(sep))
+            .ok_or_else(|| bad("must start and end with the same separator"))?;
+        let fields: Vec<&str> = inner.split(sep).collect();
+        let [inside, outside, count] = fields[..] else {
+            return Err(bad("three numbers needed"));
+        };
+        let num = |f: &str| {
+            f.parse::<u32>()
+                .map_err(|_| bad(&format!("{f:?} is not an id")))
+        };
+        let m = NsIdMap {
+            inside: num(inside)?,
+            outside: num(outside)?,
+            count: num(count)?,
+        };
+        if m.count == 0 {
+            return Err(bad("the count must be at least 1"));
+        }
+        // The kernel takes ranges within the 32-bit id space, -1 (no id) excluded.
+        for start in [m.inside, m.outside] {
+            if u64::from(start) + u64::from(m.count) > u64::from(u32::MAX) {
+                return Err(bad("the range runs past the last id"));
+            }
+        }
+        Ok(m)
     }
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1")).map_err(err)?;
-    // An unprivileged writer of gid_map must give up setgroups(2) first.
-    std::fs::write("/proc/self/setgroups", "deny").map_err(err)?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1")).map_err(err)?;
-    Ok(())
+}
+
+impl fmt::Display for NsIdMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, ":{}:{}:{}:", self.inside, self.outside, self.count)
+    }
+}
+
+/// The maps of a user namespace's uids or gids, as `--uid-map`/`--gid-map` give them.
+struct NsMaps<'a> {
+    /// `uid` or `gid`.
+    kind: &'static str,
+    /// The ranges given; empty: zerodax's own map, the caller's id as 0 inside.
+    given: &'a [NsIdMap],
+    /// The caller's effective id (outside).
+    own: u32,
+}
+
+impl NsMaps<'_> {
+    /// The ranges to write.
+    fn ranges(&self) -> Vec<NsIdMap> {
+        if self.given.is_empty() {
+            vec![NsIdMap {
+                inside: 0,
+                outside: self.own,
+                count: 1,
+            }]
+        } else {
+            self.given.to_vec()
+        }
+    }
+
+    /// Writes the map of process `pid`'s user namespace, as an unprivileged process (the
+    /// only caller: as root no user namespace is made): itself when the map is its own id
+    /// alone (for gids once setgroups is denied), as the kernel lets it, or else through the
+    /// setuid helper newuidmap/newgidmap, which checks the ranges against /etc/subuid or
+    /// /etc/subgid.
+    fn write(&self, pid: libc::pid_t) -> Result<(), String> {
+        let ranges = self.ranges();
+        if matches!(ranges[..], [r] if r.count == 1 && r.outside == self.own) {
+            if self.kind == "gid" {
+                std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
+                    .map_err(|e| format!("/proc/{pid}/setgroups: {e}"))?;
+            }
+            let text: String = ranges
+                .iter()
+                .map(|r| format!("{} {} {}\n", r.inside, r.outside, r.count))
+                .collect();
+            let file = format!("/proc/{pid}/{}_map", self.kind);
+            return std::fs::write(&file, text).map_err(|e| format!("{file}: {e}"));
+        }
+        let helper = format!("new{}map", self.kind);
+        let mut cmd = std::process::Command::new(&helper);
+        cmd.arg(pid.to_string());
+        for r in &ranges {
+            cmd.args([r.inside, r.outside, r.count].map(|n| n.to_string()));
+        }
+        let out = cmd.output().map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                format!("{helper} not found (the uidmap package): needed to map ids other than the caller's own")
+            }
+            _ => format!("cannot run {helper}: {e}"),
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        let why = why
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>();
+        Err(format!(
+            "{helper} failed ({}): {}",
+            out.status,
+            why.join("; ")
+        ))
+    }
+}
+
+/// `--sandbox namespace` started unprivileged: a user namespace first, in which this
+/// process is root, so that the namespaces, the bind mount and pivot_root below may be made
+/// at all, and the capability drop after them applies inside it.
+///
+/// Without `uid_map`/`gid_map` the caller's uid and gid are root's inside, the only ids
+/// mapped: host files are then reached only with the caller's own rights, guest requests as
+/// root act as the caller, those of any other guest uid or gid fail (EPERM: unmapped). With
+/// them (virtiofsd's `--uid-map`/`--gid-map`), the namespace maps those ranges instead, and
+/// the process takes uid and gid 0 inside (as virtiofsd; a warning if 0 is not mapped). An
+/// unprivileged process may map only its own id itself, so a helper forked before the
+/// unshare, outside the namespace, writes the maps (through newuidmap/newgidmap when they
+/// name other ids) while this process waits. Must run single-threaded.
+pub fn enter_user_namespace(uid_map: &[NsIdMap], gid_map: &[NsIdMap]) -> Result<(), ConfineError> {
+    let err = |e| ConfineError::Sandbox(PathBuf::from("a user namespace"), e);
+    let maps = [
+        NsMaps {
+            kind: "uid",
+            given: uid_map,
+            own: rustix::process::geteuid().as_raw(),
+        },
+        NsMaps {
+            kind: "gid",
+            given: gid_map,
+            own: rustix::process::getegid().as_raw(),
+        },
+    ];
+    if uid_map.is_empty() && gid_map.is_empty() {
+        // SAFETY: unshare has no memory arguments.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // This process may map its own ids itself.
+        let me = rustix::process::getpid().as_raw_nonzero().get();
+        for m in &maps {
+            m.write(me).map_err(|e| err(io::Error::other(e)))?;
+        }
+        return Ok(());
+    }
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    // `go`: this process tells the helper its namespace exists (or, closing it unwritten,
+    // that it does not). `done`: the helper answers, empty for success or the error.
+    let (go_r, go_w) = pipe().map_err(err)?;
+    let (done_r, done_w) = pipe().map_err(err)?;
+    // SAFETY: single-threaded here (the caller's contract), so the child may run anything.
+    match unsafe { libc::fork() } {
+        -1 => Err(err(io::Error::last_os_error())),
+        0 => {
+            drop((go_w, done_r));
+            let mut go = std::fs::File::from(go_r);
+            let mut byte = [0u8; 1];
+            let answer = match io::Read::read(&mut go, &mut byte) {
+                Ok(1) => maps
+                    .iter()
+                    .try_for_each(|m| m.write(me))
+                    .err()
+                    .unwrap_or_default(),
+                // The unshare failed: nothing to map.
+                _ => String::new(),
+            };
+            let _ = io::Write::write_all(&mut std::fs::File::from(done_w), answer.as_bytes());
+            // SAFETY: ending the helper without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        helper => {
+            drop((go_r, done_w));
+            // SAFETY: unshare has no memory arguments.
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
+            let unshare_err = io::Error::last_os_error();
+            let mut go = std::fs::File::from(go_w);
+            if unshared == 0 {
+                let _ = io::Write::write_all(&mut go, b"1");
+            }
+            drop(go);
+            let mut answer = String::new();
+            let read = io::Read::read_to_string(&mut std::fs::File::from(done_r), &mut answer);
+            let mut status = 0;
+            // SAFETY: waiting for our own child with a valid out-pointer.
+            unsafe { libc::waitpid(helper, &mut status, 0) };
+            if unshared != 0 {
+                return Err(err(unshare_err));
+            }
+            read.map_err(err)?;
+            if !answer.is_empty() {
+                return Err(err(io::Error::other(format!(
+                    "--uid-map/--gid-map: {answer}"
+                ))));
+            }
+            if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                return Err(err(io::Error::other("the id-mapping helper died")));
+            }
+            // Root inside, as virtiofsd: the group first, while CAP_SETGID is certain.
+            // SAFETY: setresgid/setresuid take integer arguments only.
+            if unsafe { libc::setresgid(0, 0, 0) } != 0 {
+                tracing::warn!(
+                    "gid 0 is not mapped in the user namespace: serving as gid {}",
+                    rustix::process::getegid().as_raw()
+                );
+            }
+            // SAFETY: as above.
+            if unsafe { libc::setresuid(0, 0, 0) } != 0 {
+                tracing::warn!(
+                    "uid 0 is not mapped in the user namespace: serving as uid {}",
+                    rustix::process::geteuid().as_raw()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both descriptors, owned by nothing else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// `--sandbox namespace`, first step: a PID namespace of its own. unshare(CLONE_NEWPID) puts
@@ -646,6 +883,42 @@ fn install_sigsys_logger() -> Result<(), ConfineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ns_id_maps_parse_as_virtiofsd() {
+        let m = |inside, outside, count| NsIdMap {
+            inside,
+            outside,
+            count,
+        };
+        assert_eq!(":0:100000:65536:".parse(), Ok(m(0, 100000, 65536)));
+        assert_eq!("/1/1000/1/".parse(), Ok(m(1, 1000, 1)));
+        assert_eq!(m(0, 1000, 1).to_string(), ":0:1000:1:");
+        for bad in [
+            "",
+            ":",
+            "::",
+            "0:1000:1",
+            ":0:1000:1",
+            "0:1000:1:",
+            ":0:1000:",
+            ":0:1000:1:2:",
+            "x0x1000x1x",
+            ":0/1000/1:",
+            ":a:1000:1:",
+            ":-1:1000:1:",
+            ":0:1000:0:",
+            ":0:4294967295:1:",
+            ":4294967000:0:1000:",
+        ] {
+            let r = bad.parse::<NsIdMap>();
+            let e = r.expect_err(bad);
+            assert!(
+                e.contains(":INSIDE:OUTSIDE:COUNT:") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn modcaps_parse_as_virtiofsd() {

@@ -17,7 +17,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::confine::{self, ConfineError, SeccompAction};
+use crate::confine::{self, ConfineError, NsIdMap, SeccompAction};
 use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
@@ -175,6 +175,16 @@ pub struct ServeArgs {
     /// Translate group ids, as --translate-uid.
     #[arg(long, value_name = "RULE")]
     pub translate_gid: Vec<IdRule>,
+    /// Started unprivileged (with --sandbox namespace): map host uids into the daemon's user
+    /// namespace, `:INSIDE:OUTSIDE:COUNT:` (repeatable), as virtiofsd, e.g. `:0:1000:1:`
+    /// then `:1:100000:65536:`. Ids other than the caller's own are mapped by newuidmap,
+    /// within /etc/subuid. Without it only the caller's uid is mapped, as root. Unlike
+    /// --translate-uid, the kernel does the mapping.
+    #[arg(long, value_name = "MAP")]
+    pub uid_map: Vec<NsIdMap>,
+    /// As --uid-map, for gids (newgidmap, /etc/subgid).
+    #[arg(long, value_name = "MAP")]
+    pub gid_map: Vec<NsIdMap>,
     /// Log to the local syslog (/dev/log) instead of stderr.
     #[arg(long)]
     pub syslog: bool,
@@ -188,6 +198,11 @@ pub struct ServeArgs {
     /// virtiofsd does.
     #[arg(long)]
     pub preserve_noatime: bool,
+    /// Honour the guest's O_DIRECT: files it opens with it are opened O_DIRECT on the host
+    /// (bypassing the host page cache; unaligned requests then fail with EINVAL). By
+    /// default it is dropped, as virtiofsd does.
+    #[arg(long)]
+    pub allow_direct_io: bool,
     /// POSIX ACLs: `never` (default), `auto` (when the guest can), `always` (INIT fails
     /// otherwise); `--posix-acl` alone is `always`, as virtiofsd. Implies --xattr.
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
@@ -248,8 +263,8 @@ impl ServeArgs {
                     "no_readdirplus" => self.no_readdirplus = true,
                     "writeback" => self.writeback = true,
                     "no_writeback" => self.writeback = false,
-                    "allow_direct_io" => self.refused.allow_direct_io = true,
-                    "no_allow_direct_io" => self.refused.allow_direct_io = false,
+                    "allow_direct_io" => self.allow_direct_io = true,
+                    "no_allow_direct_io" => self.allow_direct_io = false,
                     "announce_submounts" => self.announce_submounts = true,
                     "killpriv_v2" => self.refused.killpriv_v2 = true,
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
@@ -275,18 +290,9 @@ pub struct RefusedFlags {
     /// `prefer` takes in virtiofsd); `mandatory` is refused.
     #[arg(long, value_name = "WHEN", hide = true)]
     pub inode_file_handles: Option<String>,
-    /// Refused: guest O_DIRECT is not honoured (files are opened without it).
-    #[arg(long, hide = true)]
-    pub allow_direct_io: bool,
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
-    /// Refused: no user namespace uid/gid maps.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub uid_map: Vec<String>,
-    /// Refused, as --uid-map.
-    #[arg(long, value_name = "MAP", hide = true)]
-    pub gid_map: Vec<String>,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
@@ -306,10 +312,7 @@ impl RefusedFlags {
     pub fn check(&self) -> Result<(), String> {
         let refused = [
             (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
-            (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
-            (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
             (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
@@ -591,6 +594,15 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             "--translate-uid/--translate-gid cannot go with --posix-acl: ACLs hold ids".into(),
         ));
     }
+    if !(args.uid_map.is_empty() && args.gid_map.is_empty())
+        && (args.sandbox != Sandbox::Namespace || rustix::process::geteuid().is_root())
+    {
+        // As virtiofsd: the maps are those of the user namespace only an unprivileged
+        // daemon makes.
+        return Err(ServeError::Usage(
+            "--uid-map/--gid-map: only for a daemon started unprivileged with --sandbox namespace (it then makes a user namespace with these maps)".into(),
+        ));
+    }
     let shared_dir = args
         .shared_dir
         .as_deref()
@@ -613,7 +625,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
     if args.sandbox == Sandbox::Namespace {
         if !rustix::process::geteuid().is_root() {
-            confine::enter_user_namespace().map_err(ServeError::Confine)?;
+            confine::enter_user_namespace(&args.uid_map, &args.gid_map)
+                .map_err(ServeError::Confine)?;
         }
         // From here on this is the serving child (the parent only supervises it).
         confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;
@@ -631,6 +644,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         }
     }
     cfg.preserve_noatime = args.preserve_noatime;
+    cfg.allow_direct_io = args.allow_direct_io;
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,

@@ -60,6 +60,7 @@ impl CachePolicy {
             entry_timeout: self.timeout(),
             attr_timeout: self.timeout(),
             preserve_noatime: true,
+            allow_direct_io: false,
         }
     }
 
@@ -210,11 +211,13 @@ impl Chain for BufChain {
         file_off: u64,
     ) -> io::Result<usize> {
         let data = self.request.get(off..).ok_or_else(efault)?;
+        // These are the daemon's buffers, not the client's: aligned for an O_DIRECT file.
+        let direct = fs::aligned::is_direct(fd);
         transfer(data.len(), |done| {
             // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
             // (EINVAL).
             let pos = file_off.saturating_add(done as u64);
-            Ok(rustix::io::pwrite(fd, &data[done..], pos)?)
+            fs::aligned::pwrite(fd, &data[done..], pos, direct)
         })
     }
 
@@ -237,9 +240,10 @@ impl Chain for BufChain {
     ) -> io::Result<usize> {
         let r = range(at, len, self.reply.len())?;
         let buf = &mut self.reply[r];
+        let direct = fs::aligned::is_direct(fd);
         transfer(buf.len(), |done| {
             let pos = file_off.saturating_add(done as u64);
-            Ok(rustix::io::pread(fd, &mut buf[done..], pos)?)
+            fs::aligned::pread(fd, &mut buf[done..], pos, direct)
         })
     }
 }

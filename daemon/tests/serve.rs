@@ -1626,20 +1626,22 @@ fn xattrs_are_enosys_without_the_flag() {
 fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
         &["--inode-file-handles=mandatory"],
-        &["--allow-direct-io"],
         &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
         &["--security-label=sometimes"],
+        // As root no user namespace is made (virtiofsd refuses them too); malformed maps.
         &["--uid-map", ":0:1000:1:"],
         &["--gid-map", ":0:1000:1:"],
+        &["--sandbox", "none", "--uid-map", ":0:1000:1:"],
+        &["--uid-map", "0:1000:1"],
+        &["--gid-map", ":0:1000:0:"],
         &["--translate-uid", "map:0:1000"],
         &["--translate-gid", "mop:0:1000:1"],
         &["--posix-acl", "--translate-uid", "map:0:1000:1"],
         &["--modcaps=sys_admin"],
-        &["-o", "allow_direct_io"],
         &["-o", "cache=auto,flock"],
         &["-o", "cache=sometimes"],
-        &["-o", "announce_submounts,allow_direct_io"],
+        &["-o", "announce_submounts,killpriv_v2"],
         &["--migration-mode", "find-paths"],
     ];
     let dir = Ext4::new();
@@ -1702,6 +1704,8 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
             "loglevel=debug,no_killpriv_v2,no_posix_acl",
         ],
         &["--no-readdirplus", "--allow-mmap", "--cache", "never"],
+        &["--allow-direct-io"],
+        &["-o", "allow_direct_io,no_allow_direct_io"],
     ];
     for flags in accepted {
         let flags: Vec<&str> = flags
@@ -2725,4 +2729,410 @@ fn security_labels_land_on_created_nodes() {
             );
         }
     }
+}
+
+/// The `flags:` of every descriptor the serving process `pid` holds open on `host` for I/O
+/// (its O_PATH node descriptor left out), from /proc/PID/fdinfo.
+fn io_fd_flags(pid: u32, host: &Path) -> Vec<u32> {
+    let want = std::fs::metadata(host).unwrap();
+    let mut flags = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if (meta.dev(), meta.ino()) != (want.dev(), want.ino()) {
+            continue;
+        }
+        let info = format!("/proc/{pid}/fdinfo/{}", entry.file_name().to_string_lossy());
+        let Ok(info) = std::fs::read_to_string(info) else {
+            continue;
+        };
+        let f = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        if f & libc::O_PATH as u32 == 0 {
+            flags.push(f);
+        }
+    }
+    flags
+}
+
+/// A page-aligned guest buffer near the top of guest RAM, clear of the driver's arena.
+fn aligned_gpa(fs: &mut FuseClient, page: u64) -> u64 {
+    (fs.driver().ram().end() - (page + 2) * 4096) & !4095
+}
+
+/// FUSE_WRITE of one page at `offset` from a page-aligned guest buffer, as a guest's O_DIRECT
+/// write is laid out (the data in its own descriptor, on its own page); the errno or the
+/// bytes written.
+fn aligned_write(
+    fs: &mut FuseClient,
+    node: u64,
+    fh: u64,
+    offset: u64,
+    page: &[u8],
+) -> Result<u32, i32> {
+    let gpa = aligned_gpa(fs, 0);
+    fs.driver().ram().write(gpa, page).unwrap();
+    let arg = FuseWriteIn {
+        fh,
+        offset,
+        size: page.len() as u32,
+        ..Default::default()
+    };
+    let (unique, bytes) = fs.encode(node, Operation::Write { arg, data: page });
+    let head = FuseInHeader::SIZE + FuseWriteIn::SIZE;
+    let room = (FuseOutHeader::SIZE + FuseWriteOut::SIZE) as u32;
+    let desc = |addr, len, flags, next| frontend::driver::RawDesc {
+        addr,
+        len,
+        flags,
+        next: RawLink::Slot(next),
+    };
+    use frontend::driver::RawBuffer;
+    use frontend::virtqueue::DESC_F_NEXT;
+    let chain = RawChain {
+        buffers: vec![
+            RawBuffer::Data(bytes[..head].to_vec()),
+            RawBuffer::Space(room),
+        ],
+        descs: vec![
+            desc(RawAddr::Buffer(0, 0), head as u32, DESC_F_NEXT, 1),
+            desc(RawAddr::Gpa(gpa), page.len() as u32, DESC_F_NEXT, 2),
+            desc(RawAddr::Buffer(1, 0), room, DESC_F_WRITE, 0),
+        ],
+        head: RawLink::Slot(0),
+    };
+    let token = fs.driver().submit_raw(REQUEST_QUEUE, &chain).unwrap();
+    let c = fs.driver().wait(token, TIMEOUT).unwrap();
+    let reply = FuseClient::check_reply(Opcode::Write, unique, &c).unwrap();
+    if reply.error != 0 {
+        return Err(-reply.error);
+    }
+    Ok(u32::from_le_bytes(reply.body[..4].try_into().unwrap()))
+}
+
+/// FUSE_READ of `len` bytes at `offset` into a page-aligned guest buffer (reply header in a
+/// descriptor of its own, as a guest lays out an O_DIRECT read); the errno or the data.
+fn aligned_read(
+    fs: &mut FuseClient,
+    node: u64,
+    fh: u64,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, i32> {
+    let gpa = aligned_gpa(fs, 1);
+    let arg = FuseReadIn {
+        fh,
+        offset,
+        size: len,
+        ..Default::default()
+    };
+    let (unique, bytes) = fs.encode(node, Operation::Read(arg));
+    let desc = |addr, len, flags, next| frontend::driver::RawDesc {
+        addr,
+        len,
+        flags,
+        next: RawLink::Slot(next),
+    };
+    use frontend::driver::RawBuffer;
+    use frontend::virtqueue::DESC_F_NEXT;
+    let out = FuseOutHeader::SIZE as u32;
+    let chain = RawChain {
+        buffers: vec![RawBuffer::Data(bytes.clone()), RawBuffer::Space(out)],
+        descs: vec![
+            desc(RawAddr::Buffer(0, 0), bytes.len() as u32, DESC_F_NEXT, 1),
+            desc(RawAddr::Buffer(1, 0), out, DESC_F_WRITE | DESC_F_NEXT, 2),
+            desc(RawAddr::Gpa(gpa), len, DESC_F_WRITE, 0),
+        ],
+        head: RawLink::Slot(0),
+    };
+    let token = fs.driver().submit_raw(REQUEST_QUEUE, &chain).unwrap();
+    let c = fs.driver().wait(token, TIMEOUT).unwrap();
+    let reply = FuseClient::check_reply(Opcode::Read, unique, &c).unwrap();
+    if reply.error != 0 {
+        return Err(-reply.error);
+    }
+    Ok(reply.body)
+}
+
+/// `--allow-direct-io` (`-o allow_direct_io`): a guest's O_DIRECT, on OPEN and on CREATE,
+/// reaches the host open (virtiofsd drops it by default, and so does zerodax), and aligned
+/// I/O from page-aligned guest buffers round-trips through the O_DIRECT descriptor.
+#[test]
+fn allow_direct_io_keeps_the_guest_o_direct() {
+    let direct = libc::O_DIRECT as u32;
+    let page: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    for flags in [&["--allow-direct-io"][..], &["-o", "allow_direct_io"], &[]] {
+        let kept = !flags.is_empty();
+        let srv = Served::start(flags);
+        let pid = srv.backend.serving_pid().unwrap();
+        let host = srv.disk.mnt.join("f");
+        std::fs::write(&host, vec![7u8; 8192]).unwrap();
+        let mut fs = srv.connect();
+        let node = fs.lookup(FUSE_ROOT_ID, "f").unwrap().nodeid;
+        let o = fs.open(node, libc::O_RDWR as u32 | direct).unwrap();
+        let (e, c) = fs
+            .create(
+                FUSE_ROOT_ID,
+                "c",
+                libc::O_RDWR as u32 | direct,
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .unwrap();
+        for (name, node, fh) in [("f", node, o.fh), ("c", e.nodeid, c.fh)] {
+            let path = srv.disk.mnt.join(name);
+            let open = io_fd_flags(pid, &path);
+            assert_eq!(open.len(), 1, "{flags:?} {name}: {open:?}");
+            assert_eq!(
+                open[0] & direct != 0,
+                kept,
+                "{flags:?} {name}: flags {:o}",
+                open[0]
+            );
+            assert_eq!(
+                aligned_write(&mut fs, node, fh, 4096, &page),
+                Ok(4096),
+                "{flags:?} {name}"
+            );
+            assert_eq!(
+                aligned_read(&mut fs, node, fh, 4096, 4096).as_deref(),
+                Ok(&page[..]),
+                "{flags:?} {name}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap()[4096..8192],
+                page[..],
+                "{flags:?} {name}"
+            );
+        }
+        if kept {
+            // O_DIRECT for real: an unaligned offset is the host's EINVAL, as in virtiofsd.
+            assert_eq!(
+                aligned_read(&mut fs, node, o.fh, 1, 4096),
+                Err(libc::EINVAL)
+            );
+        }
+    }
+}
+
+/// With O_DIRECT kept, data the daemon moves through buffers of its own (here the test
+/// chain's plain byte vectors, which are not page aligned) goes through an aligned copy: the
+/// guest's aligned offset and length are all O_DIRECT asks of it.
+#[test]
+fn direct_io_through_daemon_buffers_is_aligned() {
+    let disk = Ext4::new();
+    let cache = CachePolicy::Auto;
+    let cfg = zerodax::fs::Config {
+        allow_direct_io: true,
+        ..cache.fs_config(false, true)
+    };
+    let fs = FileSystem::new(&disk.mnt, cfg).unwrap();
+    let mut s = Session {
+        server: Server::new(
+            Arc::new(fs),
+            ServerOptions {
+                cache,
+                ..Default::default()
+            },
+        ),
+        next: 1,
+        uid: 0,
+        gid: 0,
+    };
+    s.init();
+    let (node, fh) = s.create(c"d", (libc::O_RDWR | libc::O_DIRECT) as u32);
+    let page: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+    let arg = FuseWriteIn {
+        fh,
+        offset: 4096,
+        size: page.len() as u32,
+        ..Default::default()
+    };
+    let out = FuseWriteOut::decode(&s.ok(node, Operation::Write { arg, data: &page })).unwrap();
+    assert_eq!(out.size, 8192);
+    let arg = FuseReadIn {
+        fh,
+        offset: 4096,
+        size: 8192,
+        ..Default::default()
+    };
+    assert_eq!(s.ok(node, Operation::Read(arg)), page);
+    assert_eq!(std::fs::read(disk.mnt.join("d")).unwrap()[4096..], page[..]);
+    // Still O_DIRECT: an unaligned offset is the host's EINVAL.
+    let arg = FuseReadIn {
+        fh,
+        offset: 1,
+        size: 4096,
+        ..Default::default()
+    };
+    assert_eq!(s.errno(node, Operation::Read(arg)), libc::EINVAL);
+}
+
+/// A subordinate id range of `user` in /etc/subuid or /etc/subgid (`file`) for the length of
+/// a test: the first existing entry of `user`, or one added here and removed on drop (only
+/// that line: the file is otherwise left as found).
+struct SubIds {
+    file: &'static str,
+    added: Option<String>,
+    start: u32,
+}
+
+impl SubIds {
+    fn of(file: &'static str, user: &str, count: u32) -> Self {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let existing = text.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let (who, start, n) = (f.next()?, f.next()?, f.next()?);
+            let (start, n) = (start.parse::<u32>().ok()?, n.parse::<u32>().ok()?);
+            (who == user && n >= count).then_some(start)
+        });
+        if let Some(start) = existing {
+            return SubIds {
+                file,
+                added: None,
+                start,
+            };
+        }
+        // Past every range the file already hands out.
+        let start = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+            })
+            .max()
+            .unwrap_or(0)
+            .max(300_000)
+            .next_multiple_of(65536) as u32;
+        let line = format!("{user}:{start}:{count}");
+        let mut new = text.clone();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        new.push_str(&line);
+        new.push('\n');
+        std::fs::write(file, new).unwrap();
+        SubIds {
+            file,
+            added: Some(line),
+            start,
+        }
+    }
+}
+
+impl Drop for SubIds {
+    fn drop(&mut self) {
+        if let Some(line) = &self.added {
+            let text = std::fs::read_to_string(self.file).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| l != line)
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = std::fs::write(self.file, kept);
+        }
+    }
+}
+
+/// `--uid-map`/`--gid-map` (virtiofsd's, started unprivileged): the daemon's user namespace
+/// maps the caller as root and a subordinate range (newuidmap/newgidmap, /etc/subuid and
+/// /etc/subgid) for the other ids, so a guest user's files and a chown through FUSE land
+/// with the mapped host ids. As root, where no user namespace is made, the maps are refused.
+#[test]
+fn uid_and_gid_maps_shape_the_unprivileged_user_namespace() {
+    const NOBODY: u32 = 65534;
+    if Command::new("newuidmap").arg("--help").output().is_err() {
+        panic!("newuidmap is missing: install the uidmap package (scripts/setup.sh does)");
+    }
+    let subuid = SubIds::of("/etc/subuid", "nobody", 65536);
+    let subgid = SubIds::of("/etc/subgid", "nobody", 65536);
+    let (u0, g0) = (subuid.start, subgid.start);
+    let disk = Ext4::new();
+    let share = disk.mnt.join("share");
+    let run = disk.root.join("run");
+    for dir in [&share, &run] {
+        std::fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = run.join("vfs.sock");
+    let maps = [
+        "--uid-map".to_owned(),
+        format!(":0:{NOBODY}:1:"),
+        "--uid-map".to_owned(),
+        format!(":1:{u0}:1000:"),
+        "--gid-map".to_owned(),
+        format!(":0:{NOBODY}:1:"),
+        "--gid-map".to_owned(),
+        format!("/1/{g0}/1000/"),
+    ];
+    let mut spec = spec(&maps.iter().map(String::as_str).collect::<Vec<_>>());
+    let zerodax = std::mem::replace(&mut spec.program, PathBuf::from("setpriv"));
+    let mut args = vec![
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_owned(),
+        zerodax.to_str().unwrap().to_owned(),
+    ];
+    args.extend(spec.args.iter().cloned());
+    spec.args = args;
+    let backend = spec
+        .spawn(&socket, &share, &disk.root.join("serve.log"), TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut srv = Served {
+        backend,
+        socket,
+        disk,
+    };
+    let pid = srv.backend.serving_pid().unwrap();
+    let map = |kind: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{kind}_map"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        map("uid"),
+        [format!("0 {NOBODY} 1"), format!("1 {u0} 1000")]
+    );
+    assert_eq!(
+        map("gid"),
+        [format!("0 {NOBODY} 1"), format!("1 {g0} 1000")]
+    );
+    let mut fs = srv.connect();
+    let host = |name: &str| {
+        let m = std::fs::metadata(share.join(name)).unwrap();
+        (m.uid(), m.gid())
+    };
+    let mode = libc::S_IFREG | 0o644;
+    let (root_file, _) = fs
+        .create(FUSE_ROOT_ID, "root", libc::O_RDWR as u32, mode, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+    assert_eq!(host("root"), (NOBODY, NOBODY), "guest root is the caller");
+    fs.set_credentials(5, 7, 1);
+    fs.create(FUSE_ROOT_ID, "user", libc::O_RDWR as u32, mode, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+    assert_eq!(host("user"), (u0 + 4, g0 + 6), "guest 5:7 is subordinate");
+    fs.set_credentials(0, 0, 1);
+    let chown = FuseSetattrIn {
+        valid: FATTR_UID | FATTR_GID,
+        uid: 10,
+        gid: 20,
+        ..Default::default()
+    };
+    let out = fs.setattr(root_file.nodeid, &chown).unwrap();
+    assert_eq!((out.attr.uid, out.attr.gid), (10, 20));
+    assert_eq!(host("root"), (u0 + 9, g0 + 19), "a chown to 10:20");
+    // Past the maps: no such id in the namespace.
+    let unmapped = FuseSetattrIn { uid: 5000, ..chown };
+    let r = fs.setattr(root_file.nodeid, &unmapped);
+    assert!(matches!(r, Err(FuseError::Errno(libc::EINVAL))), "{r:?}");
+    drop(fs);
+    srv.expect_exit_0();
 }

@@ -10,6 +10,7 @@
 //! components, and the daemon never follows a symlink (O_NOFOLLOW, AT_SYMLINK_NOFOLLOW,
 //! `/proc/self/fd` reopening only for regular files and directories).
 
+pub mod aligned;
 mod creds;
 mod inode;
 pub(crate) mod sys;
@@ -137,6 +138,8 @@ pub struct Handle {
     /// The node it was opened from.
     pub node: u64,
     file: OwnedFd,
+    /// Opened O_DIRECT: the core's own buffers go through an aligned copy ([`aligned`]).
+    direct: bool,
     /// Serialises seek+getdents on directory handles.
     dir_lock: Mutex<()>,
 }
@@ -247,6 +250,10 @@ pub struct Config {
     /// Keep a client's O_NOATIME when opening (`serve --preserve-noatime`); without it the
     /// flag is dropped and reads update atime on the host, as virtiofsd does by default.
     pub preserve_noatime: bool,
+    /// Keep a client's O_DIRECT when opening (`serve --allow-direct-io`); without it the
+    /// flag is dropped and the host page cache serves the file, as virtiofsd does by
+    /// default.
+    pub allow_direct_io: bool,
 }
 
 impl Default for Config {
@@ -256,6 +263,7 @@ impl Default for Config {
             xattr: true,
             xattrmap: None,
             preserve_noatime: true,
+            allow_direct_io: false,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -358,11 +366,10 @@ fn check_new_name(name: &CStr) -> io::Result<()> {
 
 /// Flags the core passes to open(2): never create (create() does that), never make the
 /// opened descriptor our controlling tty, never follow (reopen is through a magic link,
-/// which O_NOFOLLOW would refuse), and no O_DIRECT (the transport's buffers carry no
-/// alignment guarantee).
+/// which O_NOFOLLOW would refuse). A client's O_DIRECT is dropped before, unless allowed
+/// ([`FileSystem::client_flags`]).
 fn open_flags(flags: i32) -> i32 {
-    (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_DIRECT))
-        | libc::O_CLOEXEC
+    (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW)) | libc::O_CLOEXEC
 }
 
 fn writes(flags: i32) -> bool {
@@ -493,13 +500,16 @@ impl FileSystem {
         )
     }
 
-    /// A client's open flags, less O_NOATIME unless `preserve_noatime`.
-    fn noatime(&self, flags: i32) -> i32 {
-        if self.cfg.preserve_noatime {
-            flags
-        } else {
-            flags & !libc::O_NOATIME
+    /// A client's open flags, less O_NOATIME unless `preserve_noatime` and less O_DIRECT
+    /// unless `allow_direct_io`.
+    fn client_flags(&self, mut flags: i32) -> i32 {
+        if !self.cfg.preserve_noatime {
+            flags &= !libc::O_NOATIME;
         }
+        if !self.cfg.allow_direct_io {
+            flags &= !libc::O_DIRECT;
+        }
+        flags
     }
 
     /// The configuration the core was made with.
@@ -890,9 +900,12 @@ impl FileSystem {
 
     fn insert_handle(&self, node: u64, file: OwnedFd) -> (u64, Arc<Handle>) {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // Only a client's open can carry O_DIRECT, and only when allowed.
+        let direct = self.cfg.allow_direct_io && aligned::is_direct(file.as_fd());
         let handle = Arc::new(Handle {
             node,
             file,
+            direct,
             dir_lock: Mutex::new(()),
         });
         self.handles
@@ -910,8 +923,8 @@ impl FileSystem {
             .ok_or_else(|| err(libc::EBADF))
     }
 
-    /// Opens regular file `node` with the client's `flags` (O_DIRECT dropped; EISDIR for a
-    /// directory, ELOOP for a symlink).
+    /// Opens regular file `node` with the client's `flags` (O_DIRECT dropped unless
+    /// `allow_direct_io`; EISDIR for a directory, ELOOP for a symlink).
     pub fn open(&self, _ctx: &Context, node: u64, flags: i32) -> io::Result<Open> {
         if writes(flags) {
             self.writable()?;
@@ -920,7 +933,7 @@ impl FileSystem {
         if inode.is_dir() {
             return Err(err(libc::EISDIR));
         }
-        let flags = self.noatime(flags);
+        let flags = self.client_flags(flags);
         let file = self.reopen(&inode, flags)?;
         let (fh, handle) = self.insert_handle(node, file);
         Ok(Open {
@@ -943,9 +956,8 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
-        let flags = self.noatime(flags);
-        let oflags = (flags
-            & !(libc::O_NOCTTY | libc::O_DIRECT | libc::O_DIRECTORY | libc::O_PATH | libc::O_TMPFILE))
+        let flags = self.client_flags(flags);
+        let oflags = (flags & !(libc::O_NOCTTY | libc::O_DIRECTORY | libc::O_PATH | libc::O_TMPFILE))
             | libc::O_CREAT
             | libc::O_NOFOLLOW
             // Never block opening a FIFO that a hostile client names here.
@@ -981,10 +993,9 @@ impl FileSystem {
             libc::O_WRONLY => libc::O_WRONLY,
             _ => libc::O_RDWR,
         };
-        let oflags = (flags & (libc::O_EXCL | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
-            | access
-            | libc::O_TMPFILE
-            | libc::O_NONBLOCK;
+        let kept = libc::O_EXCL | libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
+        let oflags =
+            (self.client_flags(flags) & kept) | access | libc::O_TMPFILE | libc::O_NONBLOCK;
         let umask = self.umask_in(&p, ctx);
         let file = {
             let _creds = self.creds(ctx)?;
@@ -1035,7 +1046,8 @@ impl FileSystem {
         let h = self.handle(fh)?;
         let mut done = 0;
         while done < buf.len() {
-            let n = sys::pread(h.fd(), &mut buf[done..], offset.saturating_add(done as u64))?;
+            let at = sys::checked_offset(offset.saturating_add(done as u64), libc::EINVAL)?;
+            let n = aligned::pread(h.fd(), &mut buf[done..], at, h.direct)?;
             if n == 0 {
                 break;
             }
@@ -1052,7 +1064,8 @@ impl FileSystem {
         let h = self.handle(fh)?;
         let mut done = 0;
         while done < data.len() {
-            let n = sys::pwrite(h.fd(), &data[done..], offset.saturating_add(done as u64))?;
+            let at = sys::checked_offset(offset.saturating_add(done as u64), libc::EFBIG)?;
+            let n = aligned::pwrite(h.fd(), &data[done..], at, h.direct)?;
             if n == 0 {
                 break;
             }

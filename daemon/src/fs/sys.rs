@@ -255,18 +255,12 @@ pub fn faccessat_fd(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
     .map(drop)
 }
 
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    if i64::try_from(offset).is_err() {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+/// `offset` if it is a valid file offset (at most i64::MAX), else the error `errno`.
+pub fn checked_offset(offset: u64, errno: i32) -> io::Result<u64> {
+    match i64::try_from(offset) {
+        Ok(_) => Ok(offset),
+        Err(_) => Err(io::Error::from_raw_os_error(errno)),
     }
-    Ok(rustix::io::pread(fd, buf, offset)?)
-}
-
-pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
-    if i64::try_from(offset).is_err() {
-        return Err(io::Error::from_raw_os_error(libc::EFBIG));
-    }
-    Ok(rustix::io::pwrite(fd, buf, offset)?)
 }
 
 /// lseek(2) with a C `whence` (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE; any
