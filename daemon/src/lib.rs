@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod confine;
 pub mod dax;
 pub mod fs;

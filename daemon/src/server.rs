@@ -1,19 +1,18 @@
 //! FUSE dispatch for the virtio-fs transport: request bytes in, one call into the filesystem
 //! core, reply bytes out.
 //!
-//! It knows nothing of virtqueues. A transport hands it a [`Chain`]: the request's readable
-//! bytes and the room for the reply, plus two data-moving hooks so that WRITE payloads go
-//! from the request buffers straight into `pwritev` and READ data straight from `preadv`
-//! into the reply buffers (no copy in the daemon). Everything else is copied out of the
-//! request once and parsed by the protocol crate. Tests drive it with [`BufChain`], plain
-//! byte buffers.
+//! It knows nothing of virtqueues. A transport hands it a [`Chain`] (`crate::chain`): the
+//! request's readable bytes and the room for the reply, plus two data-moving hooks so that
+//! WRITE payloads go from the request buffers straight into `pwritev` and READ data straight
+//! from `preadv` into the reply buffers (no copy in the daemon). Everything else is copied
+//! out of the request once and parsed by the protocol crate. Tests drive it with
+//! [`BufChain`](crate::chain::BufChain), plain byte buffers.
 //!
 //! Every byte string gets an answer: a reply (possibly an error reply) when the chain has room
 //! for one, nothing for the opcodes that take no reply (FORGET, BATCH_FORGET, INTERRUPT,
 //! NOTIFY_REPLY). Nothing the guest sends can make this module panic.
 
 use std::io;
-use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use protocol::reply::{self, DirentBuf, ReplySink};
 use protocol::request::parse_write_prefix;
 use protocol::{parse_header, Opcode, Operation, ParseError, ParseOptions, ReplyError, Request};
 
+use crate::chain::Chain;
 use crate::dax::{Dax, DaxConfig, DaxInodes, MAP_ALIGNMENT_LOG2};
 use crate::fs::{self, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
 use crate::idmap::IdMap;
@@ -103,146 +103,6 @@ pub const INIT_FLAGS: u64 = FUSE_ASYNC_READ
     | FUSE_MAX_PAGES
     | FUSE_CACHE_SYMLINKS
     | FUSE_NO_EXPORT_SUPPORT;
-
-/// The request and reply buffers of one FUSE request, as a transport holds them.
-///
-/// Offsets are byte offsets into the request (readable) or reply (writable) area. Every
-/// method checks its range and fails with `EFAULT` outside it; none may panic.
-pub trait Chain {
-    /// Bytes of request the guest provided (all readable buffers).
-    fn request_len(&self) -> usize;
-    /// Copies request bytes `[off, off + buf.len())` into `buf`.
-    fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()>;
-    /// Writes request bytes `[off, request_len)` to `fd` at `file_off` (pwritev, looping);
-    /// returns bytes written (short only if the file refused more).
-    fn write_request_to_file(
-        &self,
-        off: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize>;
-    /// Bytes the reply may take (all writable buffers).
-    fn reply_room(&self) -> usize;
-    /// Writes `data` into the reply area at `at`.
-    fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()>;
-    /// Reads up to `len` bytes of `fd` at `file_off` into the reply area at `at` (preadv,
-    /// looping until `len` or end of file); returns bytes read.
-    fn read_file_to_reply(
-        &mut self,
-        at: usize,
-        len: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize>;
-}
-
-/// A [`Chain`] over plain byte buffers, for tests and tools.
-#[derive(Debug, Clone, Default)]
-pub struct BufChain {
-    /// The request bytes.
-    pub request: Vec<u8>,
-    /// The reply area; its length is the room.
-    pub reply: Vec<u8>,
-}
-
-impl BufChain {
-    /// A chain carrying `request` with `room` bytes for the reply.
-    pub fn new(request: Vec<u8>, room: usize) -> Self {
-        Self {
-            request,
-            reply: vec![0; room],
-        }
-    }
-}
-
-fn efault() -> io::Error {
-    io::Error::from_raw_os_error(libc::EFAULT)
-}
-
-/// Moves `len` bytes with positioned reads or writes, `step(done)` moving what one call can
-/// from `done` bytes in: retried on EINTR, ended early by a call that moves nothing (end of
-/// file, or a file that takes no more). An error after some bytes moved reports those bytes,
-/// as read(2) and write(2) do.
-pub(crate) fn transfer(
-    len: usize,
-    mut step: impl FnMut(usize) -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut done = 0;
-    while done < len {
-        match step(done) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) if done > 0 => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
-/// A byte count returned by a syscall, or the errno it set.
-pub(crate) fn syscall_len(n: isize) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-fn range(off: usize, len: usize, limit: usize) -> io::Result<std::ops::Range<usize>> {
-    match off.checked_add(len) {
-        Some(end) if end <= limit => Ok(off..end),
-        _ => Err(efault()),
-    }
-}
-
-impl Chain for BufChain {
-    fn request_len(&self) -> usize {
-        self.request.len()
-    }
-
-    fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        let r = range(off, buf.len(), self.request.len())?;
-        buf.copy_from_slice(&self.request[r]);
-        Ok(())
-    }
-
-    fn write_request_to_file(
-        &self,
-        off: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize> {
-        let data = self.request.get(off..).ok_or_else(efault)?;
-        transfer(data.len(), |done| {
-            // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
-            // (EINVAL).
-            let pos = file_off.saturating_add(done as u64);
-            Ok(rustix::io::pwrite(fd, &data[done..], pos)?)
-        })
-    }
-
-    fn reply_room(&self) -> usize {
-        self.reply.len()
-    }
-
-    fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()> {
-        let r = range(at, data.len(), self.reply.len())?;
-        self.reply[r].copy_from_slice(data);
-        Ok(())
-    }
-
-    fn read_file_to_reply(
-        &mut self,
-        at: usize,
-        len: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize> {
-        let r = range(at, len, self.reply.len())?;
-        let buf = &mut self.reply[r];
-        transfer(buf.len(), |done| {
-            let pos = file_off.saturating_add(done as u64);
-            Ok(rustix::io::pread(fd, &mut buf[done..], pos)?)
-        })
-    }
-}
 
 /// A [`ReplySink`] writing one reply at the start of a chain's reply area.
 struct ChainSink<'c> {
