@@ -20,7 +20,7 @@ use std::time::Duration;
 use protocol::abi::*;
 use protocol::reply::{self, DirentBuf, ReplySink};
 use protocol::request::parse_write_prefix;
-use protocol::{parse_header, Opcode, Operation, ParseError, ParseOptions, ReplyError, Request};
+use protocol::{check_header, Opcode, Operation, ParseError, ParseOptions, ReplyError, Request};
 
 use crate::chain::Chain;
 use crate::dax::{Dax, DaxConfig, DaxInodes, MAP_ALIGNMENT_LOG2};
@@ -476,9 +476,12 @@ impl Server {
         u32::try_from(n).unwrap_or(0)
     }
 
+    /// Serves a request whose header `handle` decoded: checks the header, then either hands
+    /// a WRITE's data from the chain straight to the file, or copies the body out of the
+    /// chain once, parses it with the header as decoded, and dispatches the parsed request.
     fn request(&self, chain: &mut dyn Chain, header: FuseInHeader) -> Outcome {
         let len = chain.request_len();
-        if let Err(e) = parse_header(&header.to_vec()) {
+        if let Err(e) = check_header(&header) {
             tracing::debug!("bad request header: {e}");
             return Err(parse_errno(&e));
         }
@@ -501,13 +504,15 @@ impl Server {
             );
             return Err(libc::EINVAL);
         }
-        let mut bytes = vec![0u8; len];
-        chain.read_request(0, &mut bytes).map_err(errno)?;
-        let body = &bytes[FuseInHeader::SIZE..];
+        // The header was read already; only the body is copied.
+        let mut body = vec![0u8; len.saturating_sub(FuseInHeader::SIZE)];
+        chain
+            .read_request(FuseInHeader::SIZE, &mut body)
+            .map_err(errno)?;
         let opts = ParseOptions {
             setxattr_ext: self.setxattr_ext.load(Ordering::Relaxed),
         };
-        let req = match Request::parse_parts(header, body, opts) {
+        let req = match Request::parse_parts(header, &body, opts) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(unique = header.unique, "malformed request: {e}");
