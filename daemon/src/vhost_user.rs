@@ -342,8 +342,6 @@ impl FsBackend {
     }
 }
 
-/// Serves one chain and returns it to the driver. Runs without any vring lock held except
-/// for the used-ring update at the end.
 /// Whether the queue's descriptor table and rings lie in `mem`.
 fn rings_in(mem: &MemGuard, vring: &Vring) -> bool {
     let state = vring.get_ref();
@@ -358,6 +356,10 @@ fn rings_in(mem: &MemGuard, vring: &Vring) -> bool {
     .all(|(addr, len)| mem.check_range(GuestAddress(addr), len as usize))
 }
 
+/// Serves one chain and returns it to the driver: the chain's buffers checked and wrapped
+/// as a [`GuestChain`], the request served by [`Server::handle`] (which reads it from, and
+/// writes its reply into, that chain), then the head and the reply's length put in the used
+/// ring. Runs without any vring lock held except for the used-ring update at the end.
 fn serve_chain(
     server: &Server,
     vring: &Vring,
