@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+pub mod cli;
 pub mod confine;
 pub mod dax;
 pub mod fs;

@@ -28,7 +28,7 @@ use crate::fs::{self, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
 use crate::idmap::IdMap;
 
 /// `--cache`: how long the guest may trust what it was told, as virtiofsd's modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CachePolicy {
     /// No caching: entry/attr timeouts 0, every open is DIRECT_IO.
     Never,
@@ -281,7 +281,7 @@ fn optional_feature(mode: AclMode, offered: u64, needed: u64, flag: &str) -> Res
 
 /// `--posix-acl` and `--security-label`: whether to negotiate the feature with the guest
 /// (virtiofsd's values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AclMode {
     /// Never (for ACLs: `system.posix_acl_*` xattrs are refused, EOPNOTSUPP).
     #[default]
