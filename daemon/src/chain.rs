@@ -4,8 +4,8 @@
 //! [`Chain`] is what the dispatcher (`server`) reads a request from and writes its reply to.
 //! Two kinds of chain implement it:
 //!
-//! - [`GuestChain`]: a virtqueue descriptor chain over guest memory (vm-memory), checked
-//!   against that memory when it is built. WRITE payloads go from its readable buffers
+//! - `GuestChain` (crate-internal: only `vhost_user` builds them): a virtqueue descriptor
+//!   chain over guest memory (vm-memory), checked against that memory when it is built. WRITE payloads go from its readable buffers
 //!   straight into `pwritev`, READ data straight from `preadv` into its writable buffers
 //!   (raw iovecs over guest memory: no copy in the daemon).
 //! - [`BufChain`]: plain byte buffers, for tests and tools.
@@ -20,7 +20,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 /// Guest memory as the backend maps it (no dirty-page bitmap: no live migration).
-pub type GuestMem = GuestMemoryMmap<()>;
+pub(crate) type GuestMem = GuestMemoryMmap<()>;
 
 /// Iovecs per preadv/pwritev call (the kernel's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
@@ -163,7 +163,7 @@ impl Chain for BufChain {
 }
 
 /// The buffers of one descriptor chain, checked against guest memory.
-pub struct GuestChain<'m> {
+pub(crate) struct GuestChain<'m> {
     readable: Vec<VolatileSlice<'m, ()>>,
     writable: Vec<VolatileSlice<'m, ()>>,
     readable_len: usize,

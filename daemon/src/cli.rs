@@ -1,13 +1,31 @@
 //! The command line's side of the value flags: each enum here is what a flag accepts, as clap
 //! parses and documents it (`--help` shows these variants' doc comments), converted with
 //! `From` into the core's or a transport's own type. So `server`, `dax` and `fuse_dev` know
-//! nothing of clap, and a flag's spelling can change without touching them.
+//! nothing of clap, and a flag's spelling can change without touching them. [`LogLevel`] has
+//! no core counterpart: `process` turns it into the log filter.
 //!
 //! Used by the argument structs of `serve` and `mount`, and by the binary's `probe`.
 
 use crate::dax::{DaxHoles, DaxInodes};
 use crate::fuse_dev::Passthrough;
 use crate::server::{AclMode, CachePolicy};
+
+/// `--log-level` of `mount` and `serve`: the most verbose level logged to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// No log at all.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Also start and stop, connections, passthrough, the DAX counters.
+    Info,
+    /// Also each DAX mapping and other detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
 
 /// `serve --cache`: how long the guest may trust what it was told, as virtiofsd's modes
 /// ([`CachePolicy`]).
@@ -98,7 +116,7 @@ impl From<DaxInodesArg> for DaxInodes {
 }
 
 /// `mount --passthrough`: kernel FUSE passthrough of reads, writes and mmap to the backing
-/// file ([`Passthrough`]).
+/// file (`fuse_dev::Passthrough`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PassthroughArg {
     /// Use it when the kernel offers it, otherwise serve I/O in the daemon.

@@ -11,10 +11,10 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use rustix::mount::UnmountFlags;
 
-use crate::cli::PassthroughArg;
+use crate::cli::{LogLevel, PassthroughArg};
 use crate::fs::{self, FileSystem, XattrMap};
 use crate::fuse_dev::FuseFs;
-use crate::process::{block_termination_signals, init_logging, raise_nofile, LogLevel};
+use crate::process::{block_termination_signals, init_logging, raise_nofile};
 
 /// The flags of `zerodax mount`.
 #[derive(Debug, clap::Args)]

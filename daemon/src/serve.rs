@@ -17,14 +17,12 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg};
+use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg, LogLevel};
 use crate::confine::{self, ConfineError, SeccompAction};
 use crate::dax::{DaxConfig, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
-use crate::process::{
-    block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel,
-};
+use crate::process::{block_termination_signals, init_logging, init_syslog, raise_nofile};
 use crate::server::{CachePolicy, Server, ServerOptions};
 use crate::size::{parse_size, SizeError};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
