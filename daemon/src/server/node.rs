@@ -10,7 +10,7 @@ use protocol::abi::*;
 use protocol::reply;
 use protocol::{ForgetList, Operation, Request};
 
-use super::answer::{entry_out, errno, fuse_attr, sent, sink, Answer, Outcome};
+use super::answer::{empty, entry_out, errno, fuse_attr, sent, sink, Answer, Outcome};
 use super::{Call, Server};
 use crate::chain::Chain;
 use crate::fs::{self, SetAttr, SetTime, Timespec};
@@ -119,7 +119,7 @@ impl Server {
         flags: u32,
     ) -> Outcome {
         let r = self.fs.rename(&c.ctx, c.node, name, newdir, newname, flags);
-        super::answer::empty(chain, c.unique, r)
+        empty(chain, c.unique, r)
     }
 
     pub(super) fn link(
