@@ -60,7 +60,7 @@ pub trait ShmemChannel: Send + Sync {
 }
 
 /// `--dax-holes`: what a SETUPMAPPING maps of a file's holes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DaxHoles {
     /// The whole range from the file (up to EOF), holes included, as virtiofsd's DAX did.
     /// Safe with any VMM that speaks SHMEM_MAP.
@@ -73,7 +73,7 @@ pub enum DaxHoles {
 
 /// `--dax-inodes`: which inodes carry FUSE_ATTR_DAX (used by guests mounted without
 /// `-o dax=always`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DaxInodes {
     /// Every regular file.
     #[default]

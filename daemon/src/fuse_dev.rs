@@ -24,7 +24,7 @@ use fuser::{
 use crate::fs::{self, Attr, Context, FileSystem, SetAttr, SetTime, Timespec, Xattr};
 
 /// `--passthrough`: kernel FUSE passthrough of reads, writes and mmap to the backing file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Passthrough {
     /// Use it when the kernel offers it, otherwise serve I/O in the daemon.
     Auto,

@@ -11,9 +11,10 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use rustix::mount::UnmountFlags;
 
+use crate::cli::{LogLevel, PassthroughArg};
 use crate::fs::{self, FileSystem, XattrMap};
-use crate::fuse_dev::{FuseFs, Passthrough};
-use crate::process::{block_termination_signals, init_logging, raise_nofile, LogLevel};
+use crate::fuse_dev::FuseFs;
+use crate::process::{block_termination_signals, init_logging, raise_nofile};
 
 /// The flags of `zerodax mount`.
 #[derive(Debug, clap::Args)]
@@ -23,8 +24,8 @@ pub struct MountArgs {
     /// Where to mount it (an existing directory).
     pub mountpoint: PathBuf,
     /// Kernel FUSE passthrough of reads, writes and mmap to the backing files.
-    #[arg(long, value_enum, default_value_t = Passthrough::Auto)]
-    pub passthrough: Passthrough,
+    #[arg(long, value_enum, default_value_t = PassthroughArg::Auto)]
+    pub passthrough: PassthroughArg,
     /// Refuse every modification (EROFS) and mount read-only.
     #[arg(long)]
     pub read_only: bool,
@@ -347,7 +348,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     // may hold someone else's mount, which it would tear down. So the process ends when the
     // session does, before fuser gets there; a mount that is ours was already unmounted
     // below, by id.
-    let fuse_fs = FuseFs::new(fs, args.passthrough).on_session_end(|| {
+    let fuse_fs = FuseFs::new(fs, args.passthrough.into()).on_session_end(|| {
         tracing::info!("session ended; exiting");
         std::process::exit(0)
     });

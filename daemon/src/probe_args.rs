@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use zerodax::dax::DaxHoles;
+use zerodax::cli::DaxHolesArg;
 use zerodax::size::parse_size;
 
 /// Map a file through a DAX window and report page states and memory cost.
@@ -26,8 +26,8 @@ pub struct ProbeArgs {
     #[arg(long, value_enum, default_value_t = Via::Local)]
     pub via: Via,
     /// With `--via virtio`: the server's `--dax-holes`.
-    #[arg(long, value_enum, default_value_t = DaxHoles::Zero)]
-    pub dax_holes: DaxHoles,
+    #[arg(long, value_enum, default_value_t = DaxHolesArg::Zero)]
+    pub dax_holes: DaxHolesArg,
     /// With `--via virtio`: read through the DAX window, or with FUSE_READ requests (the
     /// comparison; no window, no writes).
     #[arg(long, value_enum, default_value_t = ReadPath::Window)]

@@ -16,7 +16,7 @@ use frontend::fuse::{FuseClient, DEFAULT_INIT_FLAGS};
 use protocol::abi::{FUSE_HAS_INODE_DAX, FUSE_MAP_ALIGNMENT, FUSE_ROOT_ID};
 use vhost::vhost_user::VhostUserProtocolFeatures as P;
 
-use zerodax::dax::DaxHoles;
+use zerodax::cli::DaxHolesArg;
 
 use crate::probe_args::{mappable_size, BackendKind, ProbeArgs, ReadPath};
 use crate::report::{extents, extents_json, pages_json};
@@ -53,8 +53,8 @@ pub fn probe(args: &ProbeArgs) -> Result<(), String> {
         .max(RANGE_SIZE)
         .next_power_of_two();
     let holes = match args.dax_holes {
-        DaxHoles::Map => "map",
-        DaxHoles::Zero => "zero",
+        DaxHolesArg::Map => "map",
+        DaxHolesArg::Zero => "zero",
     };
 
     let fuse_read = args.read == ReadPath::Fuse;

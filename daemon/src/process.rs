@@ -5,22 +5,7 @@ use std::io;
 
 use rustix::process::{Resource, Rlimit};
 
-/// `--log-level` of `mount` and `serve`: the most verbose level logged to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogLevel {
-    /// No log at all.
-    Off,
-    /// Errors only.
-    Error,
-    /// Errors and warnings.
-    Warn,
-    /// Also start and stop, connections, passthrough, the DAX counters.
-    Info,
-    /// Also each DAX mapping and other detail.
-    Debug,
-    /// Everything.
-    Trace,
-}
+use crate::cli::LogLevel;
 
 /// Logs events up to `level` to stderr (colours on a terminal only).
 pub fn init_logging(level: LogLevel) {

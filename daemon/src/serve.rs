@@ -17,14 +17,13 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
+use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg, LogLevel};
 use crate::confine::{self, ConfineError, NsIdMap, SeccompAction};
-use crate::dax::{DaxConfig, DaxHoles, DaxInodes, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
+use crate::dax::{DaxConfig, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
-use crate::process::{
-    block_termination_signals, init_logging, init_syslog, raise_nofile, LogLevel,
-};
-use crate::server::{AclMode, CachePolicy, Server, ServerOptions};
+use crate::process::{block_termination_signals, init_logging, init_syslog, raise_nofile};
+use crate::server::{CachePolicy, Server, ServerOptions};
 use crate::size::{parse_size, SizeError};
 use crate::vhost_user::{DeviceOptions, FsBackend, MAX_REQUEST_QUEUES, TAG_LEN};
 
@@ -63,8 +62,8 @@ pub struct ServeArgs {
     )]
     pub shared_dir: Option<PathBuf>,
     /// Guest caching: entry/attribute timeouts and per-open cache flags, as virtiofsd.
-    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
-    pub cache: CachePolicy,
+    #[arg(long, value_enum, default_value_t = CacheArg::Auto)]
+    pub cache: CacheArg,
     /// Threads serving requests; 0 serves them on each queue's own thread.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub thread_pool_size: usize,
@@ -125,11 +124,11 @@ pub struct ServeArgs {
     pub cache_size: u64,
     /// What SETUPMAPPING maps of a file's holes: `map` (whole ranges, any SHMEM_MAP VMM) or
     /// `zero` (data extents only; holes read as the VMM's zero page).
-    #[arg(long, value_enum, default_value_t = DaxHoles::Map)]
-    pub dax_holes: DaxHoles,
+    #[arg(long, value_enum, default_value_t = DaxHolesArg::Map)]
+    pub dax_holes: DaxHolesArg,
     /// Which inodes carry FUSE_ATTR_DAX (guests mounted without `-o dax=always`).
-    #[arg(long, value_enum, default_value_t = DaxInodes::All)]
-    pub dax_inodes: DaxInodes,
+    #[arg(long, value_enum, default_value_t = DaxInodesArg::All)]
+    pub dax_inodes: DaxInodesArg,
     /// The most SHMEM_MAP regions live at once. A VMM may hold each as a memory slot
     /// (QEMU 11.1: 512 for guest RAM and every vhost-user device together, and it aborts
     /// past them): the window offered is cut so that it can never need more.
@@ -192,8 +191,8 @@ pub struct ServeArgs {
     /// (FUSE_SECURITY_CTX, e.g. SELinux's `security.selinux`): `never` (default), `auto`,
     /// `always` (INIT fails otherwise); `--security-label` alone is `always`, as virtiofsd.
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
-          default_value_t = AclMode::Never, default_missing_value = "always")]
-    pub security_label: AclMode,
+          default_value_t = AclArg::Never, default_missing_value = "always")]
+    pub security_label: AclArg,
     /// Keep the guest's O_NOATIME when opening files; by default it is dropped, as
     /// virtiofsd does.
     #[arg(long)]
@@ -206,8 +205,8 @@ pub struct ServeArgs {
     /// POSIX ACLs: `never` (default), `auto` (when the guest can), `always` (INIT fails
     /// otherwise); `--posix-acl` alone is `always`, as virtiofsd. Implies --xattr.
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
-          default_value_t = AclMode::Never, default_missing_value = "always")]
-    pub posix_acl: AclMode,
+          default_value_t = AclArg::Never, default_missing_value = "always")]
+    pub posix_acl: AclArg,
     /// virtiofsd's legacy options, comma separated (`-o source=DIR,cache=always,xattr`),
     /// as virtiofsd 1.14 takes them: each sets the long flag of the same meaning.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -228,10 +227,10 @@ impl ServeArgs {
                 Some(("source", dir)) => self.shared_dir = Some(PathBuf::from(dir)),
                 Some(("cache", v)) => {
                     self.cache = match v {
-                        "auto" => CachePolicy::Auto,
-                        "always" => CachePolicy::Always,
-                        "none" => CachePolicy::Never,
-                        "metadata" => CachePolicy::Metadata,
+                        "auto" => CacheArg::Auto,
+                        "always" => CacheArg::Always,
+                        "none" => CacheArg::Never,
+                        "metadata" => CacheArg::Metadata,
                         _ => return Err(bad()),
                     }
                 }
@@ -268,10 +267,10 @@ impl ServeArgs {
                     "announce_submounts" => self.announce_submounts = true,
                     "killpriv_v2" => self.refused.killpriv_v2 = true,
                     "no_killpriv_v2" => self.refused.killpriv_v2 = false,
-                    "posix_acl" => self.posix_acl = AclMode::Always,
-                    "no_posix_acl" => self.posix_acl = AclMode::Never,
-                    "security_label" => self.security_label = AclMode::Always,
-                    "no_security_label" => self.security_label = AclMode::Never,
+                    "posix_acl" => self.posix_acl = AclArg::Always,
+                    "no_posix_acl" => self.posix_acl = AclArg::Never,
+                    "security_label" => self.security_label = AclArg::Always,
+                    "no_security_label" => self.security_label = AclArg::Never,
                     // Locks are not served; virtiofsd takes these as no-ops too.
                     "no_posix_lock" | "no_flock" => {}
                     _ => return Err(bad()),
@@ -585,7 +584,7 @@ struct Shutdown {
 
 fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     args.refused.check().map_err(ServeError::Usage)?;
-    if args.posix_acl != AclMode::Never
+    if args.posix_acl != AclArg::Never
         && !(args.translate_uid.is_empty() && args.translate_gid.is_empty())
     {
         // ACLs name ids inside xattr values, which translation does not touch (virtiofsd
@@ -631,9 +630,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // From here on this is the serving child (the parent only supervises it).
         confine::enter_pid_namespace(&signals, args.seccomp).map_err(ServeError::Confine)?;
     }
-    let mut cfg = args.cache.fs_config(
+    let mut cfg = CachePolicy::from(args.cache).fs_config(
         args.read_only,
-        args.xattr || args.posix_acl != AclMode::Never,
+        args.xattr || args.posix_acl != AclArg::Never,
     );
     if let Some(map) = &args.xattrmap {
         // A map only makes sense with xattrs served (virtiofsd: --xattrmap implies --xattr).
@@ -667,19 +666,19 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     let server = Arc::new(Server::new(
         Arc::new(fs),
         ServerOptions {
-            cache: args.cache,
+            cache: args.cache.into(),
             readdirplus: !args.no_readdirplus,
             allow_mmap: args.allow_mmap,
-            posix_acl: args.posix_acl,
+            posix_acl: args.posix_acl.into(),
             announce_submounts: args.announce_submounts,
             writeback: args.writeback,
             uid_map: IdMap::new(args.translate_uid.clone()),
             gid_map: IdMap::new(args.translate_gid.clone()),
-            security_label: args.security_label,
+            security_label: args.security_label.into(),
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
-                holes: args.dax_holes,
-                inodes: args.dax_inodes,
+                holes: args.dax_holes.into(),
+                inodes: args.dax_inodes.into(),
                 slots: args.dax_slots,
                 ack_timeout: Duration::from_secs(args.dax_ack_timeout),
             }),

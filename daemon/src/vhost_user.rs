@@ -1,5 +1,5 @@
-//! The vhost-user virtio-fs device: queues, descriptor chains, and the worker threads, on
-//! vhost-user-backend 0.24 (vhost 0.18, virtio-queue 0.18, vm-memory 0.18).
+//! The vhost-user virtio-fs device: queues and their worker threads, on vhost-user-backend
+//! 0.24 (vhost 0.18, virtio-queue 0.18, vm-memory 0.18).
 //!
 //! Queue 0 is the high-priority queue (FORGET, BATCH_FORGET, INTERRUPT), queues 1.. carry
 //! requests. Each queue has its own vring worker thread (the framework's epoll loop). A worker
@@ -9,15 +9,16 @@
 //! vring lock while a request runs, in particular not while it waits on the frontend (the DAX
 //! step's backend requests wait for an ack).
 //!
-//! A chain is checked before its request is served ([`GuestChain::new`]): every buffer must
-//! lie in guest memory, every device-readable buffer must come before the device-writable
-//! ones, and the chain must end (no loop, in the queue's table or an indirect one). A chain
-//! that fails gets an EIO reply when it has reply room, otherwise it is returned with 0
-//! bytes used; either way the daemon keeps serving.
+//! A chain is checked before its request is served ([`GuestChain::new`], in `crate::chain`,
+//! which also does the chain's I/O): every buffer must lie in guest memory, every
+//! device-readable buffer must come before the device-writable ones, and the chain must end
+//! (no loop, in the queue's table or an indirect one). A chain that fails gets an EIO reply
+//! when it has reply room, otherwise it is returned with 0 bytes used; either way the daemon
+//! keeps serving.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -36,23 +37,20 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Error as QueueError, QueueOwnedT, QueueT};
 use vm_memory::{
     Address, FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
-    VolatileSlice,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::chain::{GuestChain, GuestMem};
 use crate::dax::ShmemChannel;
-use crate::server::{syscall_len, transfer, Chain, Server};
+use crate::server::Server;
 
-/// Guest memory as the backend maps it (no dirty-page bitmap: no live migration).
-pub type GuestMem = GuestMemoryMmap<()>;
 /// The framework's shared, replaceable view of guest memory.
 pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
 type MemGuard = GuestMemoryLoadGuard<GuestMem>;
@@ -65,206 +63,6 @@ pub const HIPRIO_QUEUE: usize = 0;
 pub const MAX_REQUEST_QUEUES: u16 = 63;
 /// Bytes of the virtio-fs config space tag (`struct virtio_fs_config`).
 pub const TAG_LEN: usize = 36;
-/// Iovecs per preadv/pwritev call (the kernel's UIO_MAXIOV).
-const IOV_MAX: usize = 1024;
-
-/// The buffers of one descriptor chain, checked against guest memory.
-pub struct GuestChain<'m> {
-    readable: Vec<VolatileSlice<'m, ()>>,
-    writable: Vec<VolatileSlice<'m, ()>>,
-    readable_len: usize,
-    writable_len: usize,
-}
-
-impl<'m> GuestChain<'m> {
-    /// Collects the chain's buffers. The second value is true when the chain is malformed:
-    /// a buffer outside guest memory, a readable buffer after a writable one, more bytes
-    /// than fit a usize, or a chain cut short. Each area keeps only its buffers up to the
-    /// first bad one, so the bytes it holds are at their true offsets: a request whose
-    /// header was readable still gets an error reply in a valid reply buffer.
-    ///
-    /// Cut short: the walk ended on a descriptor that still has NEXT. virtio-queue's
-    /// iterator ends a walk without saying why; with NEXT set that is never the chain's
-    /// end but a chain it refused to follow: one that revisits a descriptor (it stops after
-    /// as many descriptors as the table, direct or indirect, holds, and a longer chain
-    /// must repeat one), a next index past the table, a descriptor or indirect table it
-    /// cannot read, or more than 4 GiB in all.
-    pub fn new(mem: &'m GuestMem, descriptors: impl Iterator<Item = Descriptor>) -> (Self, bool) {
-        let mut chain = GuestChain {
-            readable: Vec::new(),
-            writable: Vec::new(),
-            readable_len: 0,
-            writable_len: 0,
-        };
-        let (mut readable_ok, mut writable_ok) = (true, true);
-        let mut seen_writable = false;
-        let mut cut_short = false;
-        for d in descriptors {
-            cut_short = d.has_next();
-            let len = d.len() as usize;
-            let write = d.is_write_only();
-            seen_writable |= write;
-            if !write && seen_writable {
-                readable_ok = false;
-                continue;
-            }
-            let ok = if write {
-                &mut writable_ok
-            } else {
-                &mut readable_ok
-            };
-            if !*ok || len == 0 {
-                continue;
-            }
-            let slices: Result<Vec<_>, _> =
-                GuestMemoryBackend::get_slices(mem, d.addr(), len).collect();
-            let (list, total) = if write {
-                (&mut chain.writable, &mut chain.writable_len)
-            } else {
-                (&mut chain.readable, &mut chain.readable_len)
-            };
-            match (slices, total.checked_add(len)) {
-                (Ok(slices), Some(t)) => {
-                    *total = t;
-                    list.extend(slices);
-                }
-                _ => *ok = false,
-            }
-        }
-        (chain, cut_short || !(readable_ok && writable_ok))
-    }
-}
-
-/// Calls `f` for each piece of `slices` that lies in `[off, off + len)`, with the offset of
-/// that piece relative to `off`. Fails with EFAULT if the range does not fit.
-fn for_range<'m>(
-    slices: &[VolatileSlice<'m, ()>],
-    total: usize,
-    off: usize,
-    len: usize,
-    mut f: impl FnMut(usize, VolatileSlice<'m, ()>) -> io::Result<()>,
-) -> io::Result<()> {
-    if off.checked_add(len).is_none_or(|end| end > total) {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
-    let (mut skip, mut left, mut done) = (off, len, 0);
-    for s in slices {
-        if left == 0 {
-            break;
-        }
-        if skip >= s.len() {
-            skip -= s.len();
-            continue;
-        }
-        let n = (s.len() - skip).min(left);
-        let piece = s
-            .subslice(skip, n)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
-        f(done, piece)?;
-        skip = 0;
-        left -= n;
-        done += n;
-    }
-    Ok(())
-}
-
-/// Raw iovecs over guest memory for preadv/pwritev. These stay libc calls: rustix's (like
-/// std's) take `IoSlice`/`IoSliceMut`, i.e. Rust slices, which memory a guest may write
-/// at any moment must not become.
-fn iovecs(
-    slices: &[VolatileSlice<'_, ()>],
-    total: usize,
-    off: usize,
-    len: usize,
-) -> io::Result<Vec<libc::iovec>> {
-    let mut iov = Vec::new();
-    for_range(slices, total, off, len, |_, piece| {
-        if iov.len() < IOV_MAX {
-            iov.push(libc::iovec {
-                iov_base: piece.ptr_guard_mut().as_ptr().cast(),
-                iov_len: piece.len(),
-            });
-        }
-        Ok(())
-    })?;
-    Ok(iov)
-}
-
-impl Chain for GuestChain<'_> {
-    fn request_len(&self) -> usize {
-        self.readable_len
-    }
-
-    fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        for_range(
-            &self.readable,
-            self.readable_len,
-            off,
-            buf.len(),
-            |at, piece| {
-                piece.copy_to(&mut buf[at..at + piece.len()]);
-                Ok(())
-            },
-        )
-    }
-
-    fn write_request_to_file(
-        &self,
-        off: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize> {
-        let len = self
-            .readable_len
-            .checked_sub(off)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
-        transfer(len, |done| {
-            let iov = iovecs(&self.readable, self.readable_len, off + done, len - done)?;
-            let pos = file_off.saturating_add(done as u64) as libc::off_t;
-            // SAFETY: every iovec points into guest memory that `self.readable` keeps mapped
-            // (the memory guard outlives this chain) and was bounds-checked when the chain
-            // was built; pwritev only reads through them. The guest may change the bytes
-            // concurrently, which only changes what is written.
-            let n = unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
-            syscall_len(n)
-        })
-    }
-
-    fn reply_room(&self) -> usize {
-        self.writable_len
-    }
-
-    fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()> {
-        for_range(
-            &self.writable,
-            self.writable_len,
-            at,
-            data.len(),
-            |from, piece| {
-                piece.copy_from(&data[from..from + piece.len()]);
-                Ok(())
-            },
-        )
-    }
-
-    fn read_file_to_reply(
-        &mut self,
-        at: usize,
-        len: usize,
-        fd: BorrowedFd<'_>,
-        file_off: u64,
-    ) -> io::Result<usize> {
-        transfer(len, |done| {
-            let iov = iovecs(&self.writable, self.writable_len, at + done, len - done)?;
-            let pos = file_off.saturating_add(done as u64) as libc::off_t;
-            // SAFETY: every iovec points into device-writable guest memory that
-            // `self.writable` keeps mapped and that was bounds-checked when the chain was
-            // built; the guest gave these buffers to the device until the chain is used.
-            let n = unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos) };
-            syscall_len(n)
-        })
-    }
-}
 
 /// A vring as the framework keeps it, plus the frontend's error eventfd, which the framework
 /// stores but does not expose: a chain that cannot be returned (its head index is not a
@@ -544,8 +342,6 @@ impl FsBackend {
     }
 }
 
-/// Serves one chain and returns it to the driver. Runs without any vring lock held except
-/// for the used-ring update at the end.
 /// Whether the queue's descriptor table and rings lie in `mem`.
 fn rings_in(mem: &MemGuard, vring: &Vring) -> bool {
     let state = vring.get_ref();
@@ -560,6 +356,10 @@ fn rings_in(mem: &MemGuard, vring: &Vring) -> bool {
     .all(|(addr, len)| mem.check_range(GuestAddress(addr), len as usize))
 }
 
+/// Serves one chain and returns it to the driver: the chain's buffers checked and wrapped
+/// as a [`GuestChain`], the request served by [`Server::handle`] (which reads it from, and
+/// writes its reply into, that chain), then the head and the reply's length put in the used
+/// ring. Runs without any vring lock held except for the used-ring update at the end.
 fn serve_chain(
     server: &Server,
     vring: &Vring,
@@ -874,108 +674,5 @@ impl ShmemChannel for BackendChannel {
             flags: 0,
         };
         self.call(msg, None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use virtio_bindings::bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    };
-    use virtio_queue::Queue;
-    use vm_memory::{Bytes, GuestAddress};
-
-    use super::*;
-
-    const QUEUE_SIZE: u16 = 16;
-    const DESC_TABLE: u64 = 0x1000;
-    const AVAIL_RING: u64 = 0x2000;
-    const USED_RING: u64 = 0x3000;
-    const INDIRECT_TABLE: u64 = 0x4000;
-    const BUFFERS: u64 = 0x8000;
-
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-
-    /// Descriptor `i` of a table: a 64-byte buffer of its own, `flags`, next index `next`.
-    fn desc(i: u64, flags: u16, next: u16) -> Descriptor {
-        Descriptor::new(BUFFERS + i * 0x100, 64, flags, next)
-    }
-
-    /// Publishes one chain (head: descriptor 0 of `direct`; `indirect` is the table at
-    /// INDIRECT_TABLE), pops it as the queue worker does, and checks it like `serve_chain`.
-    /// Returns (readable bytes, writable bytes, malformed).
-    fn check(direct: &[Descriptor], indirect: &[Descriptor]) -> (usize, usize, bool) {
-        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let tables = [(DESC_TABLE, direct), (INDIRECT_TABLE, indirect)];
-        for (base, table) in tables {
-            for (i, d) in table.iter().enumerate() {
-                mem.write_obj(*d, GuestAddress(base + 16 * i as u64))
-                    .unwrap();
-            }
-        }
-        // Available ring: flags 0, idx 1, ring[0] = head 0.
-        mem.write_obj([0u16, 1, 0], GuestAddress(AVAIL_RING))
-            .unwrap();
-        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
-        queue
-            .try_set_desc_table_address(GuestAddress(DESC_TABLE))
-            .unwrap();
-        queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
-            .unwrap();
-        queue
-            .try_set_used_ring_address(GuestAddress(USED_RING))
-            .unwrap();
-        queue.set_ready(true);
-        let chain = queue.iter(&mem).unwrap().next().unwrap();
-        let (guest, broken) = GuestChain::new(&mem, chain);
-        (guest.readable_len, guest.writable_len, broken)
-    }
-
-    fn indirect_head(entries: u32) -> Descriptor {
-        Descriptor::new(
-            INDIRECT_TABLE,
-            entries * 16,
-            VRING_DESC_F_INDIRECT as u16,
-            0,
-        )
-    }
-
-    #[test]
-    fn well_formed_chains_pass() {
-        let chain = [
-            desc(0, NEXT, 1),
-            desc(1, WRITE | NEXT, 2),
-            desc(2, WRITE, 0),
-        ];
-        assert_eq!(check(&chain, &[]), (64, 128, false));
-        assert_eq!(check(&[indirect_head(3)], &chain), (64, 128, false));
-    }
-
-    #[test]
-    fn a_chain_that_revisits_a_descriptor_is_malformed() {
-        // 0 -> 1 -> 2 -> 1 -> ...: only writable descriptors repeat, so no other check
-        // (readable after writable) can catch it.
-        let looping = [
-            desc(0, NEXT, 1),
-            desc(1, WRITE | NEXT, 2),
-            desc(2, WRITE | NEXT, 1),
-        ];
-        assert!(check(&looping, &[]).2, "loop in the descriptor table");
-        // virtio-queue stops an indirect walk after the table's length: one lap of the
-        // loop, which must not pass for a whole chain.
-        assert!(
-            check(&[indirect_head(3)], &looping).2,
-            "loop in an indirect table"
-        );
-    }
-
-    #[test]
-    fn a_next_index_past_the_table_is_malformed() {
-        let past = [desc(0, NEXT, 1), desc(1, WRITE | NEXT, 9)];
-        assert!(check(&[indirect_head(2)], &past).2);
-        let past = [desc(0, NEXT, 1), desc(1, WRITE | NEXT, QUEUE_SIZE)];
-        assert!(check(&past, &[]).2);
     }
 }

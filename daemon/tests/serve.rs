@@ -24,8 +24,9 @@ use protocol::request::encode_list;
 use protocol::{
     Extensions, ForgetList, Opcode, Operation, ParseOptions, RemoveMappingList, Request,
 };
+use zerodax::chain::BufChain;
 use zerodax::fs::FileSystem;
-use zerodax::server::{BufChain, CachePolicy, Server, ServerOptions, INIT_FLAGS};
+use zerodax::server::{CachePolicy, Server, ServerOptions, INIT_FLAGS};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -50,6 +50,6 @@ pub use abi::Wire;
 pub use error::{ParseError, ReplyError};
 pub use opcode::Opcode;
 pub use request::{
-    parse_header, Extension, Extensions, ForgetList, Operation, ParseOptions, RemoveMappingList,
-    Request, WireList,
+    check_header, parse_header, Extension, Extensions, ForgetList, Operation, ParseOptions,
+    RemoveMappingList, Request, WireList,
 };

@@ -385,19 +385,29 @@ pub enum Operation<'a> {
     CuseInit(CuseInitIn),
 }
 
-/// Reads the request header from the first 40 bytes and checks its own length field.
+/// Reads the request header from the first 40 bytes and checks its own length field
+/// ([`check_header`]).
 ///
 /// Transports that read the header separately (virtio descriptor chains) use this to learn
 /// how many body bytes to gather before [`Request::parse_parts`].
 pub fn parse_header(bytes: &[u8]) -> Result<FuseInHeader, ParseError> {
     let header =
         FuseInHeader::decode(bytes).ok_or(ParseError::ShortHeader { have: bytes.len() })?;
+    check_header(&header)?;
+    Ok(header)
+}
+
+/// Checks a header already decoded ([`FuseInHeader::decode`]) as [`parse_header`] checks the
+/// one it decodes: its length field must count at least the header itself. A transport that
+/// decoded the header once (to address its reply) validates it here instead of encoding it
+/// back into bytes for [`parse_header`].
+pub fn check_header(header: &FuseInHeader) -> Result<(), ParseError> {
     if (header.len as usize) < FuseInHeader::SIZE {
         return Err(ParseError::HeaderLenTooSmall {
             header_len: header.len,
         });
     }
-    Ok(header)
+    Ok(())
 }
 
 /// Validates a WRITE from its header and fixed argument only, for transports that hand the
@@ -455,8 +465,9 @@ impl<'a> Request<'a> {
         Self::parse_parts(header, &bytes[FuseInHeader::SIZE..], opts)
     }
 
-    /// Parses a request whose header the transport already split off (virtio-fs: the header
-    /// from [`parse_header`], `body` the following `header.len - 40` bytes).
+    /// Parses a request whose header the transport already split off and decoded (virtio-fs:
+    /// the header from [`parse_header`], or decoded and then [`check_header`]ed; `body` the
+    /// following `header.len - 40` bytes). The header is taken as it is, not decoded again.
     pub fn parse_parts(
         header: FuseInHeader,
         body: &'a [u8],

@@ -7,7 +7,8 @@ use protocol::abi::*;
 use protocol::request::encode_list;
 use protocol::request::parse_write_prefix;
 use protocol::{
-    parse_header, Extensions, Opcode, Operation, ParseError, ParseOptions, Request, Wire, WireList,
+    check_header, parse_header, Extensions, Opcode, Operation, ParseError, ParseOptions, Request,
+    Wire, WireList,
 };
 
 /// Builds raw request bytes from a header template and argument bytes, with an honest len.
@@ -111,6 +112,16 @@ fn header_errors() {
     assert_eq!(
         Request::parse(&v),
         Err(ParseError::HeaderLenTooSmall { header_len: 39 })
+    );
+    // A header decoded once and checked: the same answer as parsing its bytes.
+    let decoded = FuseInHeader::decode(&v).unwrap();
+    assert_eq!(
+        check_header(&decoded),
+        Err(ParseError::HeaderLenTooSmall { header_len: 39 })
+    );
+    assert_eq!(
+        check_header(&parse_header(&raw(Opcode::Statfs as u32, &[])).unwrap()),
+        Ok(())
     );
     v[..4].copy_from_slice(&u32::MAX.to_ne_bytes());
     assert_eq!(

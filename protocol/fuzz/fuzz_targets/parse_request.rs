@@ -8,7 +8,8 @@
 use libfuzzer_sys::fuzz_target;
 use protocol::reply::{parse_reply, DirentBuf};
 use protocol::request::parse_write_prefix;
-use protocol::{parse_header, Operation, ParseOptions, Request};
+use protocol::abi::{FuseInHeader, Wire};
+use protocol::{check_header, parse_header, Operation, ParseOptions, Request};
 
 fn within(outer: &[u8], inner: &[u8]) -> bool {
     let o = outer.as_ptr_range();
@@ -37,9 +38,12 @@ fuzz_target!(|data: &[u8]| {
         let reparsed = Request::parse_with(&again, opts).expect("re-encoded request parses");
         assert_eq!(reparsed.op, req.op);
     }
-    // The virtio path (header split off first) must agree with the contiguous one, and the
-    // zero-copy WRITE check must accept exactly the WRITEs the full parser accepts.
-    if let Ok(header) = parse_header(input) {
+    // The virtio path (header decoded once and checked, body split off) must agree with the
+    // contiguous one, and the zero-copy WRITE check must accept exactly the WRITEs the full
+    // parser accepts.
+    let decoded = FuseInHeader::decode(input).filter(|h| check_header(h).is_ok());
+    assert_eq!(decoded, parse_header(input).ok());
+    if let Some(header) = decoded {
         let split = Request::parse_parts(header, &input[40..], opts);
         assert_eq!(split.is_ok(), whole.is_ok());
         let prefix = parse_write_prefix(&header, &input[40..]);

@@ -1,0 +1,224 @@
+//! File operations: open, create (CREATE and TMPFILE), read, write, fallocate, lseek,
+//! copy_file_range.
+
+use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+
+use protocol::abi::*;
+use protocol::reply;
+use protocol::Opcode;
+
+use super::answer::{empty, entry_out, errno, sent, sink, Answer, Outcome};
+use super::{Call, Server};
+use crate::chain::Chain;
+use crate::fs;
+
+impl Server {
+    pub(super) fn open(&self, chain: &mut dyn Chain, c: &Call<'_>, o: &FuseOpenIn) -> Outcome {
+        let node = c.node;
+        let trunc = o.flags as i32 & libc::O_TRUNC != 0;
+        if trunc {
+            self.will_shrink(node, 0);
+        }
+        let open = self.fs.open(&c.ctx, node, self.open_flags(o.flags));
+        if trunc {
+            self.file_changed(|| Some(node));
+        }
+        let open = open.map_err(errno)?;
+        let out = open_out(open.fh, self.opts.cache.open_flags());
+        sent(reply::reply_open(&mut sink(chain), c.unique, &out))
+    }
+
+    pub(super) fn create(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        arg: &FuseCreateIn,
+        name: &CStr,
+    ) -> Outcome {
+        let (e, open) = self
+            .fs
+            .create(
+                &c.with_umask(arg.umask),
+                c.node,
+                name,
+                arg.mode,
+                self.open_flags(arg.flags),
+            )
+            .map_err(errno)?;
+        // CREATE of an existing file with O_TRUNC (Linux sends it so): ranges of it that are
+        // live are cut to the new size before the reply (not before the truncate: the node
+        // is only known now).
+        if arg.flags as i32 & libc::O_TRUNC != 0 {
+            self.file_changed(|| Some(e.node));
+        }
+        self.created(chain, c, &e, open.fh)
+    }
+
+    /// An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
+    pub(super) fn tmpfile(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        arg: &FuseCreateIn,
+    ) -> Outcome {
+        let (e, open) = self
+            .fs
+            .tmpfile(&c.with_umask(arg.umask), c.node, arg.mode, arg.flags as i32)
+            .map_err(errno)?;
+        self.created(chain, c, &e, open.fh)
+    }
+
+    /// CREATE and TMPFILE: the new node labelled, then its entry and its open handle.
+    fn created(&self, chain: &mut dyn Chain, c: &Call<'_>, e: &fs::Entry, fh: u64) -> Outcome {
+        if let Err(error) = self.label(c.req, e) {
+            let _ = self.fs.release(fh);
+            return Err(error);
+        }
+        let out = open_out(fh, self.opts.cache.open_flags());
+        sent(reply::reply_create(
+            &mut sink(chain),
+            c.unique,
+            &entry_out(e, c.dax, c.submounts, &self.ids),
+            &out,
+        ))
+    }
+
+    /// WRITE with its data copied out of the chain and parsed: a WRITE `Server::request`
+    /// did not hand to the file directly (`parse_write_prefix` refused it, e.g. one with
+    /// extensions, and the full parser did not).
+    pub(super) fn write(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        arg: &FuseWriteIn,
+        data: &[u8],
+    ) -> Outcome {
+        let fs = &*self.fs;
+        let n = fs.write(&c.ctx, arg.fh, arg.offset, data).map_err(errno)?;
+        self.file_changed(|| fs.handle_node(arg.fh));
+        sent(reply::reply_write(
+            &mut sink(chain),
+            c.unique,
+            u32::try_from(n).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// WRITE with its data handed from the chain to the file (pwritev from the request
+    /// buffers), for a request whose header and fixed argument `parse_write_prefix` checked.
+    pub(super) fn write_direct(
+        &self,
+        chain: &mut dyn Chain,
+        h: &FuseInHeader,
+        w: &FuseWriteIn,
+    ) -> Outcome {
+        if self.fs.config().read_only {
+            return Err(libc::EROFS);
+        }
+        let handle = self.fs.handle(w.fh).map_err(errno)?;
+        let off = FuseInHeader::SIZE + FuseWriteIn::SIZE;
+        let n = chain
+            .write_request_to_file(off, handle.fd(), w.offset)
+            .map_err(errno)?;
+        self.file_changed(|| Some(handle.node));
+        sent(reply::reply_write(
+            &mut sink(chain),
+            h.unique,
+            u32::try_from(n).unwrap_or(u32::MAX),
+        ))
+    }
+
+    /// READ: the file's bytes go straight into the reply buffers (preadv), after the
+    /// reply header's room.
+    pub(super) fn read(&self, chain: &mut dyn Chain, unique: u64, r: &FuseReadIn) -> Outcome {
+        let handle = self.fs.handle(r.fh).map_err(errno)?;
+        let room = chain.reply_room();
+        if room < FuseOutHeader::SIZE {
+            return Err(libc::EIO);
+        }
+        let want = (r.size as usize)
+            .min(room - FuseOutHeader::SIZE)
+            .min(fs::MAX_IO as usize);
+        let n = chain
+            .read_file_to_reply(FuseOutHeader::SIZE, want, handle.fd(), r.offset)
+            .map_err(errno)?;
+        let header = reply::out_header(unique, n).map_err(|_| libc::EIO)?;
+        chain.write_reply(0, &header).map_err(errno)?;
+        Ok(Answer::Sent(FuseOutHeader::SIZE + n))
+    }
+
+    pub(super) fn fallocate(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        f: &FuseFallocateIn,
+    ) -> Outcome {
+        let fs = &*self.fs;
+        let r = fs.fallocate(f.fh, f.mode as i32, f.offset, f.length);
+        if r.is_ok() {
+            self.file_changed(|| fs.handle_node(f.fh));
+        }
+        empty(chain, c.unique, r)
+    }
+
+    pub(super) fn lseek(&self, chain: &mut dyn Chain, c: &Call<'_>, l: &FuseLseekIn) -> Outcome {
+        let offset = i64::try_from(l.offset).map_err(|_| libc::EINVAL)?;
+        let pos = self
+            .fs
+            .lseek(l.fh, offset, l.whence as i32)
+            .map_err(errno)?;
+        sent(reply::reply_lseek(&mut sink(chain), c.unique, pos))
+    }
+
+    /// COPY_FILE_RANGE (a 32-bit count in a WRITE reply) and COPY_FILE_RANGE_64.
+    pub(super) fn copy_file_range(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        r: &FuseCopyFileRangeIn,
+    ) -> Outcome {
+        let fs = &*self.fs;
+        let flags = u32::try_from(r.flags).map_err(|_| libc::EINVAL)?;
+        let n = fs
+            .copy_file_range(r.fh_in, r.off_in, r.fh_out, r.off_out, r.len, flags)
+            .map_err(errno)?;
+        self.file_changed(|| fs.handle_node(r.fh_out));
+        if c.req.opcode() == Opcode::CopyFileRange {
+            sent(reply::reply_write(
+                &mut sink(chain),
+                c.unique,
+                u32::try_from(n).unwrap_or(u32::MAX),
+            ))
+        } else {
+            sent(reply::reply_copy_file_range_64(
+                &mut sink(chain),
+                c.unique,
+                n as u64,
+            ))
+        }
+    }
+
+    /// A client's open flags as the host open needs them. With a writeback cache the client
+    /// kernel reads pages around partial writes through any open file, so write-only opens
+    /// become read-write, and it computes append offsets itself, so O_APPEND goes (the host
+    /// would otherwise move every cached write to the end).
+    fn open_flags(&self, flags: u32) -> i32 {
+        let mut flags = flags as i32;
+        if self.writeback.load(Ordering::Relaxed) {
+            if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            flags &= !libc::O_APPEND;
+        }
+        flags
+    }
+}
+
+/// The OPEN/OPENDIR/CREATE reply's body.
+pub(super) fn open_out(fh: u64, open_flags: u32) -> FuseOpenOut {
+    FuseOpenOut {
+        fh,
+        open_flags,
+        backing_id: 0,
+    }
+}
