@@ -112,15 +112,75 @@ fn range(off: usize, len: usize, limit: usize) -> io::Result<std::ops::Range<usi
     }
 }
 
-impl Chain for BufChain {
+/// A [`Chain`] over borrowed byte buffers: one request as /dev/fuse returned it whole, and
+/// the room its reply is built in.
+#[derive(Debug)]
+pub struct ByteChain<'b> {
+    request: &'b [u8],
+    reply: &'b mut [u8],
+}
+
+impl<'b> ByteChain<'b> {
+    /// A chain carrying `request`, with `reply` as the reply area.
+    pub fn new(request: &'b [u8], reply: &'b mut [u8]) -> Self {
+        ByteChain { request, reply }
+    }
+}
+
+// The byte-buffer chains' I/O, on the buffers themselves. These are the daemon's buffers,
+// not the client's: I/O on an O_DIRECT file goes through an aligned copy (fs::aligned).
+
+fn read_bytes(request: &[u8], off: usize, buf: &mut [u8]) -> io::Result<()> {
+    let r = range(off, buf.len(), request.len())?;
+    buf.copy_from_slice(&request[r]);
+    Ok(())
+}
+
+fn bytes_to_file(
+    request: &[u8],
+    off: usize,
+    fd: BorrowedFd<'_>,
+    file_off: u64,
+) -> io::Result<usize> {
+    let data = request.get(off..).ok_or_else(efault)?;
+    let direct = aligned::is_direct(fd);
+    transfer(data.len(), |done| {
+        // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
+        // (EINVAL).
+        let pos = file_off.saturating_add(done as u64);
+        aligned::pwrite(fd, &data[done..], pos, direct)
+    })
+}
+
+fn write_bytes(reply: &mut [u8], at: usize, data: &[u8]) -> io::Result<()> {
+    let r = range(at, data.len(), reply.len())?;
+    reply[r].copy_from_slice(data);
+    Ok(())
+}
+
+fn file_to_bytes(
+    reply: &mut [u8],
+    at: usize,
+    len: usize,
+    fd: BorrowedFd<'_>,
+    file_off: u64,
+) -> io::Result<usize> {
+    let r = range(at, len, reply.len())?;
+    let buf = &mut reply[r];
+    let direct = aligned::is_direct(fd);
+    transfer(buf.len(), |done| {
+        let pos = file_off.saturating_add(done as u64);
+        aligned::pread(fd, &mut buf[done..], pos, direct)
+    })
+}
+
+impl Chain for ByteChain<'_> {
     fn request_len(&self) -> usize {
         self.request.len()
     }
 
     fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
-        let r = range(off, buf.len(), self.request.len())?;
-        buf.copy_from_slice(&self.request[r]);
-        Ok(())
+        read_bytes(self.request, off, buf)
     }
 
     fn write_request_to_file(
@@ -129,15 +189,7 @@ impl Chain for BufChain {
         fd: BorrowedFd<'_>,
         file_off: u64,
     ) -> io::Result<usize> {
-        let data = self.request.get(off..).ok_or_else(efault)?;
-        // These are the daemon's buffers, not the client's: aligned for an O_DIRECT file.
-        let direct = aligned::is_direct(fd);
-        transfer(data.len(), |done| {
-            // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
-            // (EINVAL).
-            let pos = file_off.saturating_add(done as u64);
-            aligned::pwrite(fd, &data[done..], pos, direct)
-        })
+        bytes_to_file(self.request, off, fd, file_off)
     }
 
     fn reply_room(&self) -> usize {
@@ -145,9 +197,7 @@ impl Chain for BufChain {
     }
 
     fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()> {
-        let r = range(at, data.len(), self.reply.len())?;
-        self.reply[r].copy_from_slice(data);
-        Ok(())
+        write_bytes(self.reply, at, data)
     }
 
     fn read_file_to_reply(
@@ -157,13 +207,44 @@ impl Chain for BufChain {
         fd: BorrowedFd<'_>,
         file_off: u64,
     ) -> io::Result<usize> {
-        let r = range(at, len, self.reply.len())?;
-        let buf = &mut self.reply[r];
-        let direct = aligned::is_direct(fd);
-        transfer(buf.len(), |done| {
-            let pos = file_off.saturating_add(done as u64);
-            aligned::pread(fd, &mut buf[done..], pos, direct)
-        })
+        file_to_bytes(self.reply, at, len, fd, file_off)
+    }
+}
+
+impl Chain for BufChain {
+    fn request_len(&self) -> usize {
+        self.request.len()
+    }
+
+    fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()> {
+        read_bytes(&self.request, off, buf)
+    }
+
+    fn write_request_to_file(
+        &self,
+        off: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> io::Result<usize> {
+        bytes_to_file(&self.request, off, fd, file_off)
+    }
+
+    fn reply_room(&self) -> usize {
+        self.reply.len()
+    }
+
+    fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()> {
+        write_bytes(&mut self.reply, at, data)
+    }
+
+    fn read_file_to_reply(
+        &mut self,
+        at: usize,
+        len: usize,
+        fd: BorrowedFd<'_>,
+        file_off: u64,
+    ) -> io::Result<usize> {
+        file_to_bytes(&mut self.reply, at, len, fd, file_off)
     }
 }
 

@@ -8,13 +8,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, MountOption, Session, SessionACL};
-use rustix::mount::UnmountFlags;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use rustix::mount::{MountFlags, UnmountFlags};
 
 use crate::cli::{LogLevel, PassthroughArg};
 use crate::fs::{self, FileSystem, XattrMap};
-use crate::fuse_dev::FuseFs;
+use crate::fuse_dev::{self, DeviceBacking};
 use crate::process::{block_termination_signals, init_logging, raise_nofile};
+use crate::server::{Server, ServerOptions};
 
 /// The flags of `zerodax mount`.
 #[derive(Debug, clap::Args)]
@@ -44,7 +46,8 @@ pub struct MountArgs {
     pub threads: Option<usize>,
     /// Mount options, comma separated (repeatable): nosuid|suid, nodev|dev, exec|noexec,
     /// atime|noatime|relatime|strictatime, sync|async, dirsync, ro|rw, allow_other,
-    /// default_permissions. Default: nosuid,nodev. Never more than the shared directory's
+    /// default_permissions, fsname=NAME (the mount's source; default zerodax),
+    /// subtype=NAME (type fuse.NAME; default fuse.zerodax). Default: nosuid,nodev. Never more than the shared directory's
     /// own mount allows: on a nosuid/nodev/noexec/ro filesystem those are forced (asking
     /// for more is an error).
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
@@ -104,6 +107,7 @@ impl MountRights {
         for word in args.options.iter().flat_map(|o| o.split(',')) {
             match word.trim() {
                 "" | "default_permissions" => {}
+                w if w.starts_with("fsname=") || w.starts_with("subtype=") => {}
                 "suid" => r.suid = true,
                 "nosuid" => r.suid = false,
                 "dev" => r.dev = true,
@@ -145,46 +149,89 @@ impl MountRights {
         Ok(r)
     }
 
-    fn mount_options(&self) -> Vec<MountOption> {
-        let mut o = vec![
-            // A fixed source name: a path with ',' or spaces would corrupt the option string.
-            MountOption::FSName("zerodax".into()),
-            MountOption::Subtype("zerodax".into()),
-            MountOption::DefaultPermissions,
-            if self.suid {
-                MountOption::Suid
-            } else {
-                MountOption::NoSuid
-            },
-            if self.dev {
-                MountOption::Dev
-            } else {
-                MountOption::NoDev
-            },
-            if self.exec {
-                MountOption::Exec
-            } else {
-                MountOption::NoExec
-            },
-            if self.read_only {
-                MountOption::RO
-            } else {
-                MountOption::RW
-            },
-        ];
+    /// The mount(2) flags these rights ask for.
+    fn mount_flags(&self) -> MountFlags {
+        let mut flags = MountFlags::empty();
+        for (granted, flag) in [
+            (self.suid, MountFlags::NOSUID),
+            (self.dev, MountFlags::NODEV),
+            (self.exec, MountFlags::NOEXEC),
+        ] {
+            if !granted {
+                flags |= flag;
+            }
+        }
+        for (asked, flag) in [
+            (self.read_only, MountFlags::RDONLY),
+            (self.sync, MountFlags::SYNCHRONOUS),
+            (self.dirsync, MountFlags::DIRSYNC),
+        ] {
+            if asked {
+                flags |= flag;
+            }
+        }
         match self.atime {
-            Some(MountAtime::NoAtime) => o.push(MountOption::NoAtime),
-            Some(MountAtime::Atime) => o.push(MountOption::Atime),
+            Some(MountAtime::NoAtime) => flags |= MountFlags::NOATIME,
+            Some(MountAtime::Atime) => flags |= MountFlags::STRICTATIME,
             None => {}
         }
-        if self.sync {
-            o.push(MountOption::Sync);
-        }
-        if self.dirsync {
-            o.push(MountOption::DirSync);
-        }
-        o
+        flags
     }
+}
+
+/// The mount's source and type names: `-o fsname=NAME` (default `zerodax`), shown as the
+/// mount's source, and `-o subtype=NAME` (default `zerodax`), making its type `fuse.NAME`.
+pub fn mount_names(args: &MountArgs) -> Result<(String, String), String> {
+    let (mut fsname, mut subtype) = ("zerodax".to_owned(), "zerodax".to_owned());
+    for word in args.options.iter().flat_map(|o| o.split(',')) {
+        let word = word.trim();
+        let (slot, value) = if let Some(v) = word.strip_prefix("fsname=") {
+            (&mut fsname, v)
+        } else if let Some(v) = word.strip_prefix("subtype=") {
+            (&mut subtype, v)
+        } else {
+            continue;
+        };
+        // /proc/mounts separates fields with spaces and escapes only a few characters:
+        // keep names printable and free of separators.
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            return Err(format!(
+                "-o {word}: a name must be printable, without spaces or commas"
+            ));
+        }
+        *slot = value.to_owned();
+    }
+    Ok((fsname, subtype))
+}
+
+/// Mounts the FUSE connection `dev` at `mountpoint`: `default_permissions` always (the
+/// kernel checks modes; the core then acts as the caller), `allow_other` when granted, the
+/// rights as mount flags.
+fn mount_device(
+    dev: BorrowedFd<'_>,
+    mountpoint: &Path,
+    rights: &MountRights,
+    (fsname, subtype): &(String, String),
+) -> io::Result<()> {
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},default_permissions",
+        dev.as_raw_fd(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    if rights.allow_other {
+        data.push_str(",allow_other");
+    }
+    let data =
+        std::ffi::CString::new(data).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    rustix::mount::mount(
+        fsname.as_str(),
+        mountpoint,
+        format!("fuse.{subtype}").as_str(),
+        rights.mount_flags(),
+        data.as_c_str(),
+    )?;
+    Ok(())
 }
 
 /// The mount flags (statvfs f_flag) of the filesystem `path` is on.
@@ -325,40 +372,65 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     // Before any thread exists: only the main thread takes them (sigtimedwait below).
     let signals = block_termination_signals().map_err(MountError::Signals)?;
 
-    let options = rights.mount_options();
+    let names = mount_names(args).map_err(MountError::Options)?;
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() * 2)
             .unwrap_or(2)
             .min(16)
     });
-    let mut config = Config::default();
-    config.mount_options = options;
-    config.acl = if rights.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(threads.max(1));
-    config.clone_fd = true;
-
-    let fs = Arc::new(fs);
-    // fuser unmounts its mount point *by path* when its session ends, even when the mount
-    // was taken away from outside (umount, as every test harness does): by then the path
-    // may hold someone else's mount, which it would tear down. So the process ends when the
-    // session does, before fuser gets there; a mount that is ours was already unmounted
-    // below, by id.
-    let fuse_fs = FuseFs::new(fs, args.passthrough.into()).on_session_end(|| {
-        tracing::info!("session ended; exiting");
-        std::process::exit(0)
-    });
-    let session =
-        Session::new(fuse_fs, &mountpoint, &config).map_err(|e| match e.raw_os_error() {
+    let dev = fuse_dev::open_device().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => MountError::DevFuseAbsent,
+        _ => MountError::Mount(mountpoint.clone(), e),
+    })?;
+    mount_device(dev.as_fd(), &mountpoint, &rights, &names).map_err(|e| {
+        match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
                 MountError::NotPermitted(format!("mounting on {}: {e}", mountpoint.display()))
             }
             _ => MountError::Mount(mountpoint.clone(), e),
-        })?;
+        }
+    })?;
+    // Which mount is ours, by mount id: the mount point may be mounted over again later
+    // (a test harness remounting it), and only ours may ever be unmounted.
+    let ours = top_mount_id(&mountpoint);
+    let unmount_ours = || match (ours, top_mount_id(&mountpoint)) {
+        (Some(ours), Some(top)) if ours == top => {
+            if let Err(e) = rustix::mount::unmount(mountpoint.as_path(), UnmountFlags::DETACH) {
+                tracing::warn!("unmount: {}", io::Error::from(e));
+            }
+        }
+        _ => tracing::info!("the mount point no longer holds this mount; nothing to unmount"),
+    };
+    let fail = |e: io::Error| {
+        unmount_ours();
+        MountError::Mount(mountpoint.clone(), e)
+    };
+
+    let backing = Arc::new(DeviceBacking::new(
+        fuse_dev::dup(dev.as_fd()).map_err(fail)?,
+        args.passthrough.into(),
+    ));
+    let server = Arc::new(Server::new(
+        Arc::new(fs),
+        ServerOptions {
+            backing: Some(backing.clone()),
+            ..ServerOptions::default()
+        },
+    ));
+    // The kernel sends INIT as soon as it mounts: answer it here, so that a mount that
+    // cannot be served (`--passthrough on` without kernel support) fails now, not later.
+    fuse_dev::serve_init(dev.as_fd(), &server).map_err(fail)?;
+    if backing.refused() {
+        unmount_ours();
+        return Err(MountError::Mount(
+            mountpoint,
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "--passthrough on: the kernel does not offer FUSE passthrough",
+            ),
+        ));
+    }
     tracing::info!(
         shared_dir = %args.shared_dir.display(),
         mountpoint = %mountpoint.display(),
@@ -366,17 +438,29 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         rlimit_nofile = nofile,
         "mounted"
     );
-    // Which mount is ours, by mount id: the mount point may be mounted over again later
-    // (a test harness remounting it), and only ours may ever be unmounted.
-    let ours = top_mount_id(&mountpoint);
+
     let (done_tx, done_rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let r = session.run();
-            let _ = done_tx.send(r);
-        })
-        .map_err(MountError::Signals)?;
+    for i in 0..threads.max(1) {
+        let fd = match i {
+            0 => fuse_dev::dup(dev.as_fd()),
+            _ => fuse_dev::clone_device(dev.as_fd()),
+        }
+        .map_err(fail)?;
+        let (server, done_tx) = (server.clone(), done_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("fuse-{i}"))
+            .spawn(move || {
+                // A panic is a bug, never a guest's doing: it ends the mount (exit 1) rather
+                // than leaving it served by fewer threads.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    fuse_dev::serve_device(fd.as_fd(), &server)
+                }))
+                .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+                let _ = done_tx.send(r);
+            })
+            .map_err(fail)?;
+    }
+    drop(done_tx);
 
     let timeout = libc::timespec {
         tv_sec: 0,
@@ -385,13 +469,16 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
     loop {
         match done_rx.try_recv() {
             Ok(r) => {
-                // Unmounted from outside (umount, fusermount -u): the session ended.
+                // Unmounted from outside (umount, fusermount -u): the connection ended.
                 return match r {
                     Ok(()) => {
                         tracing::info!("unmounted externally; exiting");
                         Ok(())
                     }
-                    Err(e) => Err(MountError::Mount(mountpoint, e)),
+                    Err(e) => {
+                        unmount_ours();
+                        Err(MountError::Mount(mountpoint, e))
+                    }
                 };
             }
             Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
@@ -405,17 +492,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         }
     }
 
-    match (ours, top_mount_id(&mountpoint)) {
-        (Some(ours), Some(top)) if ours == top => {
-            let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
-                return Ok(());
-            };
-            if let Err(e) = rustix::mount::unmount(c.as_c_str(), UnmountFlags::DETACH) {
-                tracing::warn!("unmount: {}", io::Error::from(e));
-            }
-        }
-        _ => tracing::info!("the mount point no longer holds this mount; nothing to unmount"),
-    }
+    unmount_ours();
     // A lazily detached mount with files still open keeps the connection until they close.
     // Give in-flight requests a moment, then exit: closing /dev/fuse aborts the connection.
     match done_rx.recv_timeout(Duration::from_secs(1)) {

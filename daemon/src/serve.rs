@@ -675,6 +675,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             uid_map: IdMap::new(args.translate_uid.clone()),
             gid_map: IdMap::new(args.translate_gid.clone()),
             security_label: args.security_label.into(),
+            // Virtio-fs has no kernel passthrough: the guest kernel cannot reach host files.
+            backing: None,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes.into(),

@@ -1163,3 +1163,123 @@ fn inode_numbers_agree_across_readdir_readdirplus_and_stat() {
         assert_eq!(d_ino, st.ino(), "b/{name}");
     }
 }
+
+/// linkat(2) of an open descriptor's file through its /proc/self/fd link.
+fn link_fd(fd: i32, to: &Path) -> Result<(), i32> {
+    let from = CString::new(format!("/proc/self/fd/{fd}")).expect("path");
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            cpath(to).as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// O_TMPFILE on the mount (defect 6 of issue 9: fuser had no TMPFILE request, so the kernel
+/// got ENOSYS and O_TMPFILE failed with EOPNOTSUPP): an unnamed file in the shared
+/// directory, named later by linkat, or never when opened O_EXCL; with and without
+/// passthrough.
+#[test]
+fn tmpfile_is_unnamed_until_linked() {
+    for_each_mode(|m| {
+        fs::create_dir(m.path("d")).expect("mkdir");
+        let names = || {
+            let mut v: Vec<_> = fs::read_dir(m.backing("d"))
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o640)
+            .custom_flags(libc::O_TMPFILE)
+            .open(m.path("d"))
+            .expect("O_TMPFILE on the mount");
+        f.write_all_at(b"unnamed data", 0).expect("write");
+        assert_eq!(f.metadata().expect("fstat").nlink(), 0);
+        assert!(
+            names().is_empty(),
+            "an unnamed file got a name: {:?}",
+            names()
+        );
+        link_fd(f.as_raw_fd(), &m.path("d/named")).expect("linkat the tmpfile");
+        assert_eq!(
+            fs::read(m.backing("d/named")).expect("backing"),
+            b"unnamed data"
+        );
+        assert_eq!(
+            fs::metadata(m.backing("d/named")).expect("stat").mode() & 0o777,
+            0o640
+        );
+
+        let excl = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE | libc::O_EXCL)
+            .open(m.path("d"))
+            .expect("O_TMPFILE|O_EXCL");
+        assert_eq!(
+            link_fd(excl.as_raw_fd(), &m.path("d/never")),
+            Err(libc::ENOENT)
+        );
+        assert_eq!(names(), ["named"]);
+    });
+}
+
+/// The mount's source and type as /proc/self/mountinfo shows them.
+fn mount_source_and_type(path: &Path) -> Option<(String, String)> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|&x| x == "-")?;
+        if f.get(4) != Some(&want.as_ref()) {
+            return None;
+        }
+        Some((f.get(dash + 2)?.to_string(), f.get(dash + 1)?.to_string()))
+    })
+}
+
+/// The mount is type `fuse.zerodax` (fuser mounted plain `fuse`, dropping the subtype);
+/// `-o fsname=` and `-o subtype=` name it as libfuse's options do (fstests finds its
+/// mounts by source name), and a name /proc/mounts could not show is refused.
+#[test]
+fn mount_source_and_type_names() {
+    let m = Mounted::start(&[]);
+    assert_eq!(
+        mount_source_and_type(&m.mnt),
+        Some(("zerodax".into(), "fuse.zerodax".into()))
+    );
+    drop(m);
+    let m = Mounted::start(&["-o", "fsname=scratchdev,subtype=zd"]);
+    assert_eq!(
+        mount_source_and_type(&m.mnt),
+        Some(("scratchdev".into(), "fuse.zd".into()))
+    );
+    drop(m);
+    let dir = TempDir::new("zd-names").expect("tempdir");
+    for bad in ["fsname=two words", "subtype=", "fsname=tab\there"] {
+        let out = Command::new(zerodax())
+            .arg("mount")
+            .arg(dir.path())
+            .arg(dir.path())
+            .args(["-o", bad])
+            .output()
+            .expect("run zerodax");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "-o {bad} was accepted");
+        assert!(err.contains("a name must be printable"), "-o {bad}: {err}");
+        assert!(!is_fuse_mounted(dir.path()), "-o {bad} mounted");
+    }
+}

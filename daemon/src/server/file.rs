@@ -25,7 +25,7 @@ impl Server {
             self.file_changed(|| Some(node));
         }
         let open = open.map_err(errno)?;
-        let out = open_out(open.fh, self.opts.cache.open_flags());
+        let out = self.backed_open_out(node, &open)?;
         sent(reply::reply_open(&mut sink(chain), c.unique, &out))
     }
 
@@ -52,7 +52,7 @@ impl Server {
         if arg.flags as i32 & libc::O_TRUNC != 0 {
             self.file_changed(|| Some(e.node));
         }
-        self.created(chain, c, &e, open.fh)
+        self.created(chain, c, &e, &open)
     }
 
     /// An unnamed file (O_TMPFILE): answered as CREATE is; LINK names it later.
@@ -66,22 +66,54 @@ impl Server {
             .fs
             .tmpfile(&c.with_umask(arg.umask), c.node, arg.mode, arg.flags as i32)
             .map_err(errno)?;
-        self.created(chain, c, &e, open.fh)
+        self.created(chain, c, &e, &open)
     }
 
     /// CREATE and TMPFILE: the new node labelled, then its entry and its open handle.
-    fn created(&self, chain: &mut dyn Chain, c: &Call<'_>, e: &fs::Entry, fh: u64) -> Outcome {
+    fn created(
+        &self,
+        chain: &mut dyn Chain,
+        c: &Call<'_>,
+        e: &fs::Entry,
+        open: &fs::Open,
+    ) -> Outcome {
         if let Err(error) = self.label(c.req, e) {
-            let _ = self.fs.release(fh);
+            let _ = self.fs.release(open.fh);
             return Err(error);
         }
-        let out = open_out(fh, self.opts.cache.open_flags());
+        let out = self.backed_open_out(e.node, open)?;
         sent(reply::reply_create(
             &mut sink(chain),
             c.unique,
             &entry_out(e, c.dax, c.submounts, &self.ids),
             &out,
         ))
+    }
+
+    /// The OPEN/CREATE answer for a new handle `open` of `node`: with the kernel's backing
+    /// id when passthrough was agreed and the core offers the host file. A transport that
+    /// cannot register it fails the open (and the handle is released).
+    fn backed_open_out(&self, node: u64, open: &fs::Open) -> Result<FuseOpenOut, i32> {
+        let mut out = open_out(open.fh, self.opts.cache.open_flags());
+        let backing = self.opts.backing.as_ref();
+        if let (true, Some(backing), Some(handle)) = (
+            self.passthrough.load(Ordering::Relaxed),
+            backing,
+            open.backing.as_deref(),
+        ) {
+            match backing.open(node, open.fh, handle.fd()) {
+                Ok(Some(id)) => {
+                    out.open_flags |= FOPEN_PASSTHROUGH;
+                    out.backing_id = id;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = self.fs.release(open.fh);
+                    return Err(errno(e));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// WRITE with its data copied out of the chain and parsed: a WRITE `Server::request`

@@ -67,6 +67,11 @@ impl Server {
             FUSE_SECURITY_CTX,
             "--security-label",
         )?;
+        if let Some(backing) = &self.opts.backing {
+            if backing.negotiate(offered & FUSE_PASSTHROUGH != 0)? {
+                wanted |= FUSE_PASSTHROUGH;
+            }
+        }
         let mut out = match FuseInitOut::negotiate(k, wanted) {
             Ok(out) => out,
             Err(_) => {
@@ -90,6 +95,13 @@ impl Server {
                 out.map_alignment = MAP_ALIGNMENT_LOG2;
             }
             let accepted = out.flags64();
+            if accepted & FUSE_PASSTHROUGH != 0 {
+                // Depth 2 lets the shared directory sit on overlayfs; the mount itself then
+                // cannot be stacked under another overlay.
+                out.max_stack_depth = 2;
+            }
+            self.passthrough
+                .store(accepted & FUSE_PASSTHROUGH != 0, Ordering::Relaxed);
             self.fs.set_posix_acl(accepted & FUSE_POSIX_ACL != 0);
             self.setxattr_ext
                 .store(accepted & FUSE_SETXATTR_EXT != 0, Ordering::Relaxed);

@@ -38,7 +38,7 @@ use protocol::request::parse_write_prefix;
 use protocol::{check_header, Opcode, Operation, ParseOptions, Request};
 
 use self::answer::{empty, errno, parse_errno, sink, Answer, Outcome};
-pub use self::options::{AclMode, CachePolicy, ServerOptions};
+pub use self::options::{AclMode, BackingFiles, CachePolicy, ServerOptions};
 use crate::chain::Chain;
 use crate::dax::Dax;
 use crate::fs::{Context, FileSystem};
@@ -86,6 +86,8 @@ pub struct Server {
     ids: (IdMap, IdMap),
     /// INIT accepted SECURITY_CTX (`--security-label`).
     security_ctx: AtomicBool,
+    /// INIT accepted PASSTHROUGH ([`ServerOptions::backing`]).
+    passthrough: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -140,6 +142,7 @@ impl Server {
             writeback: AtomicBool::new(false),
             ids,
             security_ctx: AtomicBool::new(false),
+            passthrough: AtomicBool::new(false),
         }
     }
 
@@ -331,7 +334,12 @@ impl Server {
             O::Tmpfile { arg, .. } => self.tmpfile(chain, c, &arg),
             O::Read(ref r) => self.read(chain, unique, r),
             O::Write { arg, data } => self.write(chain, c, &arg, data),
-            O::Release(r) => empty(chain, unique, fs.release(r.fh)),
+            O::Release(r) => {
+                if let Some(backing) = &self.opts.backing {
+                    backing.release(r.fh);
+                }
+                empty(chain, unique, fs.release(r.fh))
+            }
             O::Flush(f) => empty(chain, unique, fs.flush(f.fh)),
             O::Fsync(f) => empty(
                 chain,

@@ -1,5 +1,8 @@
 //! How a server is set up: the cache policy, the optional features, [`ServerOptions`].
 
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::abi::{FOPEN_CACHE_DIR, FOPEN_DIRECT_IO, FOPEN_KEEP_CACHE};
@@ -87,6 +90,23 @@ pub struct ServerOptions {
     pub gid_map: IdMap,
     /// `--security-label`: label new nodes with the guest's LSM contexts.
     pub security_label: AclMode,
+    /// Kernel FUSE passthrough, when the transport has it (/dev/fuse, not virtio-fs).
+    pub backing: Option<Arc<dyn BackingFiles>>,
+}
+
+/// Kernel FUSE passthrough, for a transport whose kernel can do a regular file's I/O itself
+/// (/dev/fuse; a guest kernel cannot reach host files): the transport registers the open
+/// host file with its kernel, which then serves that handle's reads, writes and mmap
+/// without asking the daemon.
+pub trait BackingFiles: Send + Sync + std::fmt::Debug {
+    /// At INIT: whether to accept FUSE_PASSTHROUGH, which the kernel `offered` or not.
+    /// `Err(errno)` fails INIT (passthrough required but not offered).
+    fn negotiate(&self, offered: bool) -> Result<bool, i32>;
+    /// The backing id for the new handle `fh` of `node`, whose host file is `fd`;
+    /// `Ok(None)`: the daemon serves this handle's I/O. An error fails the open.
+    fn open(&self, node: u64, fh: u64, fd: BorrowedFd<'_>) -> io::Result<Option<i32>>;
+    /// The handle `fh` was released.
+    fn release(&self, fh: u64);
 }
 
 /// `--posix-acl` and `--security-label`: whether to negotiate the feature with the guest
@@ -116,6 +136,7 @@ impl Default for ServerOptions {
             uid_map: IdMap::default(),
             gid_map: IdMap::default(),
             security_label: AclMode::Never,
+            backing: None,
         }
     }
 }
