@@ -47,7 +47,7 @@ pub struct MountArgs {
     /// Mount options, comma separated (repeatable): nosuid|suid, nodev|dev, exec|noexec,
     /// atime|noatime|relatime|strictatime, sync|async, dirsync, ro|rw, allow_other,
     /// default_permissions, fsname=NAME (the mount's source; default zerodax),
-    /// subtype=NAME (type fuse.NAME; default fuse.zerodax). Default: nosuid,nodev. Never more than the shared directory's
+    /// subtype=NAME (type fuse.NAME; default fuse.zerodax; empty: fuse). Default: nosuid,nodev. Never more than the shared directory's
     /// own mount allows: on a nosuid/nodev/noexec/ro filesystem those are forced (asking
     /// for more is an error).
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
@@ -180,21 +180,24 @@ impl MountRights {
 }
 
 /// The mount's source and type names: `-o fsname=NAME` (default `zerodax`), shown as the
-/// mount's source, and `-o subtype=NAME` (default `zerodax`), making its type `fuse.NAME`.
+/// mount's source, and `-o subtype=NAME` (default `zerodax`), making its type `fuse.NAME`
+/// (`subtype=` alone: plain `fuse`, as fstests' FSTYP=fuse expects).
 pub fn mount_names(args: &MountArgs) -> Result<(String, String), String> {
     let (mut fsname, mut subtype) = ("zerodax".to_owned(), "zerodax".to_owned());
     for word in args.options.iter().flat_map(|o| o.split(',')) {
         let word = word.trim();
-        let (slot, value) = if let Some(v) = word.strip_prefix("fsname=") {
-            (&mut fsname, v)
+        let (slot, value, empty_ok) = if let Some(v) = word.strip_prefix("fsname=") {
+            (&mut fsname, v, false)
         } else if let Some(v) = word.strip_prefix("subtype=") {
-            (&mut subtype, v)
+            (&mut subtype, v, true)
         } else {
             continue;
         };
         // /proc/mounts separates fields with spaces and escapes only a few characters:
-        // keep names printable and free of separators.
-        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        // keep names printable and free of separators. An empty subtype is none at all.
+        if (value.is_empty() && !empty_ok)
+            || !value.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        {
             return Err(format!(
                 "-o {word}: a name must be printable, without spaces or commas"
             ));
@@ -227,7 +230,11 @@ fn mount_device(
     rustix::mount::mount(
         fsname.as_str(),
         mountpoint,
-        format!("fuse.{subtype}").as_str(),
+        match subtype.as_str() {
+            "" => "fuse".to_owned(),
+            s => format!("fuse.{s}"),
+        }
+        .as_str(),
         rights.mount_flags(),
         data.as_c_str(),
     )?;

@@ -1268,8 +1268,14 @@ fn mount_source_and_type_names() {
         Some(("scratchdev".into(), "fuse.zd".into()))
     );
     drop(m);
+    let m = Mounted::start(&["-o", "subtype="]);
+    assert_eq!(
+        mount_source_and_type(&m.mnt),
+        Some(("zerodax".into(), "fuse".into()))
+    );
+    drop(m);
     let dir = TempDir::new("zd-names").expect("tempdir");
-    for bad in ["fsname=two words", "subtype=", "fsname=tab\there"] {
+    for bad in ["fsname=two words", "fsname=", "fsname=tab\there"] {
         let out = Command::new(zerodax())
             .arg("mount")
             .arg(dir.path())
