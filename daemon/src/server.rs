@@ -60,6 +60,7 @@ impl CachePolicy {
             entry_timeout: self.timeout(),
             attr_timeout: self.timeout(),
             preserve_noatime: true,
+            file_handles: false,
         }
     }
 
