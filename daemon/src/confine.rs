@@ -447,6 +447,9 @@ fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
         // The filesystem core: every FUSE operation on the share.
         any(libc::SYS_openat),
         any(libc::SYS_openat2),
+        // --inode-file-handles=mandatory.
+        any(libc::SYS_name_to_handle_at),
+        any(libc::SYS_open_by_handle_at),
         any(libc::SYS_newfstatat),
         any(libc::SYS_fstat),
         any(libc::SYS_statx),

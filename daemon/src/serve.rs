@@ -41,6 +41,23 @@ pub enum Sandbox {
     Namespace,
 }
 
+/// `--inode-file-handles`: how the daemon references the host inodes the guest knows
+/// (virtiofsd's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InodeFileHandles {
+    /// An O_PATH descriptor per inode.
+    #[default]
+    Never,
+    /// As `never` in zerodax (virtiofsd uses file handles where it can and falls back to
+    /// O_PATH descriptors; zerodax always takes the fallback). Also spelled `fallback`.
+    #[value(alias = "fallback")]
+    Prefer,
+    /// A file handle per inode, reopened for each operation: no descriptor per inode. Needs
+    /// CAP_DAC_READ_SEARCH (kept); a lookup on a filesystem without file handles fails, and
+    /// so does the start when the shared directory's has none.
+    Mandatory,
+}
+
 /// The flags of `zerodax serve` (virtiofsd's spelling where they overlap).
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -193,6 +210,13 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
           default_value_t = AclMode::Never, default_missing_value = "always")]
     pub posix_acl: AclMode,
+    /// How inodes are referenced: `never` (default) and `prefer` keep an O_PATH descriptor
+    /// per inode the guest knows; `mandatory` keeps a file handle instead and reopens it per
+    /// operation (needs CAP_DAC_READ_SEARCH, kept then, and file handle support in every
+    /// filesystem the guest reaches: the start fails without them on the share's).
+    #[arg(long, value_enum, value_name = "WHEN", require_equals = true,
+          default_value_t = InodeFileHandles::Never)]
+    pub inode_file_handles: InodeFileHandles,
     /// virtiofsd's legacy options, comma separated (`-o source=DIR,cache=always,xattr`),
     /// as virtiofsd 1.14 takes them: each sets the long flag of the same meaning.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -271,10 +295,6 @@ impl ServeArgs {
 /// virtiofsd fails with a reason naming what zerodax does instead, never silently.
 #[derive(Debug, Default, clap::Args)]
 pub struct RefusedFlags {
-    /// `never` or `prefer` (zerodax references inodes by O_PATH descriptors, the fallback
-    /// `prefer` takes in virtiofsd); `mandatory` is refused.
-    #[arg(long, value_name = "WHEN", hide = true)]
-    pub inode_file_handles: Option<String>,
     /// Refused: guest O_DIRECT is not honoured (files are opened without it).
     #[arg(long, hide = true)]
     pub allow_direct_io: bool,
@@ -305,15 +325,46 @@ impl RefusedFlags {
     /// The first flag given that zerodax refuses, with the reason.
     pub fn check(&self) -> Result<(), String> {
         let refused = [
-            (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
-            (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
-            (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
-            (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
-            (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
-            (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
-            (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
-            (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
-            (self.migration_confirm_paths, "--migration-confirm-paths", "the device state is not migrated"),
+            (
+                self.allow_direct_io,
+                "--allow-direct-io",
+                "guest O_DIRECT is not honoured: files are opened without it",
+            ),
+            (
+                self.killpriv_v2,
+                "--killpriv-v2",
+                "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself",
+            ),
+            (
+                !self.uid_map.is_empty(),
+                "--uid-map",
+                "zerodax does not set up a user namespace: run it as root",
+            ),
+            (
+                !self.gid_map.is_empty(),
+                "--gid-map",
+                "zerodax does not set up a user namespace: run it as root",
+            ),
+            (
+                self.migration_mode.is_some(),
+                "--migration-mode",
+                "the device state is not migrated",
+            ),
+            (
+                self.migration_on_error.is_some(),
+                "--migration-on-error",
+                "the device state is not migrated",
+            ),
+            (
+                self.migration_verify_handles,
+                "--migration-verify-handles",
+                "the device state is not migrated",
+            ),
+            (
+                self.migration_confirm_paths,
+                "--migration-confirm-paths",
+                "the device state is not migrated",
+            ),
         ];
         match refused.iter().find(|(given, _, _)| *given) {
             Some((_, flag, why)) => Err(format!("{flag}: {why}")),
@@ -607,7 +658,21 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // Pinning what the DAX window maps (mlock) beyond RLIMIT_MEMLOCK.
         base |= CapabilitySet::IPC_LOCK;
     }
+    let file_handles = args.inode_file_handles == InodeFileHandles::Mandatory;
+    if file_handles {
+        // open_by_handle_at.
+        base |= CapabilitySet::DAC_READ_SEARCH;
+    }
     let keep = confine::kept_caps(base, args.modcaps.as_deref()).map_err(ServeError::Confine)?;
+    if file_handles
+        && rustix::process::geteuid().is_root()
+        && !keep.contains(CapabilitySet::DAC_READ_SEARCH)
+    {
+        return Err(ServeError::Usage(
+            "--inode-file-handles=mandatory needs CAP_DAC_READ_SEARCH, which --modcaps drops"
+                .into(),
+        ));
+    }
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
@@ -631,6 +696,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         }
     }
     cfg.preserve_noatime = args.preserve_noatime;
+    cfg.file_handles = file_handles;
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
@@ -650,6 +716,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         _ => None,
     };
     confine(args, keep)?;
+    // Once more, confined: the capabilities kept and the seccomp filter must still let a
+    // file handle be opened.
+    fs.check_file_handles().map_err(ServeError::Fs)?;
     let server = Arc::new(Server::new(
         Arc::new(fs),
         ServerOptions {

@@ -1625,7 +1625,11 @@ fn xattrs_are_enosys_without_the_flag() {
 #[test]
 fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
-        &["--inode-file-handles=mandatory"],
+        &[
+            "--inode-file-handles=mandatory",
+            "--modcaps=-dac_read_search",
+        ],
+        &["--inode-file-handles=sometimes"],
         &["--allow-direct-io"],
         &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
@@ -1684,6 +1688,8 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     }
     let accepted: &[&[&str]] = &[
         &["--readonly"],
+        &["--inode-file-handles=mandatory"],
+        &["--inode-file-handles=fallback"],
         &["-f", "-d"],
         &["--no-announce-submounts", "--no-killpriv-v2"],
         &[
@@ -2724,5 +2730,187 @@ fn security_labels_land_on_created_nodes() {
                 "refused before it was made"
             );
         }
+    }
+}
+
+/// Descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `--inode-file-handles=mandatory`: inodes the guest looked up cost the daemon no
+/// descriptor each (it keeps file handles), where `never` keeps one O_PATH descriptor per
+/// inode.
+#[test]
+fn mandatory_file_handles_keep_no_descriptor_per_inode() {
+    const N: usize = 500;
+    let mut grown = Vec::new();
+    for mode in ["never", "mandatory"] {
+        let flag = format!("--inode-file-handles={mode}");
+        let srv = Served::start(&[flag.as_str()]);
+        let many = srv.disk.mnt.join("many");
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..N {
+            std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut fs = srv.connect();
+        let pid = srv.backend.serving_pid().unwrap();
+        let dir = fs.lookup(FUSE_ROOT_ID, "many").unwrap().nodeid;
+        let before = open_fds(pid);
+        for i in 0..N {
+            let e = fs
+                .lookup(dir, &format!("f{i}"))
+                .unwrap_or_else(|e| panic!("{mode}: f{i}: {e}\n{}", srv.backend.log_tail(2000)));
+            assert_eq!(e.attr.size, 1);
+        }
+        let after = open_fds(pid);
+        // The nodes are all alive: each answers GETATTR.
+        for i in [0, N / 2, N - 1] {
+            let e = fs.lookup(dir, &format!("f{i}")).unwrap();
+            fs.getattr(e.nodeid, None).unwrap();
+        }
+        grown.push((mode, after.saturating_sub(before)));
+    }
+    eprintln!("descriptors grown by {N} lookups: {grown:?}");
+    assert!(
+        grown[0].1 >= N,
+        "never keeps a descriptor per inode: {grown:?}"
+    );
+    assert!(grown[1].1 < 16, "mandatory keeps none per inode: {grown:?}");
+}
+
+/// Every kind of request on nodes referenced by file handle, over the socket and under the
+/// default sandbox (pivoted into the share): the share's mount and a submount entered by a
+/// lookup both serve; a submount whose filesystem makes no file handles (proc) fails its
+/// lookup instead of falling back to a descriptor; a node whose file the host deleted
+/// answers ESTALE.
+#[test]
+fn mandatory_file_handles_serve_every_operation() {
+    let srv = Served::start(&["--inode-file-handles=mandatory"]);
+    let mnt = &srv.disk.mnt;
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/f"), b"hello").unwrap();
+    let sub = mnt.join("sub");
+    let procdir = mnt.join("proc");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::create_dir(&procdir).unwrap();
+    let mounted = |args: &[&str], at: &Path| {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+        Unmount(at.to_owned())
+    };
+    let _sub = mounted(&["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"], &sub);
+    let _proc = mounted(&["-t", "proc", "proc"], &procdir);
+    std::fs::write(sub.join("in-sub"), b"tmpfs").unwrap();
+
+    let mut fs = srv.connect();
+    let log = |srv: &Served| srv.backend.log_tail(2000);
+    let d = fs.lookup(FUSE_ROOT_ID, "d").unwrap().nodeid;
+    let f = fs.lookup(d, "f").unwrap();
+    // Inode numbers are the host's, as with descriptors (docs/mount.md, Inode numbers).
+    assert_eq!(f.nodeid, std::fs::metadata(mnt.join("d/f")).unwrap().ino());
+    assert_eq!(fs.getattr(f.nodeid, None).unwrap().attr.size, 5);
+
+    let o = fs.open(f.nodeid, libc::O_RDWR as u32).unwrap();
+    assert_eq!(fs.read(f.nodeid, o.fh, 0, 64).unwrap(), b"hello");
+    fs.write(f.nodeid, o.fh, 5, b", handles").unwrap();
+    fs.release(f.nodeid, o.fh, 0).unwrap();
+    assert_eq!(std::fs::read(mnt.join("d/f")).unwrap(), b"hello, handles");
+
+    let set = FuseSetattrIn {
+        valid: FATTR_MODE | FATTR_SIZE,
+        mode: 0o600,
+        size: 5,
+        ..Default::default()
+    };
+    let attr = fs.setattr(f.nodeid, &set).unwrap().attr;
+    assert_eq!((attr.mode & 0o7777, attr.size), (0o600, 5));
+    let host = std::fs::metadata(mnt.join("d/f")).unwrap();
+    assert_eq!((host.mode() & 0o7777, host.len()), (0o600, 5));
+
+    fs.setxattr(f.nodeid, "user.k", b"v", 0).unwrap();
+    assert_eq!(host_getxattr(&mnt.join("d/f"), "user.k").unwrap(), b"v");
+
+    let dh = fs.opendir(d, 0).unwrap().fh;
+    let mut names: Vec<Vec<u8>> = fs
+        .readdir(d, dh, 0, 4096)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    fs.releasedir(d, dh).unwrap();
+    names.sort();
+    assert_eq!(names, [&b"."[..], b"..", b"f"]);
+
+    fs.rename(d, "f", FUSE_ROOT_ID, "g").unwrap();
+    assert!(mnt.join("g").is_file());
+    assert_eq!(fs.lookup(FUSE_ROOT_ID, "g").unwrap().nodeid, f.nodeid);
+    let (c, co) = fs
+        .create(d, "c", libc::O_WRONLY as u32, libc::S_IFREG | 0o644, 0)
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", log(&srv)));
+    fs.release(c.nodeid, co.fh, 0).unwrap();
+    fs.unlink(d, "c").unwrap();
+    assert!(!mnt.join("d/c").exists());
+
+    // A submount, entered by lookup: its root gives the mount's descriptor.
+    let s = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+    let in_sub = fs
+        .lookup(s, "in-sub")
+        .unwrap_or_else(|e| panic!("in-sub: {e}\n{}", log(&srv)));
+    let o = fs.open(in_sub.nodeid, libc::O_RDONLY as u32).unwrap();
+    assert_eq!(fs.read(in_sub.nodeid, o.fh, 0, 64).unwrap(), b"tmpfs");
+    fs.release(in_sub.nodeid, o.fh, 0).unwrap();
+    fs.mkdir(s, "made", 0o755, 0).unwrap();
+    assert!(sub.join("made").is_dir());
+
+    // proc makes no file handles: no node, and no fallback to a descriptor.
+    assert_eq!(errno_of(fs.lookup(FUSE_ROOT_ID, "proc")), libc::EOPNOTSUPP);
+
+    // Deleted on the host while the guest holds the node: nothing pins the inode any more.
+    std::fs::remove_file(mnt.join("g")).unwrap();
+    let e = errno_of(fs.getattr(f.nodeid, None));
+    assert!(e == libc::ESTALE || e == libc::ENOENT, "errno {e}");
+    let e = errno_of(fs.open(f.nodeid, libc::O_RDONLY as u32));
+    assert!(e == libc::ESTALE || e == libc::ENOENT, "errno {e}");
+    // And the daemon serves on.
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+}
+
+/// `--inode-file-handles=mandatory` refuses to start on a filesystem without file handles,
+/// and without CAP_DAC_READ_SEARCH, each with a line saying so.
+#[test]
+fn mandatory_file_handles_fail_at_start_without_handles_or_the_capability() {
+    let dir = Ext4::new();
+    for (share, extra, want) in [
+        (Path::new("/proc"), None, "makes no file handles"),
+        (
+            dir.mnt.as_path(),
+            Some("--modcaps=-dac_read_search"),
+            "CAP_DAC_READ_SEARCH",
+        ),
+    ] {
+        let out = Command::new(zerodax())
+            .arg("serve")
+            .arg("--socket-path")
+            .arg(dir.root.join("handles.sock"))
+            .arg("--shared-dir")
+            .arg(share)
+            .arg("--inode-file-handles=mandatory")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.lines().count() == 1
+                && err.contains("--inode-file-handles=mandatory")
+                && err.contains(want),
+            "{share:?} {extra:?}: {}: {err}",
+            out.status
+        );
     }
 }
