@@ -42,6 +42,11 @@ impl HandleRef {
         HandleRef { handle, mount }
     }
 
+    /// Whether this is a reference by `handle`.
+    pub fn is(&self, handle: &sys::FileHandle) -> bool {
+        self.handle == *handle
+    }
+
     /// A new descriptor of the inode, opened with `flags` (O_PATH for a plain reference).
     /// ESTALE once the inode is gone from the host.
     pub fn open(&self, flags: libc::c_int) -> io::Result<OwnedFd> {

@@ -224,6 +224,55 @@ impl InodeTable {
         inode
     }
 
+    /// For nodes referenced by file handle, where nothing pins the host inode: as
+    /// [`InodeTable::acquire`], but an existing node of `key` that `current` rejects (its inode
+    /// was deleted and the host gave its number to a new one) takes `host` and `file_type`
+    /// instead, keeping its node id and lookup count: the number now names the new inode, as
+    /// the host's st_ino does.
+    pub fn acquire_current(
+        &self,
+        key: InodeKey,
+        file_type: u32,
+        host: HostRef,
+        current: impl Fn(&Inode) -> bool,
+    ) -> Arc<Inode> {
+        {
+            let mut t = self.lock();
+            if let Some(&node) = t.by_key.get(&key) {
+                if let Some(slot) = t.by_node.get_mut(&node) {
+                    slot.lookups = slot.lookups.saturating_add(1);
+                    if !current(&slot.inode) {
+                        slot.inode = Arc::new(Inode {
+                            node,
+                            key,
+                            file_type,
+                            host,
+                        });
+                    }
+                    return slot.inode.clone();
+                }
+            }
+        }
+        self.acquire(key, file_type, host)
+    }
+
+    /// Add one lookup reference to the node of `key` if the table has it and `current`
+    /// accepts it.
+    pub fn acquire_existing_if(
+        &self,
+        key: InodeKey,
+        current: impl Fn(&Inode) -> bool,
+    ) -> Option<Arc<Inode>> {
+        let mut t = self.lock();
+        let node = *t.by_key.get(&key)?;
+        let slot = t.by_node.get_mut(&node)?;
+        if !current(&slot.inode) {
+            return None;
+        }
+        slot.lookups = slot.lookups.saturating_add(1);
+        Some(slot.inode.clone())
+    }
+
     /// Add one lookup reference to the node of `key` only if the table already has it.
     pub fn acquire_existing(&self, key: InodeKey) -> Option<Arc<Inode>> {
         let mut t = self.lock();

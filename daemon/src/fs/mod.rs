@@ -690,18 +690,11 @@ impl FileSystem {
         }
     }
 
-    /// The file handle reference of the inode `fd` (O_PATH) names, as a new node will keep
-    /// it: the handle, and the descriptor of its mount (kept from now on if this is the first
-    /// node met on that mount). No fallback to the descriptor: a filesystem without file
-    /// handles answers EOPNOTSUPP.
-    fn handle_ref(
-        &self,
-        mounts: &MountFds,
-        fd: BorrowedFd<'_>,
-        key: InodeKey,
-        file_type: u32,
-    ) -> io::Result<HandleRef> {
-        let (handle, mnt_id) = sys::name_to_handle(fd).inspect_err(|e| {
+    /// The file handle of the inode `fd` (O_PATH) names, and its mount id. No fallback to
+    /// the descriptor: a filesystem without file handles answers EOPNOTSUPP (logged once per
+    /// mount).
+    fn file_handle(&self, fd: BorrowedFd<'_>, key: InodeKey) -> io::Result<(sys::FileHandle, u64)> {
+        sys::name_to_handle(fd).inspect_err(|e| {
             let first = self
                 .handle_errors_logged
                 .lock()
@@ -713,9 +706,21 @@ impl FileSystem {
                     "no file handle for an inode on this mount ({e}); with --inode-file-handles=mandatory its lookups fail"
                 );
             }
-        })?;
+        })
+    }
+
+    /// The descriptor of mount `mnt_id` for open_by_handle_at, kept from now on if `fd`
+    /// (O_PATH, of an inode of `file_type`) is the first node met on that mount.
+    fn mount_fd(
+        &self,
+        mounts: &MountFds,
+        fd: BorrowedFd<'_>,
+        mnt_id: u64,
+        key: InodeKey,
+        file_type: u32,
+    ) -> io::Result<Arc<handle::MountFd>> {
         if let Some(mount) = mounts.get(mnt_id, key.dev) {
-            return Ok(HandleRef::new(handle, mount));
+            return Ok(mount);
         }
         // The first node on this mount: a lookup enters a mount only at its root, which is
         // this node, on the mount, and reachable here whatever the sandbox. open_by_handle_at
@@ -728,10 +733,31 @@ impl FileSystem {
         };
         let mount_fd = sys::openat(self.proc_self_fd.as_fd(), &Self::proc_name(fd), flags)
             .map_err(|e| self.fd_error(e))?;
-        Ok(HandleRef::new(
-            handle,
-            mounts.insert(mnt_id, key.dev, mount_fd),
-        ))
+        Ok(mounts.insert(mnt_id, key.dev, mount_fd))
+    }
+
+    /// The node of the inode `fd` (O_PATH) names, one more lookup reference on it, when
+    /// nodes are referenced by file handle. The handle is made for every lookup: nothing pins
+    /// a node's inode, so the inode number of a node the client holds can name a new inode
+    /// by now (the old one deleted); a node whose handle is not this one's then takes this
+    /// one (`InodeTable::acquire_current`).
+    fn acquire_by_handle(
+        &self,
+        mounts: &MountFds,
+        fd: BorrowedFd<'_>,
+        key: InodeKey,
+        file_type: u32,
+    ) -> io::Result<Arc<Inode>> {
+        let (handle, mnt_id) = self.file_handle(fd, key)?;
+        let current = |inode: &Inode| inode.handle().is_none_or(|h| h.is(&handle));
+        if let Some(inode) = self.inodes.acquire_existing_if(key, current) {
+            return Ok(inode);
+        }
+        // Made outside the table's lock (`acquire_current` settles a race with another
+        // lookup of the same inode).
+        let mount = self.mount_fd(mounts, fd, mnt_id, key, file_type)?;
+        let host = HostRef::Handle(HandleRef::new(handle.clone(), mount));
+        Ok(self.inodes.acquire_current(key, file_type, host, current))
     }
 
     fn entry(&self, fd: OwnedFd) -> io::Result<Entry> {
@@ -740,15 +766,7 @@ impl FileSystem {
         let file_type = u32::from(stx.stx_mode) & libc::S_IFMT;
         let inode = match &self.mounts {
             None => self.inodes.acquire(key, file_type, HostRef::Fd(fd)),
-            // A node the table has needs no new handle; a new one gets its handle made
-            // outside the table's lock (`acquire` settles a race with another lookup).
-            Some(mounts) => match self.inodes.acquire_existing(key) {
-                Some(inode) => inode,
-                None => {
-                    let host = self.handle_ref(mounts, fd.as_fd(), key, file_type)?;
-                    self.inodes.acquire(key, file_type, HostRef::Handle(host))
-                }
-            },
+            Some(mounts) => self.acquire_by_handle(mounts, fd.as_fd(), key, file_type)?,
         };
         Ok(Entry {
             node: inode.node,

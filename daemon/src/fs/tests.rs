@@ -776,3 +776,39 @@ fn file_handles_need_a_filesystem_that_makes_them() {
     // Without them /proc is served as any directory.
     assert!(FileSystem::new(Path::new("/proc"), Config::default()).is_ok());
 }
+
+#[test]
+fn a_file_handle_node_follows_its_number_to_the_inode_that_reused_it() {
+    let t = Tmp::new();
+    let share = t.share();
+    std::fs::write(share.join("old"), b"old").expect("old");
+    let fs = core_by_handle(&t);
+    let old = fs.lookup(&ctx(), ROOT_NODE, &c("old")).expect("old");
+    std::fs::remove_file(share.join("old")).expect("rm");
+    // ext4 hands a freed inode number to the next file made in the same group, mostly at
+    // once; try a few.
+    let reused = (0..20).find_map(|i| {
+        let name = format!("new{i}");
+        std::fs::write(share.join(&name), b"new!").expect("new");
+        (ino(&share.join(&name)) == old.node).then_some(name)
+    });
+    let Some(name) = reused else {
+        eprintln!("skipped: the host filesystem reused no inode number");
+        return;
+    };
+    // The node id is the host's number, which now names the new file: the node must reach
+    // the new inode, not the deleted one's handle.
+    let new = fs.lookup(&ctx(), ROOT_NODE, &c(&name)).expect("new");
+    assert_eq!(new.node, old.node);
+    assert_eq!(fs.getattr(&ctx(), new.node, None).expect("getattr").size, 4);
+    let open = fs.open(&ctx(), new.node, libc::O_RDONLY).expect("open");
+    let mut buf = [0u8; 8];
+    assert_eq!(fs.read(open.fh, 0, &mut buf).expect("read"), 4);
+    assert_eq!(&buf[..4], b"new!");
+    fs.release(open.fh).expect("release");
+    // Both lookups' references are on the one node.
+    fs.forget(new.node, 1);
+    assert!(fs.getattr(&ctx(), new.node, None).is_ok());
+    fs.forget(new.node, 1);
+    assert_eq!(fs.node_count(), 1);
+}
