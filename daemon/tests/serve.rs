@@ -2879,22 +2879,41 @@ fn mandatory_file_handles_serve_every_operation() {
 }
 
 /// `--inode-file-handles=mandatory` refuses to start on a filesystem without file handles,
-/// and without CAP_DAC_READ_SEARCH, each with a line saying so.
+/// and without CAP_DAC_READ_SEARCH (dropped by --modcaps, or never had: started
+/// unprivileged, as nobody), each with a line saying so.
 #[test]
 fn mandatory_file_handles_fail_at_start_without_handles_or_the_capability() {
+    const NOBODY: u32 = 65534;
     let dir = Ext4::new();
-    for (share, extra, want) in [
-        (Path::new("/proc"), None, "makes no file handles"),
+    let run = dir.root.join("run");
+    let nobodys = dir.mnt.join("nobodys");
+    for d in [&run, &nobodys] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let root: &[&str] = &[];
+    let nobody: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+    for (as_user, share, extra, want) in [
+        (root, Path::new("/proc"), None, "makes no file handles"),
         (
+            root,
             dir.mnt.as_path(),
             Some("--modcaps=-dac_read_search"),
             "CAP_DAC_READ_SEARCH",
         ),
+        (nobody, nobodys.as_path(), None, "CAP_DAC_READ_SEARCH"),
     ] {
-        let out = Command::new(zerodax())
+        let mut cmd = if as_user.is_empty() {
+            Command::new(zerodax())
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args(as_user).arg(zerodax());
+            c
+        };
+        let out = cmd
             .arg("serve")
             .arg("--socket-path")
-            .arg(dir.root.join("handles.sock"))
+            .arg(run.join("handles.sock"))
             .arg("--shared-dir")
             .arg(share)
             .arg("--inode-file-handles=mandatory")
@@ -2909,7 +2928,7 @@ fn mandatory_file_handles_fail_at_start_without_handles_or_the_capability() {
                 && err.lines().count() == 1
                 && err.contains("--inode-file-handles=mandatory")
                 && err.contains(want),
-            "{share:?} {extra:?}: {}: {err}",
+            "{as_user:?} {share:?} {extra:?}: {}: {err}",
             out.status
         );
     }
