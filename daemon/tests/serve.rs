@@ -53,7 +53,11 @@ impl Session {
     }
 
     fn with_xattr(dir: &Path, cache: CachePolicy, read_only: bool, xattr: bool) -> Self {
-        let fs = FileSystem::new(dir, cache.fs_config(read_only, xattr)).unwrap();
+        Self::with_fs_config(dir, cache, cache.fs_config(read_only, xattr))
+    }
+
+    fn with_fs_config(dir: &Path, cache: CachePolicy, cfg: zerodax::fs::Config) -> Self {
+        let fs = FileSystem::new(dir, cfg).unwrap();
         let server = Server::new(
             Arc::new(fs),
             ServerOptions {
@@ -525,6 +529,16 @@ fn sample<'a>(
 
 #[test]
 fn every_opcode_gets_a_well_formed_reply_or_none() {
+    every_opcode_walk(false);
+}
+
+/// The same walk with every node referenced by file handle (`--inode-file-handles=mandatory`).
+#[test]
+fn every_opcode_gets_a_well_formed_reply_or_none_by_file_handle() {
+    every_opcode_walk(true);
+}
+
+fn every_opcode_walk(file_handles: bool) {
     let disk = Ext4::new();
     let dir = disk.mnt.clone();
     for name in ["u", "r1"] {
@@ -532,7 +546,11 @@ fn every_opcode_gets_a_well_formed_reply_or_none() {
     }
     std::fs::create_dir(dir.join("rd")).unwrap();
     std::os::unix::fs::symlink("somewhere", dir.join("ln")).unwrap();
-    let mut s = Session::new(&dir, CachePolicy::Auto, false);
+    let cfg = zerodax::fs::Config {
+        file_handles,
+        ..CachePolicy::Auto.fs_config(false, true)
+    };
+    let mut s = Session::with_fs_config(&dir, CachePolicy::Auto, cfg);
     s.init();
     let (file, fh) = s.create(c"f", libc::O_RDWR as u32);
     let (other, other_fh) = s.create(c"g", libc::O_RDWR as u32);
