@@ -2951,3 +2951,57 @@ fn mandatory_file_handles_fail_at_start_without_handles_or_the_capability() {
         );
     }
 }
+
+/// With `--inode-file-handles=mandatory` the descriptor of a submount lives as long as nodes
+/// on it do: once the guest forgot them, the host unmounts it (no EBUSY), as with `never`,
+/// where each node's O_PATH descriptor is what pins it. `--sandbox none`, so the daemon
+/// holds the host's mount itself (a namespace sandbox holds a copy).
+#[test]
+fn mandatory_file_handles_let_an_unused_submount_go() {
+    for mode in ["never", "mandatory"] {
+        let flag = format!("--inode-file-handles={mode}");
+        let srv = Served::start(&[flag.as_str(), "--sandbox", "none"]);
+        let sub = srv.disk.mnt.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"])
+            .arg(&sub)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let unmount = Unmount(sub.clone());
+        std::fs::write(sub.join("x"), b"x").unwrap();
+        let mut fs = srv.connect();
+        let s = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+        let x = fs.lookup(s, "x").unwrap().nodeid;
+        fs.getattr(x, None).unwrap();
+        // In use: the host cannot unmount it.
+        let umount = || {
+            Command::new("umount")
+                .arg(&sub)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(
+            !umount(),
+            "{mode}: unmounted while the guest holds nodes on it"
+        );
+        fs.batch_forget(&[(x, 1), (s, 1)]).unwrap();
+        // FORGET has no reply: give the hiprio queue a moment.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut gone = umount();
+        while !gone && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            gone = umount();
+        }
+        assert!(
+            gone,
+            "{mode}: still busy after the guest forgot every node on it"
+        );
+        std::mem::forget(unmount);
+        // The share serves on.
+        fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    }
+}

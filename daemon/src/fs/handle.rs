@@ -3,8 +3,8 @@
 //! inode with open_by_handle_at(2) for each operation.
 //!
 //! open_by_handle_at needs a descriptor on the mount the handle belongs to. One is kept per
-//! mount id ([`MountFds`]), opened once, from a descriptor the core already has when it first
-//! meets the mount: the shared directory for the share's own mount (at start, before any
+//! mount id while nodes on it live ([`MountFds`]), from a descriptor the core already has
+//! when it first meets the mount: the shared directory for the share's own mount (at start, before any
 //! sandbox hides paths), and the root of a submount when a lookup crosses into it (a
 //! lookup only ever enters a mount through its root, which is inside the share even when
 //! the mounted filesystem's own root is not). No path and no /proc/self/mountinfo is used,
@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use super::sys;
 
@@ -54,37 +54,52 @@ impl HandleRef {
     }
 }
 
-/// Mount id → [`MountFd`]. Entries stay for the daemon's lifetime (a handful of mounts);
-/// each handle-backed node also holds its own `Arc`, so an entry replaced after a mount id
-/// was reused never changes the mount an existing node is opened on.
-#[derive(Debug, Default)]
+/// Mount id → [`MountFd`]. Each handle-backed node holds its mount's `Arc`; the map only
+/// finds them, so a submount's descriptor closes with the last node on it (the host can then
+/// unmount it, as when each node held an O_PATH descriptor), and an entry replaced after a
+/// mount id was reused never changes the mount an existing node is opened on. The share's
+/// own mount is held for the daemon's lifetime.
+#[derive(Debug)]
 pub struct MountFds {
-    map: RwLock<HashMap<u64, Arc<MountFd>>>,
+    map: RwLock<HashMap<u64, Weak<MountFd>>>,
+    _share: Arc<MountFd>,
 }
 
 impl MountFds {
-    /// The descriptor kept for mount `mnt_id` of filesystem `dev`, if there is one.
+    /// The map, holding `fd` (open for reading) for the share's mount `mnt_id` of filesystem
+    /// `dev` from now on.
+    pub fn new(mnt_id: u64, dev: u64, fd: OwnedFd) -> Self {
+        let share = Arc::new(MountFd { mnt_id, dev, fd });
+        MountFds {
+            map: RwLock::new(HashMap::from([(mnt_id, Arc::downgrade(&share))])),
+            _share: share,
+        }
+    }
+
+    /// The descriptor of mount `mnt_id` of filesystem `dev`, if a node still holds one.
     pub fn get(&self, mnt_id: u64, dev: u64) -> Option<Arc<MountFd>> {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&mnt_id)
+            .and_then(Weak::upgrade)
             .filter(|m| m.dev == dev)
-            .cloned()
     }
 
-    /// Keeps `fd` (open for reading, on mount `mnt_id` of filesystem `dev`) for that mount,
-    /// unless a concurrent caller kept one first; the answer is the one kept.
+    /// `fd` (open for reading, on mount `mnt_id` of filesystem `dev`) as that mount's
+    /// descriptor, unless a concurrent caller made one first; the answer is the one to use.
     pub fn insert(&self, mnt_id: u64, dev: u64, fd: OwnedFd) -> Arc<MountFd> {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        match map.get(&mnt_id) {
-            Some(m) if m.dev == dev => m.clone(),
-            _ => {
-                let m = Arc::new(MountFd { mnt_id, dev, fd });
-                map.insert(mnt_id, m.clone());
-                m
+        if let Some(m) = map.get(&mnt_id).and_then(Weak::upgrade) {
+            if m.dev == dev {
+                return m;
             }
         }
+        // Entries of mounts no node holds any more go now.
+        map.retain(|_, m| m.strong_count() > 0);
+        let m = Arc::new(MountFd { mnt_id, dev, fd });
+        map.insert(mnt_id, Arc::downgrade(&m));
+        m
     }
 }
 

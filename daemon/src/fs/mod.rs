@@ -458,7 +458,6 @@ impl FileSystem {
         let mounts = if cfg.file_handles {
             // The share's own mount: open_by_handle_at's anchor for every node on it, opened
             // now, while the path is still reachable (before any sandbox).
-            let mounts = MountFds::default();
             let dir = sys::openat(
                 proc_self_fd.as_fd(),
                 &Self::proc_name(root_fd.as_fd()),
@@ -468,8 +467,7 @@ impl FileSystem {
                 path: shared_dir.to_owned(),
                 source: e,
             })?;
-            mounts.insert(root_key.mnt_id, root_key.dev, dir);
-            Some(mounts)
+            Some(MountFds::new(root_key.mnt_id, root_key.dev, dir))
         } else {
             None
         };
@@ -709,8 +707,8 @@ impl FileSystem {
         })
     }
 
-    /// The descriptor of mount `mnt_id` for open_by_handle_at, kept from now on if `fd`
-    /// (O_PATH, of an inode of `file_type`) is the first node met on that mount.
+    /// The descriptor of mount `mnt_id` for open_by_handle_at; made from `fd` (O_PATH, of an
+    /// inode of `file_type`) if no node holds one.
     fn mount_fd(
         &self,
         mounts: &MountFds,
@@ -722,8 +720,8 @@ impl FileSystem {
         if let Some(mount) = mounts.get(mnt_id, key.dev) {
             return Ok(mount);
         }
-        // The first node on this mount: a lookup enters a mount only at its root, which is
-        // this node, on the mount, and reachable here whatever the sandbox. open_by_handle_at
+        // No node on this mount: a lookup enters a mount only at its root, which is this
+        // node, on the mount, and reachable here whatever the sandbox. open_by_handle_at
         // wants a real descriptor: reopen it for reading, which is harmless for a directory
         // or regular file only.
         let flags = match file_type {
