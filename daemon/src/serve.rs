@@ -324,47 +324,17 @@ pub struct RefusedFlags {
 impl RefusedFlags {
     /// The first flag given that zerodax refuses, with the reason.
     pub fn check(&self) -> Result<(), String> {
+        // One refused flag per line (given, name, reason): a table, kept as one.
+        #[rustfmt::skip]
         let refused = [
-            (
-                self.allow_direct_io,
-                "--allow-direct-io",
-                "guest O_DIRECT is not honoured: files are opened without it",
-            ),
-            (
-                self.killpriv_v2,
-                "--killpriv-v2",
-                "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself",
-            ),
-            (
-                !self.uid_map.is_empty(),
-                "--uid-map",
-                "zerodax does not set up a user namespace: run it as root",
-            ),
-            (
-                !self.gid_map.is_empty(),
-                "--gid-map",
-                "zerodax does not set up a user namespace: run it as root",
-            ),
-            (
-                self.migration_mode.is_some(),
-                "--migration-mode",
-                "the device state is not migrated",
-            ),
-            (
-                self.migration_on_error.is_some(),
-                "--migration-on-error",
-                "the device state is not migrated",
-            ),
-            (
-                self.migration_verify_handles,
-                "--migration-verify-handles",
-                "the device state is not migrated",
-            ),
-            (
-                self.migration_confirm_paths,
-                "--migration-confirm-paths",
-                "the device state is not migrated",
-            ),
+            (self.allow_direct_io, "--allow-direct-io", "guest O_DIRECT is not honoured: files are opened without it"),
+            (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
+            (!self.uid_map.is_empty(), "--uid-map", "zerodax does not set up a user namespace: run it as root"),
+            (!self.gid_map.is_empty(), "--gid-map", "zerodax does not set up a user namespace: run it as root"),
+            (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
+            (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
+            (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
+            (self.migration_confirm_paths, "--migration-confirm-paths", "the device state is not migrated"),
         ];
         match refused.iter().find(|(given, _, _)| *given) {
             Some((_, flag, why)) => Err(format!("{flag}: {why}")),
