@@ -2799,14 +2799,20 @@ fn mandatory_file_handles_keep_no_descriptor_per_inode() {
     assert!(grown[1].1 < 16, "mandatory keeps none per inode: {grown:?}");
 }
 
-/// Every kind of request on nodes referenced by file handle, over the socket and under the
-/// default sandbox (pivoted into the share): the share's mount and a submount entered by a
+/// Every kind of request on nodes referenced by file handle, over the socket (pivoted into
+/// the share, chrooted there, or not confined): the share's mount and a submount entered by a
 /// lookup both serve; a submount whose filesystem makes no file handles (proc) fails its
 /// lookup instead of falling back to a descriptor; a node whose file the host deleted
-/// answers ESTALE.
+/// answers ESTALE. Under each sandbox.
 #[test]
 fn mandatory_file_handles_serve_every_operation() {
-    let srv = Served::start(&["--inode-file-handles=mandatory"]);
+    for sandbox in ["namespace", "chroot", "none"] {
+        mandatory_file_handles_serve_every_operation_in(sandbox);
+    }
+}
+
+fn mandatory_file_handles_serve_every_operation_in(sandbox: &str) {
+    let srv = Served::start(&["--inode-file-handles=mandatory", "--sandbox", sandbox]);
     let mnt = &srv.disk.mnt;
     std::fs::create_dir(mnt.join("d")).unwrap();
     std::fs::write(mnt.join("d/f"), b"hello").unwrap();
