@@ -3,11 +3,11 @@
 //! inode with open_by_handle_at(2) for each operation.
 //!
 //! open_by_handle_at needs a descriptor on the mount the handle belongs to. One is kept per
-//! mount id while nodes on it live ([`MountFds`]), from a descriptor the core already has
-//! when it first meets the mount: the shared directory for the share's own mount (at start, before any
-//! sandbox hides paths), and the root of a submount when a lookup crosses into it (a
-//! lookup only ever enters a mount through its root, which is inside the share even when
-//! the mounted filesystem's own root is not). No path and no /proc/self/mountinfo is used,
+//! mount id while nodes on it live ([`MountFds`]), made from a descriptor the core already
+//! has when it meets the mount: the shared directory for the share's own mount (at start,
+//! before any sandbox hides paths), and the root of a submount when a lookup crosses into
+//! it (a lookup only ever enters a mount through its root, which is inside the share even
+//! when the mounted filesystem's own root is not). No path and no /proc/self/mountinfo is used,
 //! so pivot_root and chroot change nothing. With CAP_DAC_READ_SEARCH the kernel decodes a
 //! handle against the whole filesystem of that mount, which is why the capability is kept.
 
