@@ -137,6 +137,23 @@ impl From<PassthroughArg> for Passthrough {
     }
 }
 
+/// `--inode-file-handles`: how the daemon references the host inodes the guest knows
+/// (virtiofsd's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum InodeFileHandles {
+    /// An O_PATH descriptor per inode.
+    #[default]
+    Never,
+    /// As `never` in zerodax (virtiofsd uses file handles where it can and falls back to
+    /// O_PATH descriptors; zerodax always takes the fallback). Also spelled `fallback`.
+    #[value(alias = "fallback")]
+    Prefer,
+    /// A file handle per inode, reopened for each operation: no descriptor per inode. Needs
+    /// CAP_DAC_READ_SEARCH (kept); a lookup on a filesystem without file handles fails, and
+    /// so does the start when the shared directory's has none.
+    Mandatory,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::ValueEnum;

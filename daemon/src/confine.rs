@@ -443,10 +443,13 @@ fn supervise(child: libc::pid_t, signals: &libc::sigset_t, seccomp: SeccompActio
     if let Err(e) = install_filter(seccomp, supervisor_syscalls()) {
         tracing::warn!("supervisor: {e}");
     }
+    // A child that ended before SIGCHLD was blocked sent it to no one (it was discarded):
+    // look for it once before the first wait.
+    let mut look = true;
     loop {
-        let mut sig = 0;
+        let mut sig = libc::SIGCHLD;
         // SAFETY: an initialised set and a valid out-pointer.
-        if unsafe { libc::sigwait(&waited, &mut sig) } != 0 {
+        if !std::mem::take(&mut look) && unsafe { libc::sigwait(&waited, &mut sig) } != 0 {
             continue;
         }
         if sig != libc::SIGCHLD {
@@ -684,6 +687,9 @@ fn allowed_syscalls() -> Vec<(i64, Vec<seccompiler::SeccompRule>)> {
         // The filesystem core: every FUSE operation on the share.
         any(libc::SYS_openat),
         any(libc::SYS_openat2),
+        // --inode-file-handles=mandatory.
+        any(libc::SYS_name_to_handle_at),
+        any(libc::SYS_open_by_handle_at),
         any(libc::SYS_newfstatat),
         any(libc::SYS_fstat),
         any(libc::SYS_statx),

@@ -17,7 +17,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg, LogLevel};
+use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg, InodeFileHandles, LogLevel};
 use crate::confine::{self, ConfineError, NsIdMap, SeccompAction};
 use crate::dax::{DaxConfig, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
 use crate::fs::{FileSystem, FsError, XattrMap};
@@ -207,6 +207,13 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
           default_value_t = AclArg::Never, default_missing_value = "always")]
     pub posix_acl: AclArg,
+    /// How inodes are referenced: `never` (default) and `prefer` keep an O_PATH descriptor
+    /// per inode the guest knows; `mandatory` keeps a file handle instead and reopens it per
+    /// operation (needs CAP_DAC_READ_SEARCH, kept then, and file handle support in every
+    /// filesystem the guest reaches: the start fails without them on the share's).
+    #[arg(long, value_enum, value_name = "WHEN", require_equals = true,
+          default_value_t = InodeFileHandles::Never)]
+    pub inode_file_handles: InodeFileHandles,
     /// virtiofsd's legacy options, comma separated (`-o source=DIR,cache=always,xattr`),
     /// as virtiofsd 1.14 takes them: each sets the long flag of the same meaning.
     #[arg(short = 'o', value_name = "OPTS")]
@@ -285,10 +292,6 @@ impl ServeArgs {
 /// virtiofsd fails with a reason naming what zerodax does instead, never silently.
 #[derive(Debug, Default, clap::Args)]
 pub struct RefusedFlags {
-    /// `never` or `prefer` (zerodax references inodes by O_PATH descriptors, the fallback
-    /// `prefer` takes in virtiofsd); `mandatory` is refused.
-    #[arg(long, value_name = "WHEN", hide = true)]
-    pub inode_file_handles: Option<String>,
     /// Refused: KILLPRIV_V2 is not negotiated.
     #[arg(long, hide = true)]
     pub killpriv_v2: bool,
@@ -309,8 +312,9 @@ pub struct RefusedFlags {
 impl RefusedFlags {
     /// The first flag given that zerodax refuses, with the reason.
     pub fn check(&self) -> Result<(), String> {
+        // One refused flag per line (given, name, reason): a table, kept as one.
+        #[rustfmt::skip]
         let refused = [
-            (self.inode_file_handles.as_deref() == Some("mandatory"), "--inode-file-handles", "zerodax references inodes by O_PATH descriptors: `never` and `prefer` (which falls back to them, as virtiofsd does without file handles) are accepted, `mandatory` is not"),
             (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
@@ -618,7 +622,21 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // Pinning what the DAX window maps (mlock) beyond RLIMIT_MEMLOCK.
         base |= CapabilitySet::IPC_LOCK;
     }
+    let file_handles = args.inode_file_handles == InodeFileHandles::Mandatory;
+    if file_handles {
+        // open_by_handle_at.
+        base |= CapabilitySet::DAC_READ_SEARCH;
+    }
     let keep = confine::kept_caps(base, args.modcaps.as_deref()).map_err(ServeError::Confine)?;
+    if file_handles
+        && rustix::process::geteuid().is_root()
+        && !keep.contains(CapabilitySet::DAC_READ_SEARCH)
+    {
+        return Err(ServeError::Usage(
+            "--inode-file-handles=mandatory needs CAP_DAC_READ_SEARCH, which --modcaps drops"
+                .into(),
+        ));
+    }
     // Before any thread starts: only the signal thread's sigwait takes them.
     let signals = block_termination_signals().map_err(ServeError::Signals)?;
     raise_nofile(args.rlimit_nofile).map_err(|(n, e)| ServeError::Rlimit(n, e))?;
@@ -644,6 +662,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     }
     cfg.preserve_noatime = args.preserve_noatime;
     cfg.allow_direct_io = args.allow_direct_io;
+    cfg.file_handles = file_handles;
     let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
@@ -663,6 +682,9 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         _ => None,
     };
     confine(args, keep)?;
+    // Once more, confined: the capabilities kept and the seccomp filter must still let a
+    // file handle be opened.
+    fs.check_file_handles().map_err(ServeError::Fs)?;
     let server = Arc::new(Server::new(
         Arc::new(fs),
         ServerOptions {

@@ -54,7 +54,11 @@ impl Session {
     }
 
     fn with_xattr(dir: &Path, cache: CachePolicy, read_only: bool, xattr: bool) -> Self {
-        let fs = FileSystem::new(dir, cache.fs_config(read_only, xattr)).unwrap();
+        Self::with_fs_config(dir, cache, cache.fs_config(read_only, xattr))
+    }
+
+    fn with_fs_config(dir: &Path, cache: CachePolicy, cfg: zerodax::fs::Config) -> Self {
+        let fs = FileSystem::new(dir, cfg).unwrap();
         let server = Server::new(
             Arc::new(fs),
             ServerOptions {
@@ -526,6 +530,16 @@ fn sample<'a>(
 
 #[test]
 fn every_opcode_gets_a_well_formed_reply_or_none() {
+    every_opcode_walk(false);
+}
+
+/// The same walk with every node referenced by file handle (`--inode-file-handles=mandatory`).
+#[test]
+fn every_opcode_gets_a_well_formed_reply_or_none_by_file_handle() {
+    every_opcode_walk(true);
+}
+
+fn every_opcode_walk(file_handles: bool) {
     let disk = Ext4::new();
     let dir = disk.mnt.clone();
     for name in ["u", "r1"] {
@@ -533,7 +547,11 @@ fn every_opcode_gets_a_well_formed_reply_or_none() {
     }
     std::fs::create_dir(dir.join("rd")).unwrap();
     std::os::unix::fs::symlink("somewhere", dir.join("ln")).unwrap();
-    let mut s = Session::new(&dir, CachePolicy::Auto, false);
+    let cfg = zerodax::fs::Config {
+        file_handles,
+        ..CachePolicy::Auto.fs_config(false, true)
+    };
+    let mut s = Session::with_fs_config(&dir, CachePolicy::Auto, cfg);
     s.init();
     let (file, fh) = s.create(c"f", libc::O_RDWR as u32);
     let (other, other_fh) = s.create(c"g", libc::O_RDWR as u32);
@@ -1626,7 +1644,11 @@ fn xattrs_are_enosys_without_the_flag() {
 #[test]
 fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     let refused: &[&[&str]] = &[
-        &["--inode-file-handles=mandatory"],
+        &[
+            "--inode-file-handles=mandatory",
+            "--modcaps=-dac_read_search",
+        ],
+        &["--inode-file-handles=sometimes"],
         &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
         &["--security-label=sometimes"],
@@ -1687,6 +1709,8 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
     }
     let accepted: &[&[&str]] = &[
         &["--readonly"],
+        &["--inode-file-handles=mandatory"],
+        &["--inode-file-handles=fallback"],
         &["-f", "-d"],
         &["--no-announce-submounts", "--no-killpriv-v2"],
         &[
@@ -3136,4 +3160,265 @@ fn uid_and_gid_maps_shape_the_unprivileged_user_namespace() {
     assert!(matches!(r, Err(FuseError::Errno(libc::EINVAL))), "{r:?}");
     drop(fs);
     srv.expect_exit_0();
+}
+
+/// Descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// `--inode-file-handles=mandatory`: inodes the guest looked up cost the daemon no
+/// descriptor each (it keeps file handles), where `never` keeps one O_PATH descriptor per
+/// inode.
+#[test]
+fn mandatory_file_handles_keep_no_descriptor_per_inode() {
+    const N: usize = 500;
+    let mut grown = Vec::new();
+    for mode in ["never", "mandatory"] {
+        let flag = format!("--inode-file-handles={mode}");
+        let srv = Served::start(&[flag.as_str()]);
+        let many = srv.disk.mnt.join("many");
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..N {
+            std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
+        }
+        let mut fs = srv.connect();
+        let pid = srv.backend.serving_pid().unwrap();
+        let dir = fs.lookup(FUSE_ROOT_ID, "many").unwrap().nodeid;
+        let before = open_fds(pid);
+        for i in 0..N {
+            let e = fs
+                .lookup(dir, &format!("f{i}"))
+                .unwrap_or_else(|e| panic!("{mode}: f{i}: {e}\n{}", srv.backend.log_tail(2000)));
+            assert_eq!(e.attr.size, 1);
+        }
+        let after = open_fds(pid);
+        // The nodes are all alive: each answers GETATTR.
+        for i in [0, N / 2, N - 1] {
+            let e = fs.lookup(dir, &format!("f{i}")).unwrap();
+            fs.getattr(e.nodeid, None).unwrap();
+        }
+        grown.push((mode, after.saturating_sub(before)));
+    }
+    eprintln!("descriptors grown by {N} lookups: {grown:?}");
+    assert!(
+        grown[0].1 >= N,
+        "never keeps a descriptor per inode: {grown:?}"
+    );
+    assert!(grown[1].1 < 16, "mandatory keeps none per inode: {grown:?}");
+}
+
+/// Every kind of request on nodes referenced by file handle, over the socket (pivoted into
+/// the share, chrooted there, or not confined): the share's mount and a submount entered by a
+/// lookup both serve; a submount whose filesystem makes no file handles (proc) fails its
+/// lookup instead of falling back to a descriptor; a node whose file the host deleted
+/// answers ESTALE. Under each sandbox.
+#[test]
+fn mandatory_file_handles_serve_every_operation() {
+    for sandbox in ["namespace", "chroot", "none"] {
+        mandatory_file_handles_serve_every_operation_in(sandbox);
+    }
+}
+
+fn mandatory_file_handles_serve_every_operation_in(sandbox: &str) {
+    let srv = Served::start(&["--inode-file-handles=mandatory", "--sandbox", sandbox]);
+    let mnt = &srv.disk.mnt;
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/f"), b"hello").unwrap();
+    let sub = mnt.join("sub");
+    let procdir = mnt.join("proc");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::create_dir(&procdir).unwrap();
+    let mounted = |args: &[&str], at: &Path| {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+        Unmount(at.to_owned())
+    };
+    let _sub = mounted(&["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"], &sub);
+    let _proc = mounted(&["-t", "proc", "proc"], &procdir);
+    std::fs::write(sub.join("in-sub"), b"tmpfs").unwrap();
+
+    let mut fs = srv.connect();
+    let log = |srv: &Served| srv.backend.log_tail(2000);
+    let d = fs.lookup(FUSE_ROOT_ID, "d").unwrap().nodeid;
+    let f = fs.lookup(d, "f").unwrap();
+    // Inode numbers are the host's, as with descriptors (docs/mount.md, Inode numbers).
+    assert_eq!(f.nodeid, std::fs::metadata(mnt.join("d/f")).unwrap().ino());
+    assert_eq!(fs.getattr(f.nodeid, None).unwrap().attr.size, 5);
+
+    let o = fs.open(f.nodeid, libc::O_RDWR as u32).unwrap();
+    assert_eq!(fs.read(f.nodeid, o.fh, 0, 64).unwrap(), b"hello");
+    fs.write(f.nodeid, o.fh, 5, b", handles").unwrap();
+    fs.release(f.nodeid, o.fh, 0).unwrap();
+    assert_eq!(std::fs::read(mnt.join("d/f")).unwrap(), b"hello, handles");
+
+    let set = FuseSetattrIn {
+        valid: FATTR_MODE | FATTR_SIZE,
+        mode: 0o600,
+        size: 5,
+        ..Default::default()
+    };
+    let attr = fs.setattr(f.nodeid, &set).unwrap().attr;
+    assert_eq!((attr.mode & 0o7777, attr.size), (0o600, 5));
+    let host = std::fs::metadata(mnt.join("d/f")).unwrap();
+    assert_eq!((host.mode() & 0o7777, host.len()), (0o600, 5));
+
+    fs.setxattr(f.nodeid, "user.k", b"v", 0).unwrap();
+    assert_eq!(host_getxattr(&mnt.join("d/f"), "user.k").unwrap(), b"v");
+
+    let dh = fs.opendir(d, 0).unwrap().fh;
+    let mut names: Vec<Vec<u8>> = fs
+        .readdir(d, dh, 0, 4096)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    fs.releasedir(d, dh).unwrap();
+    names.sort();
+    assert_eq!(names, [&b"."[..], b"..", b"f"]);
+
+    fs.rename(d, "f", FUSE_ROOT_ID, "g").unwrap();
+    assert!(mnt.join("g").is_file());
+    assert_eq!(fs.lookup(FUSE_ROOT_ID, "g").unwrap().nodeid, f.nodeid);
+    let (c, co) = fs
+        .create(d, "c", libc::O_WRONLY as u32, libc::S_IFREG | 0o644, 0)
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", log(&srv)));
+    fs.release(c.nodeid, co.fh, 0).unwrap();
+    fs.unlink(d, "c").unwrap();
+    assert!(!mnt.join("d/c").exists());
+
+    // A submount, entered by lookup: its root gives the mount's descriptor.
+    let s = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+    let in_sub = fs
+        .lookup(s, "in-sub")
+        .unwrap_or_else(|e| panic!("in-sub: {e}\n{}", log(&srv)));
+    let o = fs.open(in_sub.nodeid, libc::O_RDONLY as u32).unwrap();
+    assert_eq!(fs.read(in_sub.nodeid, o.fh, 0, 64).unwrap(), b"tmpfs");
+    fs.release(in_sub.nodeid, o.fh, 0).unwrap();
+    fs.mkdir(s, "made", 0o755, 0).unwrap();
+    assert!(sub.join("made").is_dir());
+
+    // proc makes no file handles: no node, and no fallback to a descriptor.
+    assert_eq!(errno_of(fs.lookup(FUSE_ROOT_ID, "proc")), libc::EOPNOTSUPP);
+
+    // Deleted on the host while the guest holds the node: nothing pins the inode any more.
+    std::fs::remove_file(mnt.join("g")).unwrap();
+    let e = errno_of(fs.getattr(f.nodeid, None));
+    assert!(e == libc::ESTALE || e == libc::ENOENT, "errno {e}");
+    let e = errno_of(fs.open(f.nodeid, libc::O_RDONLY as u32));
+    assert!(e == libc::ESTALE || e == libc::ENOENT, "errno {e}");
+    // And the daemon serves on.
+    fs.getattr(FUSE_ROOT_ID, None).unwrap();
+}
+
+/// `--inode-file-handles=mandatory` refuses to start on a filesystem without file handles,
+/// and without CAP_DAC_READ_SEARCH (dropped by --modcaps, or never had: started
+/// unprivileged, as nobody), each with a line saying so.
+#[test]
+fn mandatory_file_handles_fail_at_start_without_handles_or_the_capability() {
+    const NOBODY: u32 = 65534;
+    let dir = Ext4::new();
+    let run = dir.root.join("run");
+    let nobodys = dir.mnt.join("nobodys");
+    for d in [&run, &nobodys] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let root: &[&str] = &[];
+    let nobody: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
+    for (as_user, share, extra, want) in [
+        (root, Path::new("/proc"), None, "makes no file handles"),
+        (
+            root,
+            dir.mnt.as_path(),
+            Some("--modcaps=-dac_read_search"),
+            "CAP_DAC_READ_SEARCH",
+        ),
+        (nobody, nobodys.as_path(), None, "CAP_DAC_READ_SEARCH"),
+    ] {
+        let mut cmd = if as_user.is_empty() {
+            Command::new(zerodax())
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args(as_user).arg(zerodax());
+            c
+        };
+        let out = cmd
+            .arg("serve")
+            .arg("--socket-path")
+            .arg(run.join("handles.sock"))
+            .arg("--shared-dir")
+            .arg(share)
+            .arg("--inode-file-handles=mandatory")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.lines().count() == 1
+                && err.contains("--inode-file-handles=mandatory")
+                && err.contains(want),
+            "{as_user:?} {share:?} {extra:?}: {}: {err}",
+            out.status
+        );
+    }
+}
+
+/// With `--inode-file-handles=mandatory` the descriptor of a submount lives as long as nodes
+/// on it do: once the guest forgot them, the host unmounts it (no EBUSY), as with `never`,
+/// where each node's O_PATH descriptor is what pins it. `--sandbox none`, so the daemon
+/// holds the host's mount itself (a namespace sandbox holds a copy).
+#[test]
+fn mandatory_file_handles_let_an_unused_submount_go() {
+    for mode in ["never", "mandatory"] {
+        let flag = format!("--inode-file-handles={mode}");
+        let srv = Served::start(&[flag.as_str(), "--sandbox", "none"]);
+        let sub = srv.disk.mnt.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"])
+            .arg(&sub)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let unmount = Unmount(sub.clone());
+        std::fs::write(sub.join("x"), b"x").unwrap();
+        let mut fs = srv.connect();
+        let s = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+        let x = fs.lookup(s, "x").unwrap().nodeid;
+        fs.getattr(x, None).unwrap();
+        // In use: the host cannot unmount it.
+        let umount = || {
+            Command::new("umount")
+                .arg(&sub)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(
+            !umount(),
+            "{mode}: unmounted while the guest holds nodes on it"
+        );
+        fs.batch_forget(&[(x, 1), (s, 1)]).unwrap();
+        // FORGET has no reply: give the hiprio queue a moment.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut gone = umount();
+        while !gone && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            gone = umount();
+        }
+        assert!(
+            gone,
+            "{mode}: still busy after the guest forgot every node on it"
+        );
+        std::mem::forget(unmount);
+        // The share serves on.
+        fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    }
 }

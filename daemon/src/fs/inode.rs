@@ -1,4 +1,5 @@
-//! The inode table: node ids handed to the client, each backed by an O_PATH descriptor.
+//! The inode table: node ids handed to the client, each backed by an O_PATH descriptor or,
+//! with `--inode-file-handles=mandatory`, by a file handle (see `handle`).
 //!
 //! A node is identified on the host by (st_dev, st_ino, mount id). The mount id keeps two
 //! bind mounts of one filesystem inside the shared directory apart (same st_dev and st_ino
@@ -6,8 +7,11 @@
 //! the client sees one inode, as the host does.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::handle::{HandleRef, InodeFd};
 
 /// Node id of the shared directory itself, fixed by the FUSE protocol.
 pub const ROOT_NODE: u64 = 1;
@@ -34,7 +38,16 @@ impl InodeKey {
     }
 }
 
-/// One node: the O_PATH descriptor that pins the host inode, and its file type bits.
+/// How a node reaches its host inode.
+#[derive(Debug)]
+pub enum HostRef {
+    /// An O_PATH descriptor, which pins the inode.
+    Fd(OwnedFd),
+    /// A file handle, reopened per operation; pins nothing.
+    Handle(HandleRef),
+}
+
+/// One node: its reference to the host inode, and its file type bits.
 #[derive(Debug)]
 pub struct Inode {
     /// The node id the client knows it by.
@@ -43,13 +56,26 @@ pub struct Inode {
     pub key: InodeKey,
     /// `st_mode & S_IFMT` when the node was first seen; file types never change.
     pub file_type: u32,
-    fd: OwnedFd,
+    host: HostRef,
 }
 
 impl Inode {
-    /// The O_PATH descriptor (use `/proc/self/fd/N` to reopen it for I/O).
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// An O_PATH descriptor of the node for the length of one operation (use
+    /// `/proc/self/fd/N` to reopen it for I/O): the kept one, or, for a handle-backed node,
+    /// one opened from the handle (ESTALE when the host inode is gone).
+    pub fn fd(&self) -> io::Result<InodeFd<'_>> {
+        match &self.host {
+            HostRef::Fd(fd) => Ok(InodeFd::Kept(fd.as_fd())),
+            HostRef::Handle(h) => h.open(libc::O_PATH).map(InodeFd::Opened),
+        }
+    }
+
+    /// The node's file handle, when it has one instead of a descriptor.
+    pub fn handle(&self) -> Option<&HandleRef> {
+        match &self.host {
+            HostRef::Fd(_) => None,
+            HostRef::Handle(h) => Some(h),
+        }
     }
 
     /// A directory.
@@ -125,7 +151,7 @@ impl InodeTable {
             node: ROOT_NODE,
             key: root_key,
             file_type: libc::S_IFDIR,
-            fd: root_fd,
+            host: HostRef::Fd(root_fd),
         });
         let mut by_node = HashMap::new();
         // The root is never forgotten: the kernel holds it for the mount's lifetime.
@@ -164,9 +190,9 @@ impl InodeTable {
         self.lock().by_node.get(&node).map(|s| s.inode.clone())
     }
 
-    /// Add one lookup reference for the host inode `key`, creating the node with `fd` if it
-    /// is new (otherwise `fd` is dropped: the existing descriptor already pins the inode).
-    pub fn acquire(&self, key: InodeKey, file_type: u32, fd: OwnedFd) -> Arc<Inode> {
+    /// Add one lookup reference for the host inode `key`, creating the node with `host` if it
+    /// is new (otherwise `host` is dropped: the existing node already references the inode).
+    pub fn acquire(&self, key: InodeKey, file_type: u32, host: HostRef) -> Arc<Inode> {
         let mut t = self.lock();
         if let Some(&node) = t.by_key.get(&key) {
             if let Some(slot) = t.by_node.get_mut(&node) {
@@ -185,7 +211,7 @@ impl InodeTable {
             node,
             key,
             file_type,
-            fd,
+            host,
         });
         t.by_node.insert(
             node,
@@ -196,6 +222,55 @@ impl InodeTable {
         );
         t.by_key.insert(key, node);
         inode
+    }
+
+    /// For nodes referenced by file handle, where nothing pins the host inode: as
+    /// [`InodeTable::acquire`], but an existing node of `key` that `current` rejects (its inode
+    /// was deleted and the host gave its number to a new one) takes `host` and `file_type`
+    /// instead, keeping its node id and lookup count: the number now names the new inode, as
+    /// the host's st_ino does.
+    pub fn acquire_current(
+        &self,
+        key: InodeKey,
+        file_type: u32,
+        host: HostRef,
+        current: impl Fn(&Inode) -> bool,
+    ) -> Arc<Inode> {
+        {
+            let mut t = self.lock();
+            if let Some(&node) = t.by_key.get(&key) {
+                if let Some(slot) = t.by_node.get_mut(&node) {
+                    slot.lookups = slot.lookups.saturating_add(1);
+                    if !current(&slot.inode) {
+                        slot.inode = Arc::new(Inode {
+                            node,
+                            key,
+                            file_type,
+                            host,
+                        });
+                    }
+                    return slot.inode.clone();
+                }
+            }
+        }
+        self.acquire(key, file_type, host)
+    }
+
+    /// Add one lookup reference to the node of `key` if the table has it and `current`
+    /// accepts it.
+    pub fn acquire_existing_if(
+        &self,
+        key: InodeKey,
+        current: impl Fn(&Inode) -> bool,
+    ) -> Option<Arc<Inode>> {
+        let mut t = self.lock();
+        let node = *t.by_key.get(&key)?;
+        let slot = t.by_node.get_mut(&node)?;
+        if !current(&slot.inode) {
+            return None;
+        }
+        slot.lookups = slot.lookups.saturating_add(1);
+        Some(slot.inode.clone())
     }
 
     /// Add one lookup reference to the node of `key` only if the table already has it.

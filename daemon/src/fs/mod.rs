@@ -12,12 +12,13 @@
 
 pub mod aligned;
 mod creds;
+mod handle;
 mod inode;
 pub(crate) mod sys;
 pub mod xattrmap;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
@@ -29,7 +30,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use creds::Credentials;
-use inode::InodeTable;
+use handle::{HandleRef, InodeFd, MountFds};
+use inode::{HostRef, InodeTable};
 pub use inode::{Inode, InodeKey, ROOT_NODE};
 use xattrmap::Refusal;
 pub use xattrmap::XattrMap;
@@ -254,6 +256,12 @@ pub struct Config {
     /// flag is dropped and the host page cache serves the file, as virtiofsd does by
     /// default.
     pub allow_direct_io: bool,
+    /// Reference every node but the root by file handle instead of an O_PATH descriptor
+    /// (`serve --inode-file-handles=mandatory`): the daemon then holds no descriptor per node
+    /// the client knows, a lookup on a filesystem without file handles fails, and
+    /// [`FileSystem::new`] fails when the shared directory's filesystem has none or
+    /// open_by_handle_at is not permitted (it needs CAP_DAC_READ_SEARCH).
+    pub file_handles: bool,
 }
 
 impl Default for Config {
@@ -264,6 +272,7 @@ impl Default for Config {
             xattrmap: None,
             preserve_noatime: true,
             allow_direct_io: false,
+            file_handles: false,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -284,6 +293,16 @@ pub enum FsError {
     NotADirectory(PathBuf),
     /// /proc/self/fd could not be opened (the core reopens nodes through it).
     ProcFs(io::Error),
+    /// [`Config::file_handles`], but the shared directory's filesystem makes no file handles.
+    NoFileHandles {
+        /// The directory.
+        path: PathBuf,
+        /// name_to_handle_at's error.
+        source: io::Error,
+    },
+    /// [`Config::file_handles`], but a file handle cannot be opened (open_by_handle_at needs
+    /// CAP_DAC_READ_SEARCH).
+    FileHandlesRefused(io::Error),
 }
 
 impl fmt::Display for FsError {
@@ -300,6 +319,15 @@ impl fmt::Display for FsError {
                 write!(f, "shared directory {} is not a directory", path.display())
             }
             FsError::ProcFs(e) => write!(f, "cannot open /proc/self/fd (is /proc mounted?): {e}"),
+            FsError::NoFileHandles { path, source } => write!(
+                f,
+                "--inode-file-handles=mandatory: the filesystem of shared directory {} makes no file handles (name_to_handle_at: {source})",
+                path.display()
+            ),
+            FsError::FileHandlesRefused(e) => write!(
+                f,
+                "--inode-file-handles=mandatory: a file handle cannot be opened ({e}): open_by_handle_at needs CAP_DAC_READ_SEARCH"
+            ),
         }
     }
 }
@@ -327,6 +355,10 @@ pub struct FileSystem {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     proc_self_fd: OwnedFd,
+    /// With [`Config::file_handles`]: the descriptor open_by_handle_at needs per mount.
+    mounts: Option<MountFds>,
+    /// Mounts whose missing file handles have been logged (once each).
+    handle_errors_logged: Mutex<HashSet<u64>>,
     cfg: Config,
     switch_creds: bool,
     fd_budget_logged: AtomicBool,
@@ -429,18 +461,72 @@ impl FileSystem {
         let proc_self_fd = std::fs::File::open("/proc/self/fd")
             .map(OwnedFd::from)
             .map_err(FsError::ProcFs)?;
+        let root_key = InodeKey::from_statx(&stx);
+        let mounts = if cfg.file_handles {
+            // The share's own mount: open_by_handle_at's anchor for every node on it, opened
+            // now, while the path is still reachable (before any sandbox).
+            let dir = sys::openat(
+                proc_self_fd.as_fd(),
+                &Self::proc_name(root_fd.as_fd()),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )
+            .map_err(|e| FsError::SharedDir {
+                path: shared_dir.to_owned(),
+                source: e,
+            })?;
+            Some(MountFds::new(root_key.mnt_id, root_key.dev, dir))
+        } else {
+            None
+        };
         rustix::process::umask(rustix::fs::Mode::empty());
         let switch_creds = rustix::process::geteuid().is_root();
-        Ok(FileSystem {
-            inodes: InodeTable::new(root_fd, InodeKey::from_statx(&stx)),
+        let fs = FileSystem {
+            inodes: InodeTable::new(root_fd, root_key),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             proc_self_fd,
+            mounts,
+            handle_errors_logged: Mutex::new(HashSet::new()),
             cfg,
             switch_creds,
             fd_budget_logged: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
-        })
+        };
+        fs.check_file_handles().map_err(|e| match e {
+            FsError::NoFileHandles { source, .. } => FsError::NoFileHandles {
+                path: shared_dir.to_owned(),
+                source,
+            },
+            e => e,
+        })?;
+        Ok(fs)
+    }
+
+    /// With [`Config::file_handles`]: proves that the shared directory gets a file handle and
+    /// that the handle opens again (the capability open_by_handle_at needs is there). Run at
+    /// start, and again once the process is confined (capabilities dropped, seccomp on).
+    pub fn check_file_handles(&self) -> Result<(), FsError> {
+        let Some(mounts) = &self.mounts else {
+            return Ok(());
+        };
+        let root = self.inode(ROOT_NODE).map_err(FsError::FileHandlesRefused)?;
+        let fd = root.fd().map_err(FsError::FileHandlesRefused)?;
+        let (handle, _) = sys::name_to_handle(fd.as_fd()).map_err(|e| FsError::NoFileHandles {
+            path: PathBuf::from("/"),
+            source: e,
+        })?;
+        let mount = mounts
+            .get(root.key.mnt_id, root.key.dev)
+            .ok_or_else(|| FsError::FileHandlesRefused(err(libc::EBADF)))?;
+        HandleRef::new(handle, mount)
+            .open(libc::O_PATH)
+            .map(drop)
+            .map_err(FsError::FileHandlesRefused)
+    }
+
+    /// Nodes are referenced by file handle ([`Config::file_handles`]).
+    pub fn uses_file_handles(&self) -> bool {
+        self.mounts.is_some()
     }
 
     /// A FUSE session ended or a new one began (DESTROY, INIT): every node but the root and
@@ -592,21 +678,104 @@ impl FileSystem {
                 libc::ENXIO
             }));
         }
-        sys::openat(
-            self.proc_self_fd.as_fd(),
-            &Self::proc_name(inode.fd()),
-            open_flags(flags),
-        )
+        match inode.handle() {
+            Some(h) => h.open(open_flags(flags)),
+            None => sys::openat(
+                self.proc_self_fd.as_fd(),
+                &Self::proc_name(inode.fd()?.as_fd()),
+                open_flags(flags),
+            ),
+        }
         .map_err(|e| self.fd_error(e))
+    }
+
+    /// An O_PATH descriptor of `inode` to keep: a duplicate of its own, or the one opened
+    /// from its file handle.
+    fn owned_fd(&self, inode: &Inode) -> io::Result<OwnedFd> {
+        match inode.fd().map_err(|e| self.fd_error(e))? {
+            InodeFd::Kept(fd) => fd.try_clone_to_owned().map_err(|e| self.fd_error(e)),
+            InodeFd::Opened(fd) => Ok(fd),
+        }
+    }
+
+    /// The file handle of the inode `fd` (O_PATH) names, and its mount id. No fallback to
+    /// the descriptor: a filesystem without file handles answers EOPNOTSUPP (logged once per
+    /// mount).
+    fn file_handle(&self, fd: BorrowedFd<'_>, key: InodeKey) -> io::Result<(sys::FileHandle, u64)> {
+        sys::name_to_handle(fd).inspect_err(|e| {
+            let first = self
+                .handle_errors_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.mnt_id);
+            if first {
+                tracing::warn!(
+                    mount_id = key.mnt_id,
+                    "no file handle for an inode on this mount ({e}); with --inode-file-handles=mandatory its lookups fail"
+                );
+            }
+        })
+    }
+
+    /// The descriptor of mount `mnt_id` for open_by_handle_at; made from `fd` (O_PATH, of an
+    /// inode of `file_type`) if no node holds one.
+    fn mount_fd(
+        &self,
+        mounts: &MountFds,
+        fd: BorrowedFd<'_>,
+        mnt_id: u64,
+        key: InodeKey,
+        file_type: u32,
+    ) -> io::Result<Arc<handle::MountFd>> {
+        if let Some(mount) = mounts.get(mnt_id, key.dev) {
+            return Ok(mount);
+        }
+        // No node on this mount: a lookup enters a mount only at its root, which is this
+        // node, on the mount, and reachable here whatever the sandbox. open_by_handle_at
+        // wants a real descriptor: reopen it for reading, which is harmless for a directory
+        // or regular file only.
+        let flags = match file_type {
+            libc::S_IFDIR => libc::O_RDONLY | libc::O_DIRECTORY,
+            libc::S_IFREG => libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+            _ => return Err(err(libc::EOPNOTSUPP)),
+        };
+        let mount_fd = sys::openat(self.proc_self_fd.as_fd(), &Self::proc_name(fd), flags)
+            .map_err(|e| self.fd_error(e))?;
+        Ok(mounts.insert(mnt_id, key.dev, mount_fd))
+    }
+
+    /// The node of the inode `fd` (O_PATH) names, one more lookup reference on it, when
+    /// nodes are referenced by file handle. The handle is made for every lookup: nothing pins
+    /// a node's inode, so the inode number of a node the client holds can name a new inode
+    /// by now (the old one deleted); a node whose handle is not this one's then takes this
+    /// one (`InodeTable::acquire_current`).
+    fn acquire_by_handle(
+        &self,
+        mounts: &MountFds,
+        fd: BorrowedFd<'_>,
+        key: InodeKey,
+        file_type: u32,
+    ) -> io::Result<Arc<Inode>> {
+        let (handle, mnt_id) = self.file_handle(fd, key)?;
+        let current = |inode: &Inode| inode.handle().is_none_or(|h| h.is(&handle));
+        if let Some(inode) = self.inodes.acquire_existing_if(key, current) {
+            return Ok(inode);
+        }
+        // Made outside the table's lock (`acquire_current` settles a race with another
+        // lookup of the same inode).
+        let mount = self.mount_fd(mounts, fd, mnt_id, key, file_type)?;
+        let host = HostRef::Handle(HandleRef::new(handle.clone(), mount));
+        Ok(self.inodes.acquire_current(key, file_type, host, current))
     }
 
     fn entry(&self, fd: OwnedFd) -> io::Result<Entry> {
         let stx = sys::statx_fd(fd.as_fd())?;
-        let inode = self.inodes.acquire(
-            InodeKey::from_statx(&stx),
-            u32::from(stx.stx_mode) & libc::S_IFMT,
-            fd,
-        );
+        let key = InodeKey::from_statx(&stx);
+        let file_type = u32::from(stx.stx_mode) & libc::S_IFMT;
+        let inode = match &self.mounts {
+            None => self.inodes.acquire(key, file_type, HostRef::Fd(fd)),
+            Some(mounts) => self.acquire_by_handle(mounts, fd.as_fd(), key, file_type)?,
+        };
         Ok(Entry {
             node: inode.node,
             generation: 0,
@@ -620,26 +789,20 @@ impl FileSystem {
     fn lookup_in(&self, parent: &Inode, name: &CStr) -> io::Result<Entry> {
         match name.to_bytes() {
             b"." => {
-                let fd = parent
-                    .fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| self.fd_error(e))?;
+                let fd = self.owned_fd(parent)?;
                 return self.entry(fd);
             }
             b".." => {
                 // `..` of the shared directory is the shared directory.
                 if parent.node == ROOT_NODE {
-                    let fd = parent
-                        .fd()
-                        .try_clone_to_owned()
-                        .map_err(|e| self.fd_error(e))?;
+                    let fd = self.owned_fd(parent)?;
                     return self.entry(fd);
                 }
                 // Elsewhere `..` must be a node the client already holds: the client reached
                 // `parent` through it. A directory a host process moved out of the share has
                 // a `..` outside it, which is not in the table and is refused.
                 let fd = sys::openat(
-                    parent.fd(),
+                    parent.fd()?.as_fd(),
                     c"..",
                     libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
                 )
@@ -662,7 +825,7 @@ impl FileSystem {
         }
         check_name(name)?;
         let fd = sys::openat2(
-            parent.fd(),
+            parent.fd()?.as_fd(),
             name,
             libc::O_PATH | libc::O_NOFOLLOW,
             0,
@@ -701,7 +864,7 @@ impl FileSystem {
     pub fn getattr(&self, _ctx: &Context, node: u64, fh: Option<u64>) -> io::Result<Attr> {
         let stx = match fh.and_then(|fh| self.handle(fh).ok()) {
             Some(h) if h.node == node => sys::statx_fd(h.fd())?,
-            _ => sys::statx_fd(self.inode(node)?.fd())?,
+            _ => sys::statx_fd(self.inode(node)?.fd()?.as_fd())?,
         };
         Ok(Attr::from_statx(&stx, node))
     }
@@ -711,13 +874,14 @@ impl FileSystem {
     pub fn setattr(&self, _ctx: &Context, node: u64, set: &SetAttr) -> io::Result<Attr> {
         self.writable()?;
         let inode = self.inode(node)?;
+        let fd = inode.fd()?;
         let handle = match set.fh {
             Some(fh) => self.handle(fh).ok().filter(|h| h.node == node),
             None => None,
         };
         if set.uid.is_some() || set.gid.is_some() {
             sys::fchownat_fd(
-                inode.fd(),
+                fd.as_fd(),
                 set.uid.unwrap_or(u32::MAX),
                 set.gid.unwrap_or(u32::MAX),
             )?;
@@ -729,7 +893,7 @@ impl FileSystem {
                 None if inode.is_symlink() => return Err(err(libc::EOPNOTSUPP)),
                 None => sys::fchmodat(
                     self.proc_self_fd.as_fd(),
-                    &Self::proc_name(inode.fd()),
+                    &Self::proc_name(fd.as_fd()),
                     mode,
                 )?,
             }
@@ -756,7 +920,7 @@ impl FileSystem {
             };
             if inode.is_symlink() {
                 sys::utimensat(
-                    inode.fd(),
+                    fd.as_fd(),
                     c"",
                     &times,
                     libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
@@ -764,13 +928,13 @@ impl FileSystem {
             } else {
                 sys::utimensat(
                     self.proc_self_fd.as_fd(),
-                    &Self::proc_name(inode.fd()),
+                    &Self::proc_name(fd.as_fd()),
                     &times,
                     0,
                 )?;
             }
         }
-        Ok(Attr::from_statx(&sys::statx_fd(inode.fd())?, node))
+        Ok(Attr::from_statx(&sys::statx_fd(fd.as_fd())?, node))
     }
 
     /// The target of symlink `node` (EINVAL for anything else), never resolved here.
@@ -779,7 +943,7 @@ impl FileSystem {
         if !inode.is_symlink() {
             return Err(err(libc::EINVAL));
         }
-        sys::readlink_fd(inode.fd())
+        sys::readlink_fd(inode.fd()?.as_fd())
     }
 
     /// Creates a device node, FIFO, socket or regular file as the caller (its fsuid/fsgid,
@@ -798,7 +962,7 @@ impl FileSystem {
         let umask = self.umask_in(&p, ctx);
         {
             let _creds = self.creds(ctx)?;
-            sys::mknodat(p.fd(), name, mode & !umask, rdev)?;
+            sys::mknodat(p.fd()?.as_fd(), name, mode & !umask, rdev)?;
         }
         self.lookup_in(&p, name)
     }
@@ -811,7 +975,7 @@ impl FileSystem {
         let umask = self.umask_in(&p, ctx);
         {
             let _creds = self.creds(ctx)?;
-            sys::mkdirat(p.fd(), name, mode & 0o7777 & !umask)?;
+            sys::mkdirat(p.fd()?.as_fd(), name, mode & 0o7777 & !umask)?;
         }
         self.lookup_in(&p, name)
     }
@@ -829,7 +993,7 @@ impl FileSystem {
         check_new_name(name)?;
         {
             let _creds = self.creds(ctx)?;
-            sys::symlinkat(target, p.fd(), name)?;
+            sys::symlinkat(target, p.fd()?.as_fd(), name)?;
         }
         self.lookup_in(&p, name)
     }
@@ -839,7 +1003,7 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
-        sys::unlinkat(p.fd(), name, 0)
+        sys::unlinkat(p.fd()?.as_fd(), name, 0)
     }
 
     /// Removes the empty directory `name` from `parent`.
@@ -847,7 +1011,7 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
-        sys::unlinkat(p.fd(), name, libc::AT_REMOVEDIR)
+        sys::unlinkat(p.fd()?.as_fd(), name, libc::AT_REMOVEDIR)
     }
 
     /// renameat2 between two parents' descriptors: both ends are single names inside the
@@ -870,7 +1034,7 @@ impl FileSystem {
         let np = self.dir_inode(new_parent)?;
         check_new_name(name)?;
         check_new_name(new_name)?;
-        sys::renameat2(p.fd(), name, np.fd(), new_name, flags)
+        sys::renameat2(p.fd()?.as_fd(), name, np.fd()?.as_fd(), new_name, flags)
     }
 
     /// A new hard link to `node` in `new_parent` (linkat through its /proc/self/fd magic link,
@@ -891,8 +1055,8 @@ impl FileSystem {
         check_new_name(new_name)?;
         sys::link_fd(
             self.proc_self_fd.as_fd(),
-            &Self::proc_name(inode.fd()),
-            np.fd(),
+            &Self::proc_name(inode.fd()?.as_fd()),
+            np.fd()?.as_fd(),
             new_name,
         )?;
         self.lookup_in(&np, new_name)
@@ -966,7 +1130,7 @@ impl FileSystem {
         let file = {
             let _creds = self.creds(ctx)?;
             sys::openat2(
-                p.fd(),
+                p.fd()?.as_fd(),
                 name,
                 oflags,
                 mode & 0o7777 & !umask,
@@ -999,7 +1163,7 @@ impl FileSystem {
         let umask = self.umask_in(&p, ctx);
         let file = {
             let _creds = self.creds(ctx)?;
-            sys::openat_mode(p.fd(), c".", oflags, mode & 0o7777 & !umask)
+            sys::openat_mode(p.fd()?.as_fd(), c".", oflags, mode & 0o7777 & !umask)
                 .map_err(|e| self.fd_error(e))?
         };
         self.opened_new(file, flags)
@@ -1193,7 +1357,7 @@ impl FileSystem {
 
     /// statfs of the filesystem holding `node`.
     pub fn statfs(&self, _ctx: &Context, node: u64) -> io::Result<StatFs> {
-        let st = sys::fstatfs(self.inode(node)?.fd())?;
+        let st = sys::fstatfs(self.inode(node)?.fd()?.as_fd())?;
         Ok(StatFs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
@@ -1213,7 +1377,10 @@ impl FileSystem {
             return Err(err(libc::EROFS));
         }
         let _creds = self.creds(ctx)?;
-        sys::faccessat_fd(inode.fd(), mask & (libc::R_OK | libc::W_OK | libc::X_OK))
+        sys::faccessat_fd(
+            inode.fd()?.as_fd(),
+            mask & (libc::R_OK | libc::W_OK | libc::X_OK),
+        )
     }
 
     /// Xattrs go through a descriptor reopened via `/proc/self/fd/N`, for regular files and
@@ -1249,7 +1416,8 @@ impl FileSystem {
             let fd = self.reopen(inode, libc::O_RDONLY | libc::O_NONBLOCK)?;
             return call(fd.as_fd(), None);
         }
-        let name = Self::proc_name(inode.fd());
+        let fd = inode.fd()?;
+        let name = Self::proc_name(fd.as_fd());
         match call(self.proc_self_fd.as_fd(), Some(&name)) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => unsupported(),
             r => r,
@@ -1363,12 +1531,12 @@ impl FileSystem {
             && name.to_bytes() == POSIX_ACL_ACCESS;
         let name = self.host_xattr_name(name, libc::EPERM)?;
         if kill_sgid {
-            let stx = sys::statx_fd(inode.fd())?;
+            let stx = sys::statx_fd(inode.fd()?.as_fd())?;
             let mode = u32::from(stx.stx_mode);
             if mode & libc::S_ISGID != 0 && !inode.is_symlink() {
                 sys::fchmodat(
                     self.proc_self_fd.as_fd(),
-                    &Self::proc_name(inode.fd()),
+                    &Self::proc_name(inode.fd()?.as_fd()),
                     mode & 0o7777 & !libc::S_ISGID,
                 )?;
             }

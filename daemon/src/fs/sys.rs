@@ -5,7 +5,8 @@
 //! Most are rustix calls, with the core's argument conventions and errno answers kept (a
 //! raw `c_int` of flags, an offset range checked before the call). Raw syscalls remain only
 //! where no crate has the call or its form: faccessat2 with AT_EMPTY_PATH, the Linux 6.13
-//! *xattrat calls, the per-thread setfsuid/setfsgid, and a close(2) whose error is reported.
+//! *xattrat calls, the per-thread setfsuid/setfsgid, a close(2) whose error is reported, and
+//! name_to_handle_at/open_by_handle_at (rustix 1.x has neither).
 
 use std::ffi::CStr;
 use std::io;
@@ -502,4 +503,88 @@ pub fn flush_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
     let dup = fd.try_clone_to_owned()?;
     // SAFETY: `dup` is a descriptor we own; into_raw_fd hands ownership to close().
     check(unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(dup)) }).map(drop)
+}
+
+/// `MAX_HANDLE_SZ`: the most bytes a file handle holds (include/linux/exportfs.h).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct HandleBuf {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+/// An inode's file handle as name_to_handle_at(2) made it: opaque bytes that name the inode
+/// on its filesystem for as long as the inode exists, without holding it open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    handle_type: libc::c_int,
+    bytes: Box<[u8]>,
+}
+
+/// name_to_handle_at(`fd`, "", AT_EMPTY_PATH): the handle of the inode `fd` refers to (an
+/// O_PATH descriptor will do; a symlink's own handle, never its target's) and the mount id
+/// it was found on. EOPNOTSUPP: the filesystem makes no handles; EOVERFLOW: one would need
+/// more than MAX_HANDLE_SZ bytes.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(FileHandle, u64)> {
+    let mut buf = HandleBuf {
+        handle_bytes: MAX_HANDLE_SZ as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a `struct file_handle` whose handle_bytes says how much room follows
+    // it (all of f_handle), `mount_id` is a writable int, the path is a NUL-terminated empty
+    // string, and AT_EMPTY_PATH makes the call act on `fd` itself. The kernel writes no more
+    // than handle_bytes bytes of handle.
+    check(unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (&mut buf as *mut HandleBuf).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    let len = (buf.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok((
+        FileHandle {
+            handle_type: buf.handle_type,
+            bytes: buf.f_handle[..len].into(),
+        },
+        // Mount ids are positive: the kernel's ida starts at 1.
+        u64::try_from(mount_id).unwrap_or(0),
+    ))
+}
+
+/// open_by_handle_at(2): a new descriptor (flags as open(2); O_PATH for a reference) of the
+/// inode `handle` names, on the mount of `mount_fd`. ESTALE once the inode is gone; EPERM
+/// without CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    handle: &FileHandle,
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    let mut buf = HandleBuf {
+        handle_bytes: handle.bytes.len() as libc::c_uint,
+        handle_type: handle.handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    // `bytes` came from name_to_handle, which never keeps more than MAX_HANDLE_SZ.
+    let len = handle.bytes.len().min(MAX_HANDLE_SZ);
+    buf.f_handle[..len].copy_from_slice(&handle.bytes[..len]);
+    // SAFETY: `buf` is a valid `struct file_handle` whose handle_bytes bytes of f_handle are
+    // initialised; the kernel only reads it. On success the result is a new descriptor that
+    // nothing else owns.
+    let fd = check(unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut buf as *mut HandleBuf).cast::<libc::file_handle>(),
+            flags | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

@@ -614,3 +614,201 @@ fn xattrmap_unsupported_unmatched_and_disabled() {
         assert_eq!(errno(r), libc::ENOSYS);
     }
 }
+
+fn core_by_handle(t: &Tmp) -> FileSystem {
+    FileSystem::new(
+        &t.share(),
+        Config {
+            file_handles: true,
+            ..Config::default()
+        },
+    )
+    .expect("core with file handles")
+}
+
+fn ino(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).expect("stat"))
+}
+
+#[test]
+fn file_handle_nodes_serve_every_operation() {
+    let t = Tmp::new();
+    let share = t.share();
+    std::fs::create_dir(share.join("d")).expect("d");
+    std::fs::write(share.join("d/f"), b"hello").expect("f");
+    symlink("f", share.join("d/l")).expect("l");
+    let fs = core_by_handle(&t);
+    assert!(fs.uses_file_handles());
+
+    // Node ids are what they are with descriptors: the host inode numbers.
+    let d = fs.lookup(&ctx(), ROOT_NODE, &c("d")).expect("d");
+    assert_eq!(d.node, ino(&share.join("d")));
+    let f = fs.lookup(&ctx(), d.node, &c("f")).expect("f");
+    assert_eq!(f.node, ino(&share.join("d/f")));
+    assert_eq!(f.attr.size, 5);
+    assert_eq!(fs.lookup(&ctx(), d.node, &c(".")).expect(".").node, d.node);
+    assert_eq!(
+        fs.lookup(&ctx(), d.node, &c("..")).expect("..").node,
+        ROOT_NODE
+    );
+    assert_eq!(fs.getattr(&ctx(), f.node, None).expect("getattr").size, 5);
+
+    // open + read + write through a handle-backed node.
+    let open = fs.open(&ctx(), f.node, libc::O_RDWR).expect("open");
+    let mut buf = [0u8; 16];
+    assert_eq!(fs.read(open.fh, 0, &mut buf).expect("read"), 5);
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(fs.write(&ctx(), open.fh, 5, b" world").expect("write"), 6);
+    fs.release(open.fh).expect("release");
+    assert_eq!(
+        std::fs::read(share.join("d/f")).expect("host read"),
+        b"hello world"
+    );
+
+    // setattr: mode, size and times, without an open handle.
+    let attr = fs
+        .setattr(
+            &ctx(),
+            f.node,
+            &SetAttr {
+                mode: Some(0o600),
+                size: Some(4),
+                mtime: Some(SetTime::At(Timespec { sec: 1000, nsec: 0 })),
+                ..SetAttr::default()
+            },
+        )
+        .expect("setattr");
+    assert_eq!(
+        (attr.mode & 0o7777, attr.size, attr.mtime.sec),
+        (0o600, 4, 1000)
+    );
+
+    // The symlink is referenced by its own handle, never followed.
+    let l = fs.lookup(&ctx(), d.node, &c("l")).expect("l");
+    assert_eq!(fs.readlink(&ctx(), l.node).expect("readlink"), b"f");
+    assert_eq!(errno(fs.open(&ctx(), l.node, libc::O_RDONLY)), libc::ELOOP);
+
+    // readdir of a handle-backed directory.
+    let dir = fs.opendir(&ctx(), d.node).expect("opendir");
+    let mut names = Vec::new();
+    fs.readdir(dir, 0, |e| {
+        names.push(e.name.to_string_lossy().into_owned());
+        true
+    })
+    .expect("readdir");
+    fs.releasedir(dir).expect("releasedir");
+    names.sort();
+    assert_eq!(names, [".", "..", "f", "l"]);
+
+    // Creating, linking, renaming and removing in a handle-backed directory.
+    let sub = fs.mkdir(&ctx(), d.node, &c("sub"), 0o755).expect("mkdir");
+    let (n, open) = fs
+        .create(&ctx(), sub.node, &c("new"), 0o644, libc::O_WRONLY)
+        .expect("create");
+    fs.release(open.fh).expect("release");
+    assert!(share.join("d/sub/new").is_file());
+    let linked = fs.link(&ctx(), f.node, sub.node, &c("hard")).expect("link");
+    assert_eq!(linked.node, f.node);
+    fs.rename(&ctx(), d.node, &c("f"), sub.node, &c("moved"), 0)
+        .expect("rename");
+    assert_eq!(
+        fs.lookup(&ctx(), sub.node, &c("moved"))
+            .expect("moved")
+            .node,
+        f.node
+    );
+    assert_eq!(fs.getattr(&ctx(), f.node, None).expect("getattr").size, 4);
+    fs.unlink(&ctx(), sub.node, &c("new")).expect("unlink");
+    assert!(!share.join("d/sub/new").exists());
+    fs.forget(n.node, 1);
+
+    // xattrs on a file and on a directory.
+    fs.setxattr(&ctx(), f.node, &c("user.k"), b"v", 0, 0)
+        .expect("setxattr");
+    assert_eq!(
+        fs.getxattr(&ctx(), f.node, &c("user.k"), 16)
+            .expect("getxattr"),
+        Xattr::Data(b"v".to_vec())
+    );
+    fs.setxattr(&ctx(), d.node, &c("user.k"), b"dir", 0, 0)
+        .expect("setxattr dir");
+    fs.removexattr(&ctx(), d.node, &c("user.k"))
+        .expect("removexattr");
+    assert!(fs.statfs(&ctx(), f.node).is_ok());
+    fs.access(&ctx(), f.node, libc::R_OK).expect("access");
+}
+
+#[test]
+fn a_deleted_file_handle_node_is_stale() {
+    let t = Tmp::new();
+    std::fs::write(t.share().join("gone"), b"x").expect("gone");
+    let fs = core_by_handle(&t);
+    let e = fs.lookup(&ctx(), ROOT_NODE, &c("gone")).expect("gone");
+    std::fs::remove_file(t.share().join("gone")).expect("rm");
+    // Nothing of the daemon's holds the inode: it is gone from the host, and the node says so.
+    let stale = [libc::ESTALE, libc::ENOENT];
+    assert!(stale.contains(&errno(fs.getattr(&ctx(), e.node, None))));
+    assert!(stale.contains(&errno(fs.open(&ctx(), e.node, libc::O_RDONLY))));
+    assert!(stale.contains(&errno(fs.setattr(
+        &ctx(),
+        e.node,
+        &SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        }
+    ))));
+    fs.forget(e.node, 1);
+    assert_eq!(fs.node_count(), 1);
+}
+
+#[test]
+fn file_handles_need_a_filesystem_that_makes_them() {
+    let err = FileSystem::new(
+        Path::new("/proc"),
+        Config {
+            file_handles: true,
+            ..Config::default()
+        },
+    )
+    .expect_err("/proc makes no file handles");
+    assert!(matches!(err, FsError::NoFileHandles { .. }), "{err}");
+    assert!(err.to_string().contains("/proc"), "{err}");
+    // Without them /proc is served as any directory.
+    assert!(FileSystem::new(Path::new("/proc"), Config::default()).is_ok());
+}
+
+#[test]
+fn a_file_handle_node_follows_its_number_to_the_inode_that_reused_it() {
+    let t = Tmp::new();
+    let share = t.share();
+    std::fs::write(share.join("old"), b"old").expect("old");
+    let fs = core_by_handle(&t);
+    let old = fs.lookup(&ctx(), ROOT_NODE, &c("old")).expect("old");
+    std::fs::remove_file(share.join("old")).expect("rm");
+    // ext4 hands a freed inode number to the next file made in the same group, mostly at
+    // once; try a few.
+    let reused = (0..20).find_map(|i| {
+        let name = format!("new{i}");
+        std::fs::write(share.join(&name), b"new!").expect("new");
+        (ino(&share.join(&name)) == old.node).then_some(name)
+    });
+    let Some(name) = reused else {
+        eprintln!("skipped: the host filesystem reused no inode number");
+        return;
+    };
+    // The node id is the host's number, which now names the new file: the node must reach
+    // the new inode, not the deleted one's handle.
+    let new = fs.lookup(&ctx(), ROOT_NODE, &c(&name)).expect("new");
+    assert_eq!(new.node, old.node);
+    assert_eq!(fs.getattr(&ctx(), new.node, None).expect("getattr").size, 4);
+    let open = fs.open(&ctx(), new.node, libc::O_RDONLY).expect("open");
+    let mut buf = [0u8; 8];
+    assert_eq!(fs.read(open.fh, 0, &mut buf).expect("read"), 4);
+    assert_eq!(&buf[..4], b"new!");
+    fs.release(open.fh).expect("release");
+    // Both lookups' references are on the one node.
+    fs.forget(new.node, 1);
+    assert!(fs.getattr(&ctx(), new.node, None).is_ok());
+    fs.forget(new.node, 1);
+    assert_eq!(fs.node_count(), 1);
+}
