@@ -3,7 +3,9 @@
 //! and their data as the file's own pages. The first write to a hole of a writable
 //! mapping allocates the block in the file and puts the file page where the zero page
 //! was, in the manner of fsdax's pfn_mkwrite path, through a userfaultfd write-protect
-//! handler. See docs/dax-window.md for the design.
+//! handler. A window without that handler ([`Window::without_fault_handler`]) needs no
+//! userfaultfd at all: enough for a VMM's SHMEM_MAP target. See docs/dax-window.md for the
+//! design.
 
 #![warn(missing_docs)]
 
@@ -53,6 +55,10 @@ pub enum Error {
         /// Offset of the poisoned page from the window's start.
         window_offset: usize,
     },
+    /// The operation needs the window's userfaultfd fault handler (a writable `map_file`,
+    /// whose holes are upgraded on the first write), and the window was made without one
+    /// (`Window::without_fault_handler`). Nothing was changed.
+    NoFaultHandler,
     /// Mapping would take the process too close to `vm.max_map_count`.
     VmaBudget {
         /// VMAs the mapping may add: one per data extent and per hole, two for the split of
@@ -81,6 +87,10 @@ impl fmt::Display for Error {
             Error::Poisoned { window_offset } => {
                 write!(f, "page at window offset {window_offset:#x} is poisoned")
             }
+            Error::NoFaultHandler => write!(
+                f,
+                "the window has no fault handler (userfaultfd), which a writable map_file needs"
+            ),
             Error::VmaBudget {
                 needed,
                 in_use,

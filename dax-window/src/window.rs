@@ -1,5 +1,6 @@
 //! The window: a reserved range whose unmapped parts read as the zero page, file ranges
-//! mapped into it, and the userfaultfd handler that upgrades hole pages on first write.
+//! mapped into it, and the userfaultfd handler that upgrades hole pages on first write
+//! (absent from a window made with [`Window::without_fault_handler`]).
 
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -166,7 +167,8 @@ impl State {
 struct Inner {
     base: usize,
     len: usize,
-    uffd: Uffd,
+    /// `None` for a window without fault handler: nothing is ever registered.
+    uffd: Option<Uffd>,
     state: Mutex<State>,
     granule: Granule,
     max_map_count: usize,
@@ -182,10 +184,17 @@ struct Inner {
 ///
 /// Unmapped ranges are anonymous private `PROT_READ` memory: reads map the (huge) zero
 /// page, writes fault as on any read-only mapping (SIGSEGV, EFAULT for syscalls).
+///
+/// A window made with [`Window::new`] or [`Window::with_options`] owns a userfaultfd and a
+/// fault-handler thread (`dax-window-uffd`) for the write upgrade of writable
+/// [`Window::map_file`] holes. One made with [`Window::without_fault_handler`] has neither,
+/// as a VMM's SHMEM_MAP target needs neither: [`Window::map_fd_raw`], [`Window::unmap`],
+/// read-only [`Window::map_file`], the copies and page-state probing all work without them,
+/// and a writable [`Window::map_file`] is refused with [`Error::NoFaultHandler`].
 pub struct Window {
     inner: Arc<Inner>,
-    stop: OwnedFd,
-    handler: Option<JoinHandle<()>>,
+    /// The handler's thread and the eventfd that stops it; `None` without a handler.
+    handler: Option<(OwnedFd, JoinHandle<()>)>,
 }
 
 fn round_up(x: u64, to: u64) -> u64 {
@@ -265,6 +274,21 @@ impl Window {
 
     /// As [`Window::new`], with the granule and VMA headroom of `options`.
     pub fn with_options(len: usize, options: WindowOptions) -> Result<Window> {
+        Window::create(len, options, true)
+    }
+
+    /// As [`Window::new`], without the fault handler: no userfaultfd is opened and no
+    /// thread started, so no userfaultfd feature (WP_UNPOPULATED, POISON) is needed. What a
+    /// VMM does with its DAX window works (as QEMU, which only mmaps `MAP_FIXED` over its
+    /// reserved region): [`Window::map_fd_raw`], [`Window::unmap`], read-only
+    /// [`Window::map_file`], [`Window::read_at`], [`Window::write_at`] on writable raw
+    /// mappings, [`Window::page_states`]. A writable [`Window::map_file`], whose holes
+    /// need the handler's write upgrade, fails with [`Error::NoFaultHandler`].
+    pub fn without_fault_handler(len: usize) -> Result<Window> {
+        Window::create(len, WindowOptions::default(), false)
+    }
+
+    fn create(len: usize, options: WindowOptions, fault_handler: bool) -> Result<Window> {
         if len == 0 {
             return Err(Error::InvalidRange("empty window"));
         }
@@ -307,9 +331,14 @@ impl Window {
             let _ = unsafe { mm::munmap(base as *mut c_void, len) };
             e
         };
-        let uffd = Uffd::open()
-            .map_err(io_err("userfaultfd"))
-            .map_err(unmap_on_err)?;
+        let uffd = if fault_handler {
+            let uffd = Uffd::open()
+                .map_err(io_err("userfaultfd"))
+                .map_err(unmap_on_err)?;
+            Some(uffd)
+        } else {
+            None
+        };
         let max_map_count = procfs::max_map_count()
             .map_err(io_err("read vm.max_map_count"))
             .map_err(unmap_on_err)?;
@@ -317,8 +346,6 @@ impl Window {
             .vma_headroom
             .unwrap_or_else(|| (max_map_count / 16).max(256));
         let (vmas, _) = procfs::vma_counts(0, 0).unwrap_or((0, 0));
-        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| unmap_on_err(os_err("eventfd")(e)))?;
         let inner = Arc::new(Inner {
             base,
             len,
@@ -334,6 +361,14 @@ impl Window {
             failed: AtomicU64::new(0),
             stale: AtomicU64::new(0),
         });
+        if inner.uffd.is_none() {
+            return Ok(Window {
+                inner,
+                handler: None,
+            });
+        }
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| unmap_on_err(os_err("eventfd")(e)))?;
         let stop_fd = stop.try_clone().map_err(io_err("dup eventfd"));
         let stop_fd = match stop_fd {
             Ok(fd) => fd,
@@ -350,9 +385,14 @@ impl Window {
         };
         Ok(Window {
             inner,
-            stop,
-            handler: Some(handler),
+            handler: Some((stop, handler)),
         })
+    }
+
+    /// Whether the window has the userfaultfd fault handler (false when made with
+    /// [`Window::without_fault_handler`]).
+    pub fn has_fault_handler(&self) -> bool {
+        self.inner.uffd.is_some()
     }
 
     /// Start of the window.
@@ -372,8 +412,9 @@ impl Window {
 
     /// Whether kernel-mode writers (O_DIRECT reads, process_vm_writev, io_uring) get the
     /// write upgrade; without it (unprivileged, UFFD_USER_MODE_ONLY) they get EFAULT.
+    /// False for a window without fault handler, which upgrades nothing.
     pub fn kernel_faults(&self) -> bool {
-        self.inner.uffd.kernel_faults()
+        self.inner.uffd.as_ref().is_some_and(Uffd::kernel_faults)
     }
 
     /// The fault handler's counters so far.
@@ -571,6 +612,10 @@ impl Window {
     ///
     /// All of `window_offset`, `len`, `file_offset` must be 4 KiB aligned. Returns the
     /// mapping as set up.
+    ///
+    /// A writable mapping needs the fault handler: on a window made with
+    /// [`Window::without_fault_handler`] it fails with [`Error::NoFaultHandler`], before
+    /// anything is mapped. A read-only one works on any window.
     pub fn map_file(
         &self,
         window_offset: usize,
@@ -579,6 +624,9 @@ impl Window {
         file_offset: u64,
         writable: bool,
     ) -> Result<MappingInfo> {
+        if writable && !self.has_fault_handler() {
+            return Err(Error::NoFaultHandler);
+        }
         let end = self.check_new_mapping(window_offset, len, file_offset)?;
         let mut st = self.inner.lock();
         if st.overlaps(window_offset, end) {
@@ -781,7 +829,9 @@ impl Window {
         for o in hit {
             st.mappings.remove(&o);
         }
-        let _ = self.inner.uffd.wake(addr, len);
+        if let Some(uffd) = &self.inner.uffd {
+            let _ = uffd.wake(addr, len);
+        }
         drop(st);
         self.inner.recount_vmas();
         Ok(())
@@ -858,11 +908,12 @@ impl Inner {
                     )
                 };
             }
-            self.uffd
-                .register_wp(wstart, map_len)
+            // Refused before anything was changed (`map_file`); checked again here so that
+            // no writable hole can ever exist without the handler.
+            let uffd = self.uffd.as_ref().ok_or(Error::NoFaultHandler)?;
+            uffd.register_wp(wstart, map_len)
                 .map_err(io_err("UFFDIO_REGISTER"))?;
-            self.uffd
-                .writeprotect(wstart, map_len)
+            uffd.writeprotect(wstart, map_len)
                 .map_err(io_err("UFFDIO_WRITEPROTECT"))?;
         }
         let prot = if writable {
@@ -903,10 +954,13 @@ impl Inner {
     }
 
     fn run_handler(&self, stop: OwnedFd) {
+        let Some(uffd) = &self.uffd else {
+            return;
+        };
         let mut msgs = [sys::UffdMsg::default(); 64];
         loop {
             let mut fds = [
-                PollFd::from_borrowed_fd(self.uffd.fd(), PollFlags::IN),
+                PollFd::from_borrowed_fd(uffd.fd(), PollFlags::IN),
                 PollFd::new(&stop, PollFlags::IN),
             ];
             if let Err(e) = poll(&mut fds, None) {
@@ -929,12 +983,12 @@ impl Inner {
                 continue;
             }
             loop {
-                match self.uffd.read_msgs(&mut msgs) {
+                match uffd.read_msgs(&mut msgs) {
                     Ok(0) => break,
                     Ok(n) => {
                         for msg in &msgs[..n] {
                             if msg.event == sys::UFFD_EVENT_PAGEFAULT {
-                                self.handle_fault(msg.pf_address as usize, msg.pf_flags);
+                                self.handle_fault(uffd, msg.pf_address as usize, msg.pf_flags);
                             }
                         }
                     }
@@ -961,10 +1015,10 @@ impl Inner {
     }
 
     /// Resolves one write-protect fault. Every path ends with the faulting page woken.
-    fn handle_fault(&self, addr: usize, flags: u64) {
+    fn handle_fault(&self, uffd: &Uffd, addr: usize, flags: u64) {
         let page = addr & !(PAGE_SIZE - 1);
         if page < self.base || page >= self.base + self.len {
-            let _ = self.uffd.wake(page, PAGE_SIZE);
+            let _ = uffd.wake(page, PAGE_SIZE);
             return;
         }
         let off = page - self.base;
@@ -978,13 +1032,13 @@ impl Inner {
         let Some((&mstart, m)) = found else {
             drop(st);
             self.stale.fetch_add(1, Ordering::Relaxed);
-            let _ = self.uffd.wake(page, PAGE_SIZE);
+            let _ = uffd.wake(page, PAGE_SIZE);
             return;
         };
         if !is_wp_write || !m.writable || m.backed_contains(off) || m.poisoned.contains(&off) {
             drop(st);
             self.stale.fetch_add(1, Ordering::Relaxed);
-            let _ = self.uffd.wake(page, PAGE_SIZE);
+            let _ = uffd.wake(page, PAGE_SIZE);
             return;
         }
         let (hs, he) = m.hole_around(mstart, off);
@@ -1001,7 +1055,7 @@ impl Inner {
         let file_of = |w: usize| m.file_offset + (w - mstart) as u64;
         let foff_page = file_of(off);
         if foff_page >= eof_page {
-            self.fail(m, off, foff_page);
+            self.fail(uffd, m, off, foff_page);
             return;
         }
         if file_of(ge) > eof_page {
@@ -1030,9 +1084,9 @@ impl Inner {
                 m.insert_backed(s, e);
                 self.upgrades.fetch_add(1, Ordering::Relaxed);
                 self.vma_estimate.fetch_add(2, Ordering::Relaxed);
-                let _ = self.uffd.wake(self.base + s, e - s);
+                let _ = uffd.wake(self.base + s, e - s);
             }
-            Err(_) => self.fail(m, off, foff_page),
+            Err(_) => self.fail(uffd, m, off, foff_page),
         }
     }
 
@@ -1078,7 +1132,7 @@ impl Inner {
     ///
     /// Only when even that one-page mmap fails (vm.max_map_count reached) is the page
     /// poisoned instead (see `poison`).
-    fn fail(&self, m: &mut Mapping, off: usize, foff: u64) {
+    fn fail(&self, uffd: &Uffd, m: &mut Mapping, off: usize, foff: u64) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let addr = self.base + off;
         // An order-0 folio for the retry to find, as in `upgrade`: a large folio read around
@@ -1099,7 +1153,7 @@ impl Inner {
             )
         };
         if p.is_err() {
-            self.poison(m, off);
+            self.poison(uffd, m, off);
             return;
         }
         // SAFETY: advice on the page just mapped; no read-around into neighbouring holes.
@@ -1108,13 +1162,13 @@ impl Inner {
         m.insert_backed(off, off + PAGE_SIZE);
         m.failed_upgrades.push(off);
         self.vma_estimate.fetch_add(2, Ordering::Relaxed);
-        let _ = self.uffd.wake(addr, PAGE_SIZE);
+        let _ = uffd.wake(addr, PAGE_SIZE);
     }
 
     /// Poisons the page at window offset `off` so its writer gets SIGBUS (CPU store) or
     /// EFAULT (kernel-mode access) instead of a silent private copy, and wakes it. The last
     /// resort of `fail`: reads fault too, until the range is unmapped.
-    fn poison(&self, m: &mut Mapping, off: usize) {
+    fn poison(&self, uffd: &Uffd, m: &mut Mapping, off: usize) {
         let addr = self.base + off;
         let a = addr as *mut c_void;
         // Read-only while the page is empty: a write arriving between the discard and the
@@ -1125,13 +1179,13 @@ impl Inner {
         let _ = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ) };
         // SAFETY: as above.
         let _ = unsafe { mm::madvise(a, PAGE_SIZE, Advice::LinuxDontNeed) };
-        let mut poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
+        let mut poisoned = uffd.poison(addr, PAGE_SIZE).is_ok();
         // Write permission back, so that a write reaches the poison marker (SIGBUS) rather
         // than stopping at the protection check; poison once more if the kernel wanted it.
         // SAFETY: as above.
         let _ = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ | MprotectFlags::WRITE) };
         if !poisoned {
-            poisoned = self.uffd.poison(addr, PAGE_SIZE).is_ok();
+            poisoned = uffd.poison(addr, PAGE_SIZE).is_ok();
         }
         if !poisoned {
             // Last resort: writes must still fault rather than copy. Read-only if we can,
@@ -1139,19 +1193,19 @@ impl Inner {
             // SAFETY: as above.
             let still_ro = unsafe { mm::mprotect(a, PAGE_SIZE, MprotectFlags::READ) }.is_ok();
             if !still_ro {
-                let _ = self.uffd.writeprotect(addr, PAGE_SIZE);
+                let _ = uffd.writeprotect(addr, PAGE_SIZE);
             }
         }
         m.poisoned.push(off);
-        let _ = self.uffd.wake(addr, PAGE_SIZE);
+        let _ = uffd.wake(addr, PAGE_SIZE);
     }
 }
 
 impl Drop for Window {
     fn drop(&mut self) {
-        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
-        if let Some(h) = self.handler.take() {
-            let _ = h.join();
+        if let Some((stop, thread)) = self.handler.take() {
+            let _ = rustix::io::write(&stop, &1u64.to_ne_bytes());
+            let _ = thread.join();
         }
         let (base, len) = (self.inner.base, self.inner.len);
         // Make every page inaccessible first, then wake whoever is parked: they retry and
@@ -1166,7 +1220,9 @@ impl Drop for Window {
                 MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
             )
         };
-        let _ = self.inner.uffd.wake(base, len);
+        if let Some(uffd) = &self.inner.uffd {
+            let _ = uffd.wake(base, len);
+        }
         // SAFETY: releases our own window mapping.
         let _ = unsafe { mm::munmap(base as *mut c_void, len) };
     }
