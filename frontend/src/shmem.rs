@@ -2,8 +2,10 @@
 //! (SET_BACKEND_REQ_FD) served on a thread of its own ([`BackendReqServer`]), so a backend
 //! request is answered while a guest request waits for it. SHMEM_MAP and SHMEM_UNMAP of
 //! region 0 go into a dax-window [`Window`] whose unmapped state is anonymous private
-//! `PROT_READ` memory (it reads the zero page) ([`ShmemWindow`]). The vhost-user rules are
-//! enforced, so a backend bug cannot hide behind a lenient VMM: a map over a live mapping and
+//! `PROT_READ` memory (it reads the zero page) ([`ShmemWindow`]). The window has no fault
+//! handler ([`Window::without_fault_handler`]): as QEMU, which only mmaps `MAP_FIXED` over
+//! its reserved region, this half maps exactly what the backend says and needs no
+//! userfaultfd. The vhost-user rules are enforced, so a backend bug cannot hide behind a lenient VMM: a map over a live mapping and
 //! an unmap that cuts a mapping are refused (the backend gets an error ack), as is anything
 //! outside the window or on another shmid.
 //!
@@ -57,10 +59,15 @@ fn refuse(msg: String) -> io::Error {
 
 impl ShmemWindow {
     /// Creates region 0 of `len` bytes (GET_SHMEM_CONFIG's size). Only once.
+    ///
+    /// The window has no fault handler, so no userfaultfd is opened: SHMEM_MAP and
+    /// SHMEM_UNMAP only mmap over it, and its holes are the backend's business (not mapped,
+    /// they read the zero page; mapped from the file for writing, the filesystem allocates
+    /// them on the first store).
     pub fn create(&self, len: u64) -> dax_window::Result<&Window> {
         let len = usize::try_from(len)
             .map_err(|_| dax_window::Error::InvalidRange("window too large"))?;
-        let w = Window::new(len)?;
+        let w = Window::without_fault_handler(len)?;
         let _ = self.window.set(w);
         Ok(self
             .window
@@ -213,5 +220,81 @@ impl Drop for BackendReqServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    fn req(shm_offset: u64, len: u64, writable: bool) -> VhostUserMMap {
+        VhostUserMMap {
+            shmid: 0,
+            fd_offset: 0,
+            shm_offset,
+            len,
+            flags: if writable {
+                VhostUserMMapFlags::WRITABLE.bits()
+            } else {
+                0
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn region_0_has_no_fault_handler_and_serves_map_and_unmap() {
+        let dir = scratch::TempDir::new("shmem-test").unwrap();
+        let path = dir.path().join("f");
+        let data = vec![0xabu8; 8192];
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+
+        let shmem = ShmemWindow::default();
+        let w = shmem.create(4 << 20).unwrap();
+        assert!(!w.has_fault_handler(), "the VMM half opens no userfaultfd");
+
+        shmem.shmem_map(&req(1 << 20, 8192, false), &file).unwrap();
+        let mut buf = vec![0u8; 8192];
+        w.read_at(1 << 20, &mut buf).unwrap();
+        assert_eq!(buf, data);
+        // A map over a live mapping is still refused.
+        assert!(shmem.shmem_map(&req(1 << 20, 4096, false), &file).is_err());
+        shmem.shmem_unmap(&req(1 << 20, 8192, false)).unwrap();
+        w.read_at(1 << 20, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0), "unmapped space reads zeros");
+
+        // A writable SHMEM_MAP takes stores into the file.
+        shmem.shmem_map(&req(0, 8192, true), &file).unwrap();
+        w.write_at(100, b"vmm").unwrap();
+        shmem.shmem_unmap(&req(0, 8192, true)).unwrap();
+        let mut got = [0u8; 3];
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut got, 100)
+            .unwrap();
+        assert_eq!(&got, b"vmm");
+
+        // What only the handler can do is refused, not half done.
+        assert!(matches!(
+            w.map_file(0, 8192, &file, 0, true),
+            Err(dax_window::Error::NoFaultHandler)
+        ));
+        assert!(w.mappings().is_empty());
+        assert_eq!(
+            shmem.stats(),
+            ShmemStats {
+                maps: 2,
+                unmaps: 2,
+                refused: 1
+            }
+        );
     }
 }
