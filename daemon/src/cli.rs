@@ -7,6 +7,7 @@
 //! Used by the argument structs of `serve` and `mount`, and by the binary's `probe`.
 
 use crate::dax::{DaxHoles, DaxInodes};
+use crate::fs::FileHandles;
 use crate::fuse_dev::Passthrough;
 use crate::server::{AclMode, CachePolicy};
 
@@ -144,14 +145,26 @@ pub enum InodeFileHandles {
     /// An O_PATH descriptor per inode.
     #[default]
     Never,
-    /// As `never` in zerodax (virtiofsd uses file handles where it can and falls back to
-    /// O_PATH descriptors; zerodax always takes the fallback). Also spelled `fallback`.
+    /// A file handle per inode where one can be made and opened, an O_PATH descriptor where
+    /// not (a filesystem without file handles). CAP_DAC_READ_SEARCH is kept; without it
+    /// (unprivileged, or dropped by --modcaps), or when the shared directory's filesystem has
+    /// no file handles, a warning at start and then as `never`. Also spelled `fallback`.
     #[value(alias = "fallback")]
     Prefer,
     /// A file handle per inode, reopened for each operation: no descriptor per inode. Needs
     /// CAP_DAC_READ_SEARCH (kept); a lookup on a filesystem without file handles fails, and
     /// so does the start when the shared directory's has none.
     Mandatory,
+}
+
+impl From<InodeFileHandles> for FileHandles {
+    fn from(a: InodeFileHandles) -> Self {
+        match a {
+            InodeFileHandles::Never => FileHandles::Never,
+            InodeFileHandles::Prefer => FileHandles::Prefer,
+            InodeFileHandles::Mandatory => FileHandles::Mandatory,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +196,10 @@ mod tests {
         for a in PassthroughArg::value_variants() {
             let name = a.to_possible_value().unwrap().get_name().to_owned();
             assert!(format!("{:?}", Passthrough::from(*a)).eq_ignore_ascii_case(&name));
+        }
+        for a in InodeFileHandles::value_variants() {
+            let name = a.to_possible_value().unwrap().get_name().to_owned();
+            assert!(format!("{:?}", FileHandles::from(*a)).eq_ignore_ascii_case(&name));
         }
     }
 }

@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use crate::cli::{AclArg, CacheArg, DaxHolesArg, DaxInodesArg, InodeFileHandles, LogLevel};
 use crate::confine::{self, ConfineError, NsIdMap, SeccompAction};
 use crate::dax::{DaxConfig, DEFAULT_ACK_TIMEOUT, DEFAULT_SLOTS};
-use crate::fs::{FileSystem, FsError, XattrMap};
+use crate::fs::{FileHandles, FileSystem, FsError, XattrMap};
 use crate::idmap::{IdMap, IdRule};
 use crate::process::{block_termination_signals, init_logging, init_syslog, raise_nofile};
 use crate::server::{CachePolicy, Server, ServerOptions};
@@ -207,10 +207,12 @@ pub struct ServeArgs {
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true, num_args = 0..=1,
           default_value_t = AclArg::Never, default_missing_value = "always")]
     pub posix_acl: AclArg,
-    /// How inodes are referenced: `never` (default) and `prefer` keep an O_PATH descriptor
-    /// per inode the guest knows; `mandatory` keeps a file handle instead and reopens it per
-    /// operation (needs CAP_DAC_READ_SEARCH, kept then, and file handle support in every
-    /// filesystem the guest reaches: the start fails without them on the share's).
+    /// How inodes are referenced: `never` (default) keeps an O_PATH descriptor per inode the
+    /// guest knows; `mandatory` keeps a file handle instead and reopens it per operation
+    /// (needs CAP_DAC_READ_SEARCH, kept then, and file handle support in every filesystem the
+    /// guest reaches: the start fails without them on the share's); `prefer` keeps a file
+    /// handle where it can and a descriptor elsewhere (and runs as `never`, with a warning,
+    /// when handles are unusable for the share: no capability, no support).
     #[arg(long, value_enum, value_name = "WHEN", require_equals = true,
           default_value_t = InodeFileHandles::Never)]
     pub inode_file_handles: InodeFileHandles,
@@ -622,13 +624,17 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
         // Pinning what the DAX window maps (mlock) beyond RLIMIT_MEMLOCK.
         base |= CapabilitySet::IPC_LOCK;
     }
-    let file_handles = args.inode_file_handles == InodeFileHandles::Mandatory;
-    if file_handles {
+    let file_handles = FileHandles::from(args.inode_file_handles);
+    // What `never` keeps, and so `prefer` once it found handles unusable.
+    let keep_for_fds =
+        confine::kept_caps(base, args.modcaps.as_deref()).map_err(ServeError::Confine)?;
+    if file_handles != FileHandles::Never {
         // open_by_handle_at.
         base |= CapabilitySet::DAC_READ_SEARCH;
     }
     let keep = confine::kept_caps(base, args.modcaps.as_deref()).map_err(ServeError::Confine)?;
-    if file_handles
+    // `prefer` without it (dropped by --modcaps) falls back to descriptors once confined.
+    if file_handles == FileHandles::Mandatory
         && rustix::process::geteuid().is_root()
         && !keep.contains(CapabilitySet::DAC_READ_SEARCH)
     {
@@ -663,7 +669,13 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     cfg.preserve_noatime = args.preserve_noatime;
     cfg.allow_direct_io = args.allow_direct_io;
     cfg.file_handles = file_handles;
-    let fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
+    let mut fs = FileSystem::new(shared_dir, cfg).map_err(ServeError::Fs)?;
+    // `prefer` that found file handles unusable at start runs as `never`, capabilities too.
+    let keep = if fs.uses_file_handles() {
+        keep
+    } else {
+        keep_for_fds
+    };
     let mut listener = match (args.fd, &args.socket_path) {
         (Some(fd), _) => listener_from_fd(fd)?,
         (None, Some(path)) => listen_at(path, args.socket_group.as_deref())?,
@@ -683,7 +695,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
     };
     confine(args, keep)?;
     // Once more, confined: the capabilities kept and the seccomp filter must still let a
-    // file handle be opened.
+    // file handle be opened (`prefer` falls back to descriptors here when they do not).
     fs.check_file_handles().map_err(ServeError::Fs)?;
     let server = Arc::new(Server::new(
         Arc::new(fs),

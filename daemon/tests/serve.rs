@@ -25,7 +25,7 @@ use protocol::{
     Extensions, ForgetList, Opcode, Operation, ParseOptions, RemoveMappingList, Request,
 };
 use zerodax::chain::BufChain;
-use zerodax::fs::FileSystem;
+use zerodax::fs::{FileHandles, FileSystem};
 use zerodax::server::{CachePolicy, Server, ServerOptions, INIT_FLAGS};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -530,16 +530,22 @@ fn sample<'a>(
 
 #[test]
 fn every_opcode_gets_a_well_formed_reply_or_none() {
-    every_opcode_walk(false);
+    every_opcode_walk(FileHandles::Never);
 }
 
 /// The same walk with every node referenced by file handle (`--inode-file-handles=mandatory`).
 #[test]
 fn every_opcode_gets_a_well_formed_reply_or_none_by_file_handle() {
-    every_opcode_walk(true);
+    every_opcode_walk(FileHandles::Mandatory);
 }
 
-fn every_opcode_walk(file_handles: bool) {
+/// And with `--inode-file-handles=prefer` (handles where they can be, on ext4 everywhere).
+#[test]
+fn every_opcode_gets_a_well_formed_reply_or_none_by_preferred_file_handle() {
+    every_opcode_walk(FileHandles::Prefer);
+}
+
+fn every_opcode_walk(file_handles: FileHandles) {
     let disk = Ext4::new();
     let dir = disk.mnt.clone();
     for name in ["u", "r1"] {
@@ -3169,45 +3175,239 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Lookups `lookups_grow_descriptors` makes.
+const LOOKUPS: usize = 500;
+
+/// By how many descriptors the serving process grew over [`LOOKUPS`] lookups of new files
+/// in `share` (each then answering GETATTR), asked of `srv` by `fs`.
+fn lookups_grow_descriptors(srv: &Served, share: &Path, fs: &mut FuseClient) -> usize {
+    let many = share.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..LOOKUPS {
+        std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
+    }
+    let pid = srv.backend.serving_pid().unwrap();
+    let dir = fs.lookup(FUSE_ROOT_ID, "many").unwrap().nodeid;
+    let before = open_fds(pid);
+    for i in 0..LOOKUPS {
+        let e = fs
+            .lookup(dir, &format!("f{i}"))
+            .unwrap_or_else(|e| panic!("f{i}: {e}\n{}", srv.backend.log_tail(2000)));
+        assert_eq!(e.attr.size, 1);
+    }
+    let after = open_fds(pid);
+    // The nodes are all alive: each answers GETATTR.
+    for i in [0, LOOKUPS / 2, LOOKUPS - 1] {
+        let e = fs.lookup(dir, &format!("f{i}")).unwrap();
+        fs.getattr(e.nodeid, None).unwrap();
+    }
+    after.saturating_sub(before)
+}
+
 /// `--inode-file-handles=mandatory`: inodes the guest looked up cost the daemon no
 /// descriptor each (it keeps file handles), where `never` keeps one O_PATH descriptor per
 /// inode.
 #[test]
 fn mandatory_file_handles_keep_no_descriptor_per_inode() {
-    const N: usize = 500;
     let mut grown = Vec::new();
     for mode in ["never", "mandatory"] {
         let flag = format!("--inode-file-handles={mode}");
         let srv = Served::start(&[flag.as_str()]);
-        let many = srv.disk.mnt.join("many");
-        std::fs::create_dir(&many).unwrap();
-        for i in 0..N {
-            std::fs::write(many.join(format!("f{i}")), b"x").unwrap();
-        }
         let mut fs = srv.connect();
-        let pid = srv.backend.serving_pid().unwrap();
-        let dir = fs.lookup(FUSE_ROOT_ID, "many").unwrap().nodeid;
-        let before = open_fds(pid);
-        for i in 0..N {
-            let e = fs
-                .lookup(dir, &format!("f{i}"))
-                .unwrap_or_else(|e| panic!("{mode}: f{i}: {e}\n{}", srv.backend.log_tail(2000)));
-            assert_eq!(e.attr.size, 1);
-        }
-        let after = open_fds(pid);
-        // The nodes are all alive: each answers GETATTR.
-        for i in [0, N / 2, N - 1] {
-            let e = fs.lookup(dir, &format!("f{i}")).unwrap();
-            fs.getattr(e.nodeid, None).unwrap();
-        }
-        grown.push((mode, after.saturating_sub(before)));
+        grown.push((mode, lookups_grow_descriptors(&srv, &srv.disk.mnt, &mut fs)));
     }
-    eprintln!("descriptors grown by {N} lookups: {grown:?}");
+    eprintln!("descriptors grown by {LOOKUPS} lookups: {grown:?}");
     assert!(
-        grown[0].1 >= N,
+        grown[0].1 >= LOOKUPS,
         "never keeps a descriptor per inode: {grown:?}"
     );
     assert!(grown[1].1 < 16, "mandatory keeps none per inode: {grown:?}");
+}
+
+/// `--inode-file-handles=prefer` on a share whose filesystem makes file handles, as root:
+/// file handles, so no descriptor per inode either, and no warning.
+#[test]
+fn prefer_file_handles_keep_no_descriptor_per_inode() {
+    let srv = Served::start(&["--inode-file-handles=prefer"]);
+    let mut fs = srv.connect();
+    let grown = lookups_grow_descriptors(&srv, &srv.disk.mnt, &mut fs);
+    eprintln!("descriptors grown by {LOOKUPS} lookups: {grown}");
+    assert!(grown < 16, "prefer keeps none per inode: {grown}");
+    let log = srv.backend.log_tail(20000);
+    assert!(!log.contains("--inode-file-handles=prefer"), "{log}");
+}
+
+/// `--inode-file-handles=prefer` without CAP_DAC_READ_SEARCH (dropped by --modcaps, or
+/// never had: started unprivileged, as nobody, in its user namespace) starts all the same,
+/// says once why file handles are off, and serves with a descriptor per inode, as `never`.
+/// Where `mandatory` refuses to start
+/// (`mandatory_file_handles_fail_at_start_without_handles_or_the_capability`).
+#[test]
+fn prefer_file_handles_fall_back_to_descriptors_without_the_capability() {
+    const NOBODY: u32 = 65534;
+    for unprivileged in [false, true] {
+        let disk = Ext4::new();
+        let share = disk.mnt.join("share");
+        let run = disk.root.join("run");
+        for dir in [&share, &run] {
+            std::fs::create_dir(dir).unwrap();
+            std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let socket = run.join("vfs.sock");
+        let mut spec = spec(&["--inode-file-handles=prefer"]);
+        if unprivileged {
+            let zerodax = std::mem::replace(&mut spec.program, PathBuf::from("setpriv"));
+            let mut args = vec![
+                format!("--reuid={NOBODY}"),
+                format!("--regid={NOBODY}"),
+                "--clear-groups".to_owned(),
+                zerodax.to_str().unwrap().to_owned(),
+            ];
+            args.extend(spec.args.iter().cloned());
+            spec.args = args;
+        } else {
+            spec.args.push("--modcaps=-dac_read_search".to_owned());
+        }
+        let backend = spec
+            .spawn(&socket, &share, &disk.root.join("serve.log"), TIMEOUT)
+            .unwrap_or_else(|e| panic!("unprivileged {unprivileged}: {e}"));
+        let srv = Served {
+            backend,
+            socket,
+            disk,
+        };
+        let mut fs = srv.connect();
+        let grown = lookups_grow_descriptors(&srv, &share, &mut fs);
+        assert!(
+            grown >= LOOKUPS,
+            "unprivileged {unprivileged}: a descriptor per inode, grown by {grown}"
+        );
+        let (e, o) = fs
+            .create(
+                FUSE_ROOT_ID,
+                "f",
+                libc::O_RDWR as u32,
+                libc::S_IFREG | 0o644,
+                0,
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", srv.backend.log_tail(2000)));
+        fs.write(e.nodeid, o.fh, 0, b"by descriptor").unwrap();
+        fs.release(e.nodeid, o.fh, 0).unwrap();
+        assert_eq!(std::fs::read(share.join("f")).unwrap(), b"by descriptor");
+        let log = srv.backend.log_tail(20000);
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("--inode-file-handles=prefer"))
+            .collect::<Vec<_>>();
+        assert!(
+            warned.len() == 1 && warned[0].contains("CAP_DAC_READ_SEARCH"),
+            "unprivileged {unprivileged}: one warning naming the capability: {log}"
+        );
+    }
+}
+
+/// `--inode-file-handles=prefer` where a filesystem makes no file handles: a proc mounted
+/// inside the share is served through descriptors (its lookups succeed, where `mandatory`'s
+/// fail with EOPNOTSUPP), beside the share's and a tmpfs submount's nodes by handle; and a
+/// share that is itself such a filesystem starts with one warning, runs as `never`, and
+/// keeps no CAP_DAC_READ_SEARCH.
+#[test]
+fn prefer_file_handles_fall_back_to_descriptors_where_there_are_none() {
+    let srv = Served::start(&["--inode-file-handles=prefer"]);
+    let mnt = &srv.disk.mnt;
+    std::fs::write(mnt.join("f"), b"ext4").unwrap();
+    let sub = mnt.join("sub");
+    let procdir = mnt.join("proc");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::create_dir(&procdir).unwrap();
+    let mounted = |args: &[&str], at: &Path| {
+        let status = Command::new("mount").args(args).arg(at).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+        Unmount(at.to_owned())
+    };
+    let sub_mount = mounted(&["-t", "tmpfs", "-o", "size=1m", "zerodax-sub"], &sub);
+    let proc_mount = mounted(&["-t", "proc", "proc"], &procdir);
+    std::fs::write(sub.join("in-sub"), b"tmpfs").unwrap();
+
+    let mut fs = srv.connect();
+    let log = |srv: &Served| srv.backend.log_tail(4000);
+    let pid = srv.backend.serving_pid().unwrap();
+    let read_all = |fs: &mut FuseClient, node: u64| {
+        let o = fs.open(node, libc::O_RDONLY as u32).unwrap();
+        let data = fs.read(node, o.fh, 0, 4096).unwrap();
+        fs.release(node, o.fh, 0).unwrap();
+        data
+    };
+    let f = fs.lookup(FUSE_ROOT_ID, "f").unwrap().nodeid;
+    assert_eq!(read_all(&mut fs, f), b"ext4");
+    let s = fs.lookup(FUSE_ROOT_ID, "sub").unwrap().nodeid;
+    let in_sub = fs.lookup(s, "in-sub").unwrap().nodeid;
+    assert_eq!(read_all(&mut fs, in_sub), b"tmpfs");
+
+    // proc: a descriptor for each node, and every request served.
+    let before = open_fds(pid);
+    let p = fs
+        .lookup(FUSE_ROOT_ID, "proc")
+        .unwrap_or_else(|e| panic!("proc: {e}\n{}", log(&srv)));
+    assert_eq!(p.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    let names = ["uptime", "version", "loadavg", "meminfo", "filesystems"];
+    for name in names {
+        let e = fs
+            .lookup(p.nodeid, name)
+            .unwrap_or_else(|e| panic!("proc/{name}: {e}\n{}", log(&srv)));
+        fs.getattr(e.nodeid, None).unwrap();
+        assert!(!read_all(&mut fs, e.nodeid).is_empty(), "proc/{name}");
+    }
+    let grown = open_fds(pid).saturating_sub(before);
+    assert!(
+        grown > names.len(),
+        "proc's nodes by descriptor: grown by {grown}"
+    );
+    let dh = fs.opendir(p.nodeid, 0).unwrap().fh;
+    assert!(!fs.readdir(p.nodeid, dh, 0, 4096).unwrap().is_empty());
+    fs.releasedir(p.nodeid, dh).unwrap();
+    // Nodes by handle still serve beside them.
+    assert_eq!(read_all(&mut fs, f), b"ext4");
+    assert!(
+        !log(&srv).contains("--inode-file-handles=prefer"),
+        "no warning for a submount: {}",
+        log(&srv)
+    );
+    drop(fs);
+    drop((proc_mount, sub_mount, srv));
+
+    // The share itself without file handles.
+    let dir = Ext4::new();
+    let socket = dir.root.join("vfs.sock");
+    let backend = spec(&["--inode-file-handles=prefer"])
+        .spawn(
+            &socket,
+            Path::new("/proc"),
+            &dir.root.join("serve.log"),
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("prefer on /proc: {e}"));
+    let srv = Served {
+        backend,
+        socket,
+        disk: dir,
+    };
+    let mut fs = srv.connect();
+    let e = fs.lookup(FUSE_ROOT_ID, "uptime").unwrap();
+    assert!(!read_all(&mut fs, e.nodeid).is_empty());
+    let all = log(&srv);
+    let warned = all
+        .lines()
+        .filter(|l| l.contains("--inode-file-handles=prefer"))
+        .collect::<Vec<_>>();
+    assert!(
+        warned.len() == 1 && warned[0].contains("makes no file handles"),
+        "one warning: {all}"
+    );
+    // Running as `never`, it keeps what `never` keeps (CAP_DAC_READ_SEARCH is bit 2).
+    let pid = srv.backend.serving_pid().unwrap();
+    let eff = u64::from_str_radix(&proc_status(pid, "CapEff"), 16).unwrap();
+    assert_eq!(eff & 1 << 2, 0, "CapEff {eff:x}");
 }
 
 /// Every kind of request on nodes referenced by file handle, over the socket (pivoted into

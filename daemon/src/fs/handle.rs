@@ -1,6 +1,7 @@
-//! Inodes referenced by file handle (`serve --inode-file-handles=mandatory`): the table keeps
-//! a (file handle, mount) pair instead of an open O_PATH descriptor per node, and reopens the
-//! inode with open_by_handle_at(2) for each operation.
+//! Inodes referenced by file handle (`serve --inode-file-handles=mandatory`, and `prefer`
+//! where a handle can be made and opened): the table keeps a (file handle, mount) pair
+//! instead of an open O_PATH descriptor per node, and reopens the inode with
+//! open_by_handle_at(2) for each operation.
 //!
 //! open_by_handle_at needs a descriptor on the mount the handle belongs to. One is kept per
 //! mount id while nodes on it live ([`MountFds`]), made from a descriptor the core already
@@ -107,7 +108,7 @@ impl MountFds {
 /// one just opened from its file handle (closed when this is dropped).
 #[derive(Debug)]
 pub enum InodeFd<'a> {
-    /// The node's own descriptor (`never`, `prefer`, and the root).
+    /// The node's own descriptor (`never`, `prefer`'s fallback, and the root).
     Kept(BorrowedFd<'a>),
     /// Opened from the node's file handle for this operation.
     Opened(OwnedFd),

@@ -1,5 +1,6 @@
 //! The inode table: node ids handed to the client, each backed by an O_PATH descriptor or,
-//! with `--inode-file-handles=mandatory`, by a file handle (see `handle`).
+//! with `--inode-file-handles=mandatory` (and `prefer`, where it can), by a file handle (see
+//! `handle`).
 //!
 //! A node is identified on the host by (st_dev, st_ino, mount id). The mount id keeps two
 //! bind mounts of one filesystem inside the shared directory apart (same st_dev and st_ino

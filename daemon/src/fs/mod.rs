@@ -265,12 +265,28 @@ pub struct Config {
     /// flag is dropped and the host page cache serves the file, as virtiofsd does by
     /// default.
     pub allow_direct_io: bool,
-    /// Reference every node but the root by file handle instead of an O_PATH descriptor
-    /// (`serve --inode-file-handles=mandatory`): the daemon then holds no descriptor per node
-    /// the client knows, a lookup on a filesystem without file handles fails, and
-    /// [`FileSystem::new`] fails when the shared directory's filesystem has none or
-    /// open_by_handle_at is not permitted (it needs CAP_DAC_READ_SEARCH).
-    pub file_handles: bool,
+    /// How nodes other than the root reference their host inodes (`serve
+    /// --inode-file-handles`): see [`FileHandles`].
+    pub file_handles: FileHandles,
+}
+
+/// How the core references the host inode of each node but the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileHandles {
+    /// An O_PATH descriptor per node.
+    #[default]
+    Never,
+    /// A file handle per node where one can be made and opened, an O_PATH descriptor
+    /// otherwise (a filesystem without file handles, a mount they do not open on). When
+    /// handles are unusable for the share itself (its filesystem has none, or
+    /// open_by_handle_at is refused: no CAP_DAC_READ_SEARCH), [`FileSystem::new`] and
+    /// [`FileSystem::check_file_handles`] warn once and the core runs as [`FileHandles::Never`].
+    Prefer,
+    /// A file handle per node: the daemon holds no descriptor per node the client knows, a
+    /// lookup on a filesystem without file handles fails, and [`FileSystem::new`] fails when
+    /// the shared directory's filesystem has none or open_by_handle_at is not permitted (it
+    /// needs CAP_DAC_READ_SEARCH).
+    Mandatory,
 }
 
 impl Default for Config {
@@ -281,7 +297,7 @@ impl Default for Config {
             xattrmap: None,
             preserve_noatime: true,
             allow_direct_io: false,
-            file_handles: false,
+            file_handles: FileHandles::Never,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -302,14 +318,14 @@ pub enum FsError {
     NotADirectory(PathBuf),
     /// /proc/self/fd could not be opened (the core reopens nodes through it).
     ProcFs(io::Error),
-    /// [`Config::file_handles`], but the shared directory's filesystem makes no file handles.
+    /// [`FileHandles::Mandatory`], but the shared directory's filesystem makes no file handles.
     NoFileHandles {
         /// The directory.
         path: PathBuf,
         /// name_to_handle_at's error.
         source: io::Error,
     },
-    /// [`Config::file_handles`], but a file handle cannot be opened (open_by_handle_at needs
+    /// [`FileHandles::Mandatory`], but a file handle cannot be opened (open_by_handle_at needs
     /// CAP_DAC_READ_SEARCH).
     FileHandlesRefused(io::Error),
 }
@@ -328,20 +344,61 @@ impl fmt::Display for FsError {
                 write!(f, "shared directory {} is not a directory", path.display())
             }
             FsError::ProcFs(e) => write!(f, "cannot open /proc/self/fd (is /proc mounted?): {e}"),
-            FsError::NoFileHandles { path, source } => write!(
-                f,
-                "--inode-file-handles=mandatory: the filesystem of shared directory {} makes no file handles (name_to_handle_at: {source})",
+            FsError::NoFileHandles { .. } | FsError::FileHandlesRefused(_) => {
+                write!(
+                    f,
+                    "--inode-file-handles=mandatory: {}",
+                    self.handles_unusable()
+                )
+            }
+        }
+    }
+}
+
+impl FsError {
+    /// Why file handles are unusable, for [`FsError::NoFileHandles`] and
+    /// [`FsError::FileHandlesRefused`] (what `prefer` warns and `mandatory` fails with).
+    fn handles_unusable(&self) -> String {
+        match self {
+            FsError::NoFileHandles { path, source } => format!(
+                "the filesystem of shared directory {} makes no file handles (name_to_handle_at: {source})",
                 path.display()
             ),
-            FsError::FileHandlesRefused(e) => write!(
-                f,
-                "--inode-file-handles=mandatory: a file handle cannot be opened ({e}): open_by_handle_at needs CAP_DAC_READ_SEARCH"
+            FsError::FileHandlesRefused(e) => format!(
+                "a file handle cannot be opened ({e}): open_by_handle_at needs CAP_DAC_READ_SEARCH"
             ),
+            e => e.to_string(),
         }
     }
 }
 
 impl std::error::Error for FsError {}
+
+/// `--inode-file-handles=prefer` found file handles unusable for the share itself: said once,
+/// at start; the core then runs as `never`.
+fn warn_prefer_as_never(why: &str) {
+    tracing::warn!(
+        "--inode-file-handles=prefer: {why}; every inode gets an O_PATH descriptor instead, as with never"
+    );
+}
+
+/// An error that says nothing about file handles on a mount (the inode went away, a
+/// descriptor or memory ran short, a signal): under `prefer` the lookup falls back to a
+/// descriptor but the mount is tried again next time.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::ESTALE
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EINTR
+                | libc::EAGAIN
+        )
+    )
+}
 
 fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
@@ -364,10 +421,15 @@ pub struct FileSystem {
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     proc_self_fd: OwnedFd,
-    /// With [`Config::file_handles`]: the descriptor open_by_handle_at needs per mount.
+    /// The shared directory as the operator named it (for messages).
+    shared_dir: PathBuf,
+    /// While nodes are referenced by file handle ([`FileHandles::Prefer`] or
+    /// [`FileHandles::Mandatory`], and handles work for the share): the descriptor
+    /// open_by_handle_at needs per mount.
     mounts: Option<MountFds>,
-    /// Mounts whose missing file handles have been logged (once each).
-    handle_errors_logged: Mutex<HashSet<u64>>,
+    /// Mounts (id, st_dev) met without usable file handles, logged once each; under
+    /// [`FileHandles::Prefer`] their nodes get descriptors without trying handles again.
+    handleless_mounts: Mutex<HashSet<(u64, u64)>>,
     cfg: Config,
     switch_creds: bool,
     fd_budget_logged: AtomicBool,
@@ -471,57 +533,75 @@ impl FileSystem {
             .map(OwnedFd::from)
             .map_err(FsError::ProcFs)?;
         let root_key = InodeKey::from_statx(&stx);
-        let mounts = if cfg.file_handles {
+        let mounts = if cfg.file_handles == FileHandles::Never {
+            None
+        } else {
             // The share's own mount: open_by_handle_at's anchor for every node on it, opened
             // now, while the path is still reachable (before any sandbox).
-            let dir = sys::openat(
+            match sys::openat(
                 proc_self_fd.as_fd(),
                 &Self::proc_name(root_fd.as_fd()),
                 libc::O_RDONLY | libc::O_DIRECTORY,
-            )
-            .map_err(|e| FsError::SharedDir {
-                path: shared_dir.to_owned(),
-                source: e,
-            })?;
-            Some(MountFds::new(root_key.mnt_id, root_key.dev, dir))
-        } else {
-            None
+            ) {
+                Ok(dir) => Some(MountFds::new(root_key.mnt_id, root_key.dev, dir)),
+                Err(e) if cfg.file_handles == FileHandles::Prefer => {
+                    warn_prefer_as_never(&format!(
+                        "the shared directory cannot be opened for open_by_handle_at ({e})"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    return Err(FsError::SharedDir {
+                        path: shared_dir.to_owned(),
+                        source: e,
+                    })
+                }
+            }
         };
         rustix::process::umask(rustix::fs::Mode::empty());
         let switch_creds = rustix::process::geteuid().is_root();
-        let fs = FileSystem {
+        let mut fs = FileSystem {
             inodes: InodeTable::new(root_fd, root_key),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             proc_self_fd,
+            shared_dir: shared_dir.to_owned(),
             mounts,
-            handle_errors_logged: Mutex::new(HashSet::new()),
+            handleless_mounts: Mutex::new(HashSet::new()),
             cfg,
             switch_creds,
             fd_budget_logged: AtomicBool::new(false),
             posix_acl: AtomicBool::new(false),
         };
-        fs.check_file_handles().map_err(|e| match e {
-            FsError::NoFileHandles { source, .. } => FsError::NoFileHandles {
-                path: shared_dir.to_owned(),
-                source,
-            },
-            e => e,
-        })?;
+        fs.check_file_handles()?;
         Ok(fs)
     }
 
-    /// With [`Config::file_handles`]: proves that the shared directory gets a file handle and
-    /// that the handle opens again (the capability open_by_handle_at needs is there). Run at
-    /// start, and again once the process is confined (capabilities dropped, seccomp on).
-    pub fn check_file_handles(&self) -> Result<(), FsError> {
+    /// While nodes are referenced by file handle: proves that the shared directory gets a
+    /// file handle and that the handle opens again (the capability open_by_handle_at needs is
+    /// there). Run at start, and again once the process is confined (capabilities dropped,
+    /// seccomp on), before any node but the root exists. Under [`FileHandles::Prefer`] a
+    /// failure is a warning (once) and the core goes on as [`FileHandles::Never`]; under
+    /// [`FileHandles::Mandatory`] it is the error.
+    pub fn check_file_handles(&mut self) -> Result<(), FsError> {
+        match self.probe_file_handles() {
+            Err(e) if self.cfg.file_handles == FileHandles::Prefer => {
+                warn_prefer_as_never(&e.handles_unusable());
+                self.mounts = None;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn probe_file_handles(&self) -> Result<(), FsError> {
         let Some(mounts) = &self.mounts else {
             return Ok(());
         };
         let root = self.inode(ROOT_NODE).map_err(FsError::FileHandlesRefused)?;
         let fd = root.fd().map_err(FsError::FileHandlesRefused)?;
         let (handle, _) = sys::name_to_handle(fd.as_fd()).map_err(|e| FsError::NoFileHandles {
-            path: PathBuf::from("/"),
+            path: self.shared_dir.clone(),
             source: e,
         })?;
         let mount = mounts
@@ -533,7 +613,8 @@ impl FileSystem {
             .map_err(FsError::FileHandlesRefused)
     }
 
-    /// Nodes are referenced by file handle ([`Config::file_handles`]).
+    /// Nodes are referenced by file handle where they can be ([`FileHandles::Prefer`] or
+    /// [`FileHandles::Mandatory`], and handles work for the share).
     pub fn uses_file_handles(&self) -> bool {
         self.mounts.is_some()
     }
@@ -707,27 +788,43 @@ impl FileSystem {
         }
     }
 
-    /// The file handle of the inode `fd` (O_PATH) names, and its mount id. No fallback to
-    /// the descriptor: a filesystem without file handles answers EOPNOTSUPP (logged once per
-    /// mount).
+    /// Mount (id, st_dev) of `key` is one without usable file handles: its first such error
+    /// is logged (a warning under `mandatory`, whose lookups there fail; a debug line under
+    /// `prefer`, whose nodes there get descriptors), and `prefer` stops trying handles there.
+    fn handleless_mount(&self, key: InodeKey, e: &io::Error) {
+        let first = self
+            .handleless_mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((key.mnt_id, key.dev));
+        if !first {
+            return;
+        }
+        if self.cfg.file_handles == FileHandles::Prefer {
+            tracing::debug!(
+                mount_id = key.mnt_id,
+                "no usable file handle for an inode on this mount ({e}); its inodes get O_PATH descriptors (--inode-file-handles=prefer)"
+            );
+        } else {
+            tracing::warn!(
+                mount_id = key.mnt_id,
+                "no file handle for an inode on this mount ({e}); with --inode-file-handles=mandatory its lookups fail"
+            );
+        }
+    }
+
+    /// The file handle of the inode `fd` (O_PATH) names, and its mount id. A filesystem
+    /// without file handles answers EOPNOTSUPP (the mount then is [`Self::handleless_mount`]).
     fn file_handle(&self, fd: BorrowedFd<'_>, key: InodeKey) -> io::Result<(sys::FileHandle, u64)> {
         sys::name_to_handle(fd).inspect_err(|e| {
-            let first = self
-                .handle_errors_logged
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.mnt_id);
-            if first {
-                tracing::warn!(
-                    mount_id = key.mnt_id,
-                    "no file handle for an inode on this mount ({e}); with --inode-file-handles=mandatory its lookups fail"
-                );
+            if self.cfg.file_handles == FileHandles::Mandatory || !transient(e) {
+                self.handleless_mount(key, e);
             }
         })
     }
 
-    /// The descriptor of mount `mnt_id` for open_by_handle_at; made from `fd` (O_PATH, of an
-    /// inode of `file_type`) if no node holds one.
+    /// The descriptor of mount `mnt_id` for open_by_handle_at, and whether it was just made:
+    /// made from `fd` (O_PATH, of an inode of `file_type`) if no node holds one.
     fn mount_fd(
         &self,
         mounts: &MountFds,
@@ -735,9 +832,9 @@ impl FileSystem {
         mnt_id: u64,
         key: InodeKey,
         file_type: u32,
-    ) -> io::Result<Arc<handle::MountFd>> {
+    ) -> io::Result<(Arc<handle::MountFd>, bool)> {
         if let Some(mount) = mounts.get(mnt_id, key.dev) {
-            return Ok(mount);
+            return Ok((mount, false));
         }
         // No node on this mount: a lookup enters a mount only at its root, which is this
         // node, on the mount, and reachable here whatever the sandbox. open_by_handle_at
@@ -750,14 +847,15 @@ impl FileSystem {
         };
         let mount_fd = sys::openat(self.proc_self_fd.as_fd(), &Self::proc_name(fd), flags)
             .map_err(|e| self.fd_error(e))?;
-        Ok(mounts.insert(mnt_id, key.dev, mount_fd))
+        Ok((mounts.insert(mnt_id, key.dev, mount_fd), true))
     }
 
     /// The node of the inode `fd` (O_PATH) names, one more lookup reference on it, when
     /// nodes are referenced by file handle. The handle is made for every lookup: nothing pins
     /// a node's inode, so the inode number of a node the client holds can name a new inode
     /// by now (the old one deleted); a node whose handle is not this one's then takes this
-    /// one (`InodeTable::acquire_current`).
+    /// one (`InodeTable::acquire_current`). A node that has a descriptor (`prefer`'s
+    /// fallback) pins its inode, so it is this one. On error no reference was taken.
     fn acquire_by_handle(
         &self,
         mounts: &MountFds,
@@ -772,9 +870,32 @@ impl FileSystem {
         }
         // Made outside the table's lock (`acquire_current` settles a race with another
         // lookup of the same inode).
-        let mount = self.mount_fd(mounts, fd, mnt_id, key, file_type)?;
-        let host = HostRef::Handle(HandleRef::new(handle.clone(), mount));
-        Ok(self.inodes.acquire_current(key, file_type, host, current))
+        let (mount, fresh) = self.mount_fd(mounts, fd, mnt_id, key, file_type)?;
+        let host = HandleRef::new(handle.clone(), mount);
+        if fresh && self.cfg.file_handles == FileHandles::Prefer {
+            // The first node on this mount: that its handles open (the filesystem decodes
+            // them, the capability covers this mount) is proved once, while a descriptor to
+            // fall back to is at hand.
+            host.open(libc::O_PATH).inspect_err(|e| {
+                if !transient(e) {
+                    self.handleless_mount(key, e);
+                }
+            })?;
+        }
+        Ok(self
+            .inodes
+            .acquire_current(key, file_type, HostRef::Handle(host), current))
+    }
+
+    /// `prefer`: the node of `key` for a lookup that made no usable file handle, by the
+    /// descriptor `fd`, which pins the inode. An existing node of `key` by descriptor is this
+    /// inode; one by file handle may name a deleted inode whose number this one reused, so it
+    /// takes `fd` (keeping its node id and lookup count).
+    fn acquire_by_fd(&self, fd: OwnedFd, key: InodeKey, file_type: u32) -> Arc<Inode> {
+        self.inodes
+            .acquire_current(key, file_type, HostRef::Fd(fd), |inode| {
+                inode.handle().is_none()
+            })
     }
 
     fn entry(&self, fd: OwnedFd) -> io::Result<Entry> {
@@ -783,7 +904,26 @@ impl FileSystem {
         let file_type = u32::from(stx.stx_mode) & libc::S_IFMT;
         let inode = match &self.mounts {
             None => self.inodes.acquire(key, file_type, HostRef::Fd(fd)),
-            Some(mounts) => self.acquire_by_handle(mounts, fd.as_fd(), key, file_type)?,
+            Some(mounts) if self.cfg.file_handles == FileHandles::Mandatory => {
+                self.acquire_by_handle(mounts, fd.as_fd(), key, file_type)?
+            }
+            Some(mounts) => {
+                let handleless = self
+                    .handleless_mounts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&(key.mnt_id, key.dev));
+                if handleless {
+                    self.acquire_by_fd(fd, key, file_type)
+                } else {
+                    match self.acquire_by_handle(mounts, fd.as_fd(), key, file_type) {
+                        Ok(inode) => inode,
+                        // Whatever kept the handle from being made or opened, the descriptor
+                        // serves.
+                        Err(_) => self.acquire_by_fd(fd, key, file_type),
+                    }
+                }
+            }
         };
         Ok(Entry {
             node: inode.node,

@@ -616,14 +616,23 @@ fn xattrmap_unsupported_unmatched_and_disabled() {
 }
 
 fn core_by_handle(t: &Tmp) -> FileSystem {
+    core_with(t, FileHandles::Mandatory)
+}
+
+fn core_with(t: &Tmp, file_handles: FileHandles) -> FileSystem {
     FileSystem::new(
         &t.share(),
         Config {
-            file_handles: true,
+            file_handles,
             ..Config::default()
         },
     )
     .expect("core with file handles")
+}
+
+/// The node `node` is referenced by file handle (not by a descriptor).
+fn by_handle(fs: &FileSystem, node: u64) -> bool {
+    fs.inodes.get(node).expect("node").handle().is_some()
 }
 
 fn ino(path: &Path) -> u64 {
@@ -632,12 +641,22 @@ fn ino(path: &Path) -> u64 {
 
 #[test]
 fn file_handle_nodes_serve_every_operation() {
+    file_handle_nodes_serve_every_operation_with(FileHandles::Mandatory);
+}
+
+/// `prefer` on a filesystem with file handles, as root: every node by handle, as `mandatory`.
+#[test]
+fn preferred_file_handle_nodes_serve_every_operation() {
+    file_handle_nodes_serve_every_operation_with(FileHandles::Prefer);
+}
+
+fn file_handle_nodes_serve_every_operation_with(mode: FileHandles) {
     let t = Tmp::new();
     let share = t.share();
     std::fs::create_dir(share.join("d")).expect("d");
     std::fs::write(share.join("d/f"), b"hello").expect("f");
     symlink("f", share.join("d/l")).expect("l");
-    let fs = core_by_handle(&t);
+    let fs = core_with(&t, mode);
     assert!(fs.uses_file_handles());
 
     // Node ids are what they are with descriptors: the host inode numbers.
@@ -645,6 +664,7 @@ fn file_handle_nodes_serve_every_operation() {
     assert_eq!(d.node, ino(&share.join("d")));
     let f = fs.lookup(&ctx(), d.node, &c("f")).expect("f");
     assert_eq!(f.node, ino(&share.join("d/f")));
+    assert!(by_handle(&fs, d.node) && by_handle(&fs, f.node), "{mode:?}");
     assert_eq!(f.attr.size, 5);
     assert_eq!(fs.lookup(&ctx(), d.node, &c(".")).expect(".").node, d.node);
     assert_eq!(
@@ -685,6 +705,7 @@ fn file_handle_nodes_serve_every_operation() {
 
     // The symlink is referenced by its own handle, never followed.
     let l = fs.lookup(&ctx(), d.node, &c("l")).expect("l");
+    assert!(by_handle(&fs, l.node));
     assert_eq!(fs.readlink(&ctx(), l.node).expect("readlink"), b"f");
     assert_eq!(errno(fs.open(&ctx(), l.node, libc::O_RDONLY)), libc::ELOOP);
 
@@ -766,7 +787,7 @@ fn file_handles_need_a_filesystem_that_makes_them() {
     let err = FileSystem::new(
         Path::new("/proc"),
         Config {
-            file_handles: true,
+            file_handles: FileHandles::Mandatory,
             ..Config::default()
         },
     )
@@ -810,5 +831,97 @@ fn a_file_handle_node_follows_its_number_to_the_inode_that_reused_it() {
     fs.forget(new.node, 1);
     assert!(fs.getattr(&ctx(), new.node, None).is_ok());
     fs.forget(new.node, 1);
+    assert_eq!(fs.node_count(), 1);
+}
+
+/// `prefer` on a filesystem without file handles: the start only warns, and every node has a
+/// descriptor, as with `never` (where `mandatory` refuses to start).
+#[test]
+fn preferred_file_handles_fall_back_on_a_filesystem_without_them() {
+    let fs = FileSystem::new(
+        Path::new("/proc"),
+        Config {
+            file_handles: FileHandles::Prefer,
+            ..Config::default()
+        },
+    )
+    .expect("prefer starts on /proc");
+    assert!(!fs.uses_file_handles());
+    let e = fs.lookup(&ctx(), ROOT_NODE, &c("uptime")).expect("uptime");
+    assert!(!by_handle(&fs, e.node));
+    let open = fs.open(&ctx(), e.node, libc::O_RDONLY).expect("open");
+    let mut buf = [0u8; 64];
+    assert!(fs.read(open.fh, 0, &mut buf).expect("read") > 0);
+    fs.release(open.fh).expect("release");
+}
+
+/// Without CAP_DAC_READ_SEARCH open_by_handle_at is refused: `prefer` falls back to
+/// descriptors (once, for the whole share), `mandatory` fails. In a thread of its own, whose
+/// effective capabilities alone lose it.
+#[test]
+fn preferred_file_handles_fall_back_without_the_capability() {
+    use rustix::thread::{capabilities, set_capabilities, CapabilitySet};
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let t = Tmp::new();
+    std::fs::write(t.share().join("f"), b"x").expect("f");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut caps = capabilities(None).expect("capabilities");
+            caps.effective -= CapabilitySet::DAC_READ_SEARCH;
+            set_capabilities(None, caps).expect("drop CAP_DAC_READ_SEARCH");
+            let fs = core_with(&t, FileHandles::Prefer);
+            assert!(!fs.uses_file_handles());
+            let e = fs.lookup(&ctx(), ROOT_NODE, &c("f")).expect("f");
+            assert!(!by_handle(&fs, e.node));
+            assert_eq!(e.node, ino(&t.share().join("f")));
+            assert_eq!(fs.getattr(&ctx(), e.node, None).expect("getattr").size, 1);
+            let err = FileSystem::new(
+                &t.share(),
+                Config {
+                    file_handles: FileHandles::Mandatory,
+                    ..Config::default()
+                },
+            )
+            .expect_err("mandatory without the capability");
+            assert!(matches!(err, FsError::FileHandlesRefused(_)), "{err}");
+        })
+        .join()
+        .expect("thread");
+    });
+}
+
+/// `prefer` on a mount found without usable file handles gives its lookups descriptors; a
+/// node that had a handle keeps its id and lookup count when a lookup that made no handle
+/// gives it a descriptor.
+#[test]
+fn a_preferred_node_without_a_handle_takes_a_descriptor_and_keeps_its_id() {
+    let t = Tmp::new();
+    let share = t.share();
+    std::fs::write(share.join("a"), b"a").expect("a");
+    std::fs::write(share.join("b"), b"bb").expect("b");
+    let fs = core_with(&t, FileHandles::Prefer);
+    let a = fs.lookup(&ctx(), ROOT_NODE, &c("a")).expect("a");
+    assert!(by_handle(&fs, a.node));
+    // As a failed handle would have marked the share's mount.
+    let root = fs.inodes.get(ROOT_NODE).expect("root").key;
+    fs.handleless_mounts
+        .lock()
+        .expect("lock")
+        .insert((root.mnt_id, root.dev));
+    let b = fs.lookup(&ctx(), ROOT_NODE, &c("b")).expect("b");
+    assert!(!by_handle(&fs, b.node));
+    assert_eq!(b.node, ino(&share.join("b")));
+    let again = fs.lookup(&ctx(), ROOT_NODE, &c("a")).expect("a again");
+    assert_eq!(again.node, a.node);
+    assert!(!by_handle(&fs, a.node));
+    assert_eq!(fs.getattr(&ctx(), a.node, None).expect("getattr").size, 1);
+    // Two lookups, one node: it goes with the second forget.
+    fs.forget(a.node, 1);
+    assert!(fs.getattr(&ctx(), a.node, None).is_ok());
+    fs.forget(a.node, 1);
+    fs.forget(b.node, 1);
     assert_eq!(fs.node_count(), 1);
 }

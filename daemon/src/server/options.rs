@@ -45,7 +45,7 @@ impl CachePolicy {
             attr_timeout: self.timeout(),
             preserve_noatime: true,
             allow_direct_io: false,
-            file_handles: false,
+            file_handles: fs::FileHandles::Never,
         }
     }
 
