@@ -45,7 +45,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Mount options, comma separated (repeatable): nosuid|suid, nodev|dev, exec|noexec,
-    /// atime|noatime|relatime|strictatime, sync|async, dirsync, ro|rw, allow_other,
+    /// atime|noatime|relatime|strictatime, diratime|nodiratime, lazytime|nolazytime,
+    /// sync|async, dirsync, ro|rw, allow_other,
     /// default_permissions, fsname=NAME (the mount's source; default zerodax),
     /// subtype=NAME (type fuse.NAME; default fuse.zerodax; empty: fuse). Default: nosuid,nodev. Never more than the shared directory's
     /// own mount allows: on a nosuid/nodev/noexec/ro filesystem those are forced (asking
@@ -77,6 +78,10 @@ pub struct MountRights {
     pub sync: bool,
     /// Synchronous directory changes (`dirsync`).
     pub dirsync: bool,
+    /// Directory access times are not updated (`nodiratime`).
+    pub nodiratime: bool,
+    /// Timestamps are kept in memory and written lazily (`lazytime`).
+    pub lazytime: bool,
 }
 
 /// An explicit atime policy of the mount.
@@ -102,6 +107,8 @@ impl MountRights {
             atime: None,
             sync: false,
             dirsync: false,
+            nodiratime: false,
+            lazytime: false,
         };
         let mut asked = Vec::new();
         for word in args.options.iter().flat_map(|o| o.split(',')) {
@@ -124,6 +131,10 @@ impl MountRights {
                 "sync" => r.sync = true,
                 "async" => r.sync = false,
                 "dirsync" => r.dirsync = true,
+                "nodiratime" => r.nodiratime = true,
+                "diratime" => r.nodiratime = false,
+                "lazytime" => r.lazytime = true,
+                "nolazytime" => r.lazytime = false,
                 other => return Err(format!("-o {other}: unknown mount option")),
             }
             asked.push(word.trim());
@@ -149,6 +160,16 @@ impl MountRights {
         Ok(r)
     }
 
+    /// What the daemon's own reads may do to host access times: the client kernel never
+    /// updates them on a FUSE mount, the host does as the daemon reads.
+    fn host_atime(&self) -> fs::Atime {
+        match (self.atime, self.nodiratime) {
+            (Some(MountAtime::NoAtime), _) => fs::Atime::Never,
+            (_, true) => fs::Atime::NotDirs,
+            _ => fs::Atime::Host,
+        }
+    }
+
     /// The mount(2) flags these rights ask for.
     fn mount_flags(&self) -> MountFlags {
         let mut flags = MountFlags::empty();
@@ -165,6 +186,8 @@ impl MountRights {
             (self.read_only, MountFlags::RDONLY),
             (self.sync, MountFlags::SYNCHRONOUS),
             (self.dirsync, MountFlags::DIRSYNC),
+            (self.nodiratime, MountFlags::NODIRATIME),
+            (self.lazytime, MountFlags::LAZYTIME),
         ] {
             if asked {
                 flags |= flag;
@@ -371,6 +394,7 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         fs::Config {
             read_only: rights.read_only,
             xattrmap: args.xattrmap.clone(),
+            atime: rights.host_atime(),
             ..fs::Config::default()
         },
     )

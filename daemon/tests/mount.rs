@@ -1289,3 +1289,101 @@ fn mount_source_and_type_names() {
         assert!(!is_fuse_mounted(dir.path()), "-o {bad} mounted");
     }
 }
+
+/// SEEK_DATA and SEEK_HOLE at a negative offset: ENXIO, as the host's filesystem answers
+/// (fstests generic/448; zerodax answered EINVAL, its syscall wrapper refusing the offset
+/// before the host saw it).
+#[test]
+fn negative_seek_data_and_hole_get_the_hosts_answer() {
+    let m = Mounted::start(&["--passthrough", "off"]);
+    fs::write(m.backing("f"), vec![1u8; 8192]).expect("write");
+    let through = File::open(m.path("f")).expect("open through the mount");
+    let host = File::open(m.backing("f")).expect("open backing");
+    for whence in [libc::SEEK_DATA, libc::SEEK_HOLE] {
+        for off in [-1, -4096, i64::MIN] {
+            let want = seek(&host, off, whence);
+            assert_eq!(want, Err(libc::ENXIO), "the host's answer, {whence} {off}");
+            assert_eq!(seek(&through, off, whence), want, "{whence} {off}");
+        }
+    }
+}
+
+/// The access time of `path` on the host.
+fn atime(path: &Path) -> i64 {
+    fs::metadata(path).expect("stat").atime()
+}
+
+/// Sets `path`'s access time on the host to 2001, older than its mtime, so that the host's
+/// relatime rule updates it on the next read.
+fn age_atime(path: &Path) {
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    let p = cpath(path);
+    // SAFETY: a NUL-terminated path and two timespecs that outlive the call.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(r, 0, "utimensat {}", path.display());
+}
+
+/// `-o noatime` and `-o nodiratime` hold for the host's access times, which the daemon's
+/// reads would otherwise update (the client kernel never updates atime on FUSE): reading a
+/// file and listing a directory through the mount leave the host's atimes alone under
+/// noatime, files still update under nodiratime, both update by default (fstests
+/// generic/003 and 120, where `-o nodiratime` also failed to mount). Directories with and
+/// without passthrough; files without (with it the kernel reads them itself).
+#[test]
+fn noatime_and_nodiratime_hold_for_host_access_times() {
+    const OLD: i64 = 1_000_000_000;
+    for mode in MODES {
+        for (opt, file_kept, dir_kept) in [
+            (None, false, false),
+            (Some("noatime"), true, true),
+            (Some("nodiratime"), false, true),
+        ] {
+            let mut args = vec!["--passthrough", mode];
+            if let Some(o) = opt {
+                args.extend(["-o", o]);
+            }
+            let m = Mounted::start(&args);
+            fs::create_dir(m.backing("d")).expect("mkdir");
+            fs::write(m.backing("d/f"), b"some data").expect("write");
+            age_atime(&m.backing("d/f"));
+            age_atime(&m.backing("d"));
+            let data = fs::read(m.path("d/f")).expect("read through the mount");
+            assert_eq!(data, b"some data");
+            let names = fs::read_dir(m.path("d")).expect("list").count();
+            assert_eq!(names, 1);
+            let case = format!("--passthrough {mode} -o {opt:?}");
+            // With passthrough the client kernel reads the backing file itself, opened with
+            // the client's flags: the host's rules apply to files then (docs/mount.md).
+            if mode == "off" {
+                assert_eq!(
+                    atime(&m.backing("d/f")) == OLD,
+                    file_kept,
+                    "file atime, {case}"
+                );
+            }
+            assert_eq!(atime(&m.backing("d")) == OLD, dir_kept, "dir atime, {case}");
+            if let Some(o) = opt {
+                let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+                let mnt = m.mnt.to_string_lossy().into_owned();
+                let line = info
+                    .lines()
+                    .rev()
+                    .find(|l| l.split(' ').nth(4) == Some(mnt.as_str()))
+                    .expect("our mount in mountinfo");
+                assert!(
+                    line.contains(o),
+                    "{o} not among the mount's options: {line}"
+                );
+            }
+        }
+    }
+}

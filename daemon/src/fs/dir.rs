@@ -7,7 +7,11 @@ impl FileSystem {
     /// Opens directory `node` for readdir; the answer is the handle id.
     pub fn opendir(&self, _ctx: &Context, node: u64) -> io::Result<u64> {
         let inode = self.dir_inode(node)?;
-        let file = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let noatime = match self.cfg.atime {
+            Atime::Host => 0,
+            Atime::NotDirs | Atime::Never => libc::O_NOATIME,
+        };
+        let file = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY | noatime)?;
         Ok(self.insert_handle(node, file).0)
     }
 

@@ -268,6 +268,24 @@ pub struct Config {
     /// How nodes other than the root reference their host inodes (`serve
     /// --inode-file-handles`): see [`FileHandles`].
     pub file_handles: FileHandles,
+    /// Whether the daemon's own reads update access times on the host (`mount -o
+    /// noatime`, `nodiratime`): see [`Atime`].
+    pub atime: Atime,
+}
+
+/// Access-time updates by the daemon's reads. A FUSE client never updates atime itself (its
+/// inodes are S_NOATIME): the host does, as the daemon reads, by the rules of the shared
+/// directory's own mount. A client mount that asks for fewer updates gets them by the
+/// daemon opening with O_NOATIME (which it may: it is root, or keeps CAP_FOWNER).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Atime {
+    /// The host's rules for every read.
+    #[default]
+    Host,
+    /// Directories are opened O_NOATIME (`nodiratime`); files follow the host's rules.
+    NotDirs,
+    /// Files and directories are opened O_NOATIME (`noatime`).
+    Never,
 }
 
 /// How the core references the host inode of each node but the root.
@@ -298,6 +316,7 @@ impl Default for Config {
             preserve_noatime: true,
             allow_direct_io: false,
             file_handles: FileHandles::Never,
+            atime: Atime::Host,
             entry_timeout: Duration::from_secs(1),
             attr_timeout: Duration::from_secs(1),
         }
@@ -684,6 +703,9 @@ impl FileSystem {
         }
         if !self.cfg.allow_direct_io {
             flags &= !libc::O_DIRECT;
+        }
+        if self.cfg.atime == Atime::Never {
+            flags |= libc::O_NOATIME;
         }
         flags
     }

@@ -13,8 +13,8 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{
-    self, AtFlags, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags,
-    SeekFrom, Stat, StatVfs, Statx, StatxFlags, Timestamps, Uid, XattrFlags,
+    self, AtFlags, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Stat,
+    StatVfs, Statx, StatxFlags, Timestamps, Uid, XattrFlags,
 };
 use rustix::io::Errno;
 
@@ -267,16 +267,16 @@ pub fn checked_offset(offset: u64, errno: i32) -> io::Result<u64> {
 /// lseek(2) with a C `whence` (SEEK_SET, SEEK_CUR, SEEK_END, SEEK_DATA, SEEK_HOLE; any
 /// other is EINVAL, as the kernel answers). The offset reaches the kernel unchanged, a
 /// negative one included.
+/// lseek(2), raw: rustix takes SEEK_DATA/SEEK_HOLE offsets as u64 and refuses a negative
+/// one with EINVAL itself, where the host's filesystem answers (ENXIO on Linux's: no data
+/// or hole lies at a negative offset), and the client must get the host's answer.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
-    let pos = match whence {
-        libc::SEEK_SET => SeekFrom::Start(offset as u64),
-        libc::SEEK_CUR => SeekFrom::Current(offset),
-        libc::SEEK_END => SeekFrom::End(offset),
-        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
-        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
-    Ok(fs::seek(fd, pos)? as i64)
+    // SAFETY: lseek takes no memory; `fd` is a live descriptor for the call.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {

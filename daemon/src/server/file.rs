@@ -194,7 +194,9 @@ impl Server {
     }
 
     pub(super) fn lseek(&self, chain: &mut dyn Chain, c: &Call<'_>, l: &FuseLseekIn) -> Outcome {
-        let offset = i64::try_from(l.offset).map_err(|_| libc::EINVAL)?;
+        // The kernel's loff_t, as the client sent it: a negative offset is the host's to
+        // answer (ENXIO for SEEK_DATA/SEEK_HOLE, EINVAL for SEEK_SET).
+        let offset = l.offset as i64;
         let pos = self
             .fs
             .lseek(l.fh, offset, l.whence as i32)

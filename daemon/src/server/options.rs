@@ -46,6 +46,7 @@ impl CachePolicy {
             preserve_noatime: true,
             allow_direct_io: false,
             file_handles: fs::FileHandles::Never,
+            atime: fs::Atime::Host,
         }
     }
 
