@@ -164,6 +164,12 @@ struct BackingTable {
     by_node: HashMap<u64, (i32, usize)>,
     /// Handle → node, for RELEASE.
     fh_node: HashMap<u64, u64>,
+    /// Node → its open handles the daemon serves, asked so ([`BackingFiles::open`]'s
+    /// `by_daemon`): later handles of the node are served by the daemon too while any is
+    /// open.
+    by_daemon: HashMap<u64, usize>,
+    /// Handle → node, for those.
+    fh_daemon: HashMap<u64, u64>,
 }
 
 impl DeviceBacking {
@@ -230,11 +236,22 @@ impl BackingFiles for DeviceBacking {
         Ok(enabled)
     }
 
-    fn open(&self, node: u64, fh: u64, fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    fn open(
+        &self,
+        node: u64,
+        fh: u64,
+        fd: BorrowedFd<'_>,
+        by_daemon: bool,
+    ) -> io::Result<Option<i32>> {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.by_node.contains_key(&node) && (by_daemon || t.by_daemon.contains_key(&node)) {
+            *t.by_daemon.entry(node).or_insert(0) += 1;
+            t.fh_daemon.insert(fh, node);
+            return Ok(None);
+        }
         let id = match t.by_node.get_mut(&node) {
             Some((id, opens)) => {
                 *opens += 1;
@@ -265,6 +282,15 @@ impl BackingFiles for DeviceBacking {
 
     fn release(&self, fh: u64) {
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(node) = t.fh_daemon.remove(&fh) {
+            if let Some(opens) = t.by_daemon.get_mut(&node) {
+                *opens -= 1;
+                if *opens == 0 {
+                    t.by_daemon.remove(&node);
+                }
+            }
+            return;
+        }
         let Some(node) = t.fh_node.remove(&fh) else {
             return;
         };

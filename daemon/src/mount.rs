@@ -446,6 +446,10 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
         Arc::new(fs),
         ServerOptions {
             backing: Some(backing.clone()),
+            // Without it the kernel clears set-id bits before a write or truncate with a
+            // SETATTR of the mode sent as the writer, and by the old rule (set-group-id only
+            // with group execute); with it the daemon clears them by the host's rule.
+            killpriv_v2: true,
             ..ServerOptions::default()
         },
     ));

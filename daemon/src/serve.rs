@@ -108,8 +108,14 @@ pub struct ServeArgs {
     /// Do not announce submounts (the default).
     #[arg(long, overrides_with = "announce_submounts")]
     pub no_announce_submounts: bool,
-    /// Accepted: KILLPRIV_V2 is never negotiated (virtiofsd's default).
-    #[arg(long, conflicts_with = "killpriv_v2")]
+    /// Negotiate FUSE_HANDLE_KILLPRIV_V2 (as virtiofsd): the guest kernel then leaves
+    /// clearing set-user-id and set-group-id bits on write, truncate and open with O_TRUNC to
+    /// the daemon, which clears them by the host's rules.
+    #[arg(long, overrides_with = "no_killpriv_v2")]
+    pub killpriv_v2: bool,
+    /// Do not negotiate KILLPRIV_V2 (the default, as virtiofsd): the guest kernel clears
+    /// set-id bits itself.
+    #[arg(long, overrides_with = "killpriv_v2")]
     pub no_killpriv_v2: bool,
     /// virtiofsd's flags that zerodax parses only to refuse with a reason.
     #[command(flatten)]
@@ -274,8 +280,8 @@ impl ServeArgs {
                     "allow_direct_io" => self.allow_direct_io = true,
                     "no_allow_direct_io" => self.allow_direct_io = false,
                     "announce_submounts" => self.announce_submounts = true,
-                    "killpriv_v2" => self.refused.killpriv_v2 = true,
-                    "no_killpriv_v2" => self.refused.killpriv_v2 = false,
+                    "killpriv_v2" => self.killpriv_v2 = true,
+                    "no_killpriv_v2" => self.killpriv_v2 = false,
                     "posix_acl" => self.posix_acl = AclArg::Always,
                     "no_posix_acl" => self.posix_acl = AclArg::Never,
                     "security_label" => self.security_label = AclArg::Always,
@@ -294,9 +300,6 @@ impl ServeArgs {
 /// virtiofsd fails with a reason naming what zerodax does instead, never silently.
 #[derive(Debug, Default, clap::Args)]
 pub struct RefusedFlags {
-    /// Refused: KILLPRIV_V2 is not negotiated.
-    #[arg(long, hide = true)]
-    pub killpriv_v2: bool,
     /// Refused: no migration of the device state.
     #[arg(long, value_name = "MODE", hide = true)]
     pub migration_mode: Option<String>,
@@ -317,7 +320,6 @@ impl RefusedFlags {
         // One refused flag per line (given, name, reason): a table, kept as one.
         #[rustfmt::skip]
         let refused = [
-            (self.killpriv_v2, "--killpriv-v2", "KILLPRIV_V2 is not negotiated; the guest kernel clears set-id bits itself"),
             (self.migration_mode.is_some(), "--migration-mode", "the device state is not migrated"),
             (self.migration_on_error.is_some(), "--migration-on-error", "the device state is not migrated"),
             (self.migration_verify_handles, "--migration-verify-handles", "the device state is not migrated"),
@@ -711,6 +713,7 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             security_label: args.security_label.into(),
             // Virtio-fs has no kernel passthrough: the guest kernel cannot reach host files.
             backing: None,
+            killpriv_v2: args.killpriv_v2,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,
                 holes: args.dax_holes.into(),

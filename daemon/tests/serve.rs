@@ -1655,7 +1655,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
             "--modcaps=-dac_read_search",
         ],
         &["--inode-file-handles=sometimes"],
-        &["--killpriv-v2"],
         &["--modcaps=+nonsense"],
         &["--security-label=sometimes"],
         // As root no user namespace is made (virtiofsd refuses them too); malformed maps.
@@ -1670,7 +1669,6 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--modcaps=sys_admin"],
         &["-o", "cache=auto,flock"],
         &["-o", "cache=sometimes"],
-        &["-o", "announce_submounts,killpriv_v2"],
         &["--migration-mode", "find-paths"],
     ];
     let dir = Ext4::new();
@@ -1719,6 +1717,8 @@ fn virtiofsd_flags_are_accepted_with_their_meaning_or_refused_by_name() {
         &["--inode-file-handles=fallback"],
         &["-f", "-d"],
         &["--no-announce-submounts", "--no-killpriv-v2"],
+        &["--killpriv-v2"],
+        &["-o", "announce_submounts,killpriv_v2"],
         &[
             "--inode-file-handles=prefer",
             "--seccomp",
@@ -1808,6 +1808,17 @@ fn virtiofsd_flags_that_change_behaviour() {
         "--rlimit-nofile 0 leaves the limit unchanged"
     );
     assert_eq!(srv.backend.log_tail(2000).trim(), "", "--log-level off");
+    drop(fs);
+    drop(srv);
+
+    // The rest of --killpriv-v2: killpriv_v2_clears_set_id_bits_where_the_guest_says.
+    let srv = Served::start(&["--killpriv-v2"]);
+    let fs = srv.connect();
+    assert_ne!(
+        fs.accepted_flags() & FUSE_HANDLE_KILLPRIV_V2,
+        0,
+        "--killpriv-v2"
+    );
     drop(fs);
     drop(srv);
 
@@ -3620,5 +3631,145 @@ fn mandatory_file_handles_let_an_unused_submount_go() {
         std::mem::forget(unmount);
         // The share serves on.
         fs.getattr(FUSE_ROOT_ID, None).unwrap();
+    }
+}
+
+/// `--killpriv-v2` (`-o killpriv_v2`): INIT accepts HANDLE_KILLPRIV_V2 when the guest offers
+/// it, and the daemon clears set-id bits where the guest kernel says so, by the host's rule
+/// (set-user-id always, set-group-id with group execute or for a caller outside the group):
+/// a WRITE with FUSE_WRITE_KILL_SUIDGID, a SETATTR of the size with FATTR_KILL_SUIDGID, an
+/// OPEN or a CREATE of an existing file with O_TRUNC and FUSE_OPEN_KILL_SUIDGID, a FALLOCATE
+/// or COPY_FILE_RANGE by a caller other than root. Unmarked requests keep them; a file the CREATE makes keeps
+/// the mode asked for. Without the flag INIT does not accept it, and only the WRITE flag
+/// (which the guest also sets on direct I/O) is acted on.
+#[test]
+fn killpriv_v2_clears_set_id_bits_where_the_guest_says() {
+    const NOBODY: u32 = 65534;
+    for flags in [
+        &["-o", "killpriv_v2"][..],
+        &["--killpriv-v2", "--no-killpriv-v2"],
+    ] {
+        let srv = Served::start(flags);
+        let fs = srv.connect();
+        assert_eq!(
+            fs.accepted_flags() & FUSE_HANDLE_KILLPRIV_V2 != 0,
+            flags[1] == "killpriv_v2",
+            "{flags:?}"
+        );
+    }
+    for on in [true, false] {
+        let srv = Served::start(if on { &["--killpriv-v2"] } else { &[] });
+        let mut fs = srv.connect();
+        assert_eq!(fs.accepted_flags() & FUSE_HANDLE_KILLPRIV_V2 != 0, on);
+        let host = |name: &str| srv.disk.mnt.join(name);
+        let seed = |name: &str, mode: u32, gid: u32| {
+            std::fs::write(host(name), b"data").unwrap();
+            std::os::unix::fs::chown(host(name), Some(0), Some(gid)).unwrap();
+            std::fs::set_permissions(host(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let mode = |name: &str| std::fs::metadata(host(name)).unwrap().mode() & 0o7777;
+        let names = [
+            ("w", 0o2666, 0),
+            ("w-unmarked", 0o2666, 0),
+            ("w-in-group", 0o2666, NOBODY),
+            ("w-group-exec", 0o2676, NOBODY),
+            ("t", 0o4777, 0),
+            ("t-unmarked", 0o4777, 0),
+            ("o", 0o6777, 0),
+            ("c", 0o6777, 0),
+            ("f", 0o2666, 0),
+            ("f-root", 0o2666, 0),
+            ("f-copy", 0o2666, 0),
+        ];
+        let mut node = std::collections::HashMap::new();
+        let mut fh = std::collections::HashMap::new();
+        for (name, m, gid) in names {
+            seed(name, m, gid);
+            let e = fs.lookup(FUSE_ROOT_ID, name).unwrap();
+            node.insert(name, e.nodeid);
+            if name.starts_with('w') || name.starts_with('f') {
+                fh.insert(name, fs.open(e.nodeid, libc::O_RDWR as u32).unwrap().fh);
+            }
+        }
+        fs.set_credentials(NOBODY, NOBODY, 1);
+        let write = |fs: &mut FuseClient, name: &str, write_flags: u32| {
+            let data = b"x";
+            let arg = FuseWriteIn {
+                fh: fh[name],
+                offset: 0,
+                size: 1,
+                write_flags,
+                ..Default::default()
+            };
+            fs.request(node[name], Operation::Write { arg, data }, 4096)
+                .unwrap();
+        };
+        write(&mut fs, "w", FUSE_WRITE_KILL_SUIDGID);
+        write(&mut fs, "w-unmarked", 0);
+        write(&mut fs, "w-in-group", FUSE_WRITE_KILL_SUIDGID);
+        write(&mut fs, "w-group-exec", FUSE_WRITE_KILL_SUIDGID);
+        assert_eq!(std::fs::read(host("w")).unwrap(), b"xata");
+        // The WRITE flag is acted on with or without HANDLE_KILLPRIV_V2.
+        assert_eq!(mode("w"), 0o666, "marked write");
+        assert_eq!(mode("w-unmarked"), 0o2666, "unmarked write");
+        assert_eq!(mode("w-in-group"), 0o2666, "write by a caller in the group");
+        assert_eq!(mode("w-group-exec"), 0o676, "group-executable");
+
+        let truncate = |fs: &mut FuseClient, name: &str, kill: u32| {
+            let arg = FuseSetattrIn {
+                valid: FATTR_SIZE | kill,
+                size: 1,
+                ..Default::default()
+            };
+            fs.setattr(node[name], &arg).unwrap();
+        };
+        truncate(&mut fs, "t", FATTR_KILL_SUIDGID);
+        truncate(&mut fs, "t-unmarked", 0);
+        assert_eq!((mode("t"), mode("t-unmarked")), (0o777, 0o4777), "SETATTR");
+        assert_eq!(std::fs::metadata(host("t")).unwrap().len(), 1);
+
+        let open = FuseOpenIn {
+            flags: (libc::O_RDWR | libc::O_TRUNC) as u32,
+            open_flags: FUSE_OPEN_KILL_SUIDGID,
+        };
+        fs.request(node["o"], Operation::Open(open), 4096).unwrap();
+        assert_eq!(mode("o"), 0o777, "OPEN");
+        assert_eq!(std::fs::metadata(host("o")).unwrap().len(), 0);
+
+        std::fs::create_dir(host("pub")).unwrap();
+        std::fs::set_permissions(host("pub"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pubdir = fs.lookup(FUSE_ROOT_ID, "pub").unwrap().nodeid;
+        std::fs::rename(host("c"), host("pub/c")).unwrap();
+        for name in [c"c", c"new"] {
+            let arg = FuseCreateIn {
+                flags: (libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32,
+                mode: libc::S_IFREG | 0o6755,
+                umask: 0,
+                open_flags: FUSE_OPEN_KILL_SUIDGID,
+            };
+            fs.request(pubdir, Operation::Create { arg, name }, 4096)
+                .unwrap();
+        }
+        assert_eq!(mode("pub/c"), 0o777, "CREATE of an existing file");
+        assert_eq!(mode("pub/new"), 0o6755, "a file the CREATE made");
+
+        fs.fallocate(node["f"], fh["f"], 0, 8192, 0).unwrap();
+        let copy = FuseCopyFileRangeIn {
+            fh_in: fh["w"],
+            nodeid_out: node["f-copy"],
+            fh_out: fh["f-copy"],
+            len: 4,
+            ..Default::default()
+        };
+        assert_eq!(fs.copy_file_range(node["w"], &copy).unwrap(), 4);
+        fs.set_credentials(0, 0, 1);
+        fs.fallocate(node["f-root"], fh["f-root"], 0, 8192, 0)
+            .unwrap();
+        let kill = if on { 0o666 } else { 0o2666 };
+        assert_eq!(
+            (mode("f"), mode("f-copy"), mode("f-root")),
+            (kill, kill, 0o2666),
+            "FALLOCATE, COPY_FILE_RANGE"
+        );
     }
 }

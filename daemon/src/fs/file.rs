@@ -138,8 +138,8 @@ impl FileSystem {
     }
 
     /// Write all of `data` at `offset` (O_APPEND handles append at the host). Set-id bits
-    /// are left to the client kernel, which clears them before a non-owner's write
-    /// (HANDLE_KILLPRIV_V2 is not negotiated).
+    /// stay as they are: a write that must clear them says so (FUSE_WRITE_KILL_SUIDGID) and
+    /// the dispatch calls [`FileSystem::kill_suidgid`] first.
     pub fn write(&self, _ctx: &Context, fh: u64, offset: u64, data: &[u8]) -> io::Result<usize> {
         self.writable()?;
         let h = self.handle(fh)?;
@@ -153,6 +153,74 @@ impl FileSystem {
             done += n;
         }
         Ok(done)
+    }
+
+    /// Clears the set-user-id and set-group-id bits of the file open as `fh`, as the host
+    /// kernel clears them before a write or truncate by `ctx` when it lacks CAP_FSETID
+    /// (FUSE_HANDLE_KILLPRIV_V2: the client kernel leaves this to the server and says when,
+    /// with FUSE_WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID and FUSE_OPEN_KILL_SUIDGID).
+    ///
+    /// Done explicitly, the mode read and then set as root, rather than by running the
+    /// write without CAP_FSETID and letting the host kernel decide (virtiofsd's way): the
+    /// host judges "the caller is in the file's group" by the daemon thread's fsgid and
+    /// supplementary groups, which are root's (group 0 among them), not the caller's, so a
+    /// set-gid file of group 0 would keep its bit when a caller outside the group writes it;
+    /// and switching to the caller's fsuid would change the permission checks of an open.
+    /// The rule is the host's (setattr_should_drop_suidgid): set-user-id always, set-group-id
+    /// when the group may execute or the caller's group is not the file's (the caller's
+    /// supplementary groups are not on the wire, so one in the file's group only through one
+    /// of them loses the bit too: the safe side). Regular files only. Before the data
+    /// changes, as the host does, so no moment shows new contents with the old bits. Not
+    /// atomic with the check: a chmod landing between the two is undone. A host refusal
+    /// (EPERM: an unprivileged daemon on a file it does not own) is not an error: the host
+    /// kernel then clears the bits itself on the write, the daemon lacking CAP_FSETID.
+    /// `security.capability` needs nothing here: the host kernel removes it on every write
+    /// and truncate, whoever writes.
+    pub fn kill_suidgid(&self, ctx: &Context, fh: u64) -> io::Result<()> {
+        let h = self.handle(fh)?;
+        let stx = sys::statx_fd(h.fd())?;
+        let kill = suidgid_to_kill(u32::from(stx.stx_mode), stx.stx_gid, ctx.gid);
+        if kill == 0 {
+            return Ok(());
+        }
+        self.writable()?;
+        let mode = u32::from(stx.stx_mode) & 0o7777 & !kill;
+        permitted(sys::fchmod(h.fd(), mode))
+    }
+
+    /// [`FileSystem::kill_suidgid`] for `node` (a truncate without a handle, an open that
+    /// truncates).
+    pub fn kill_suidgid_node(&self, ctx: &Context, node: u64) -> io::Result<()> {
+        let inode = self.inode(node)?;
+        if !inode.is_reg() {
+            return Ok(());
+        }
+        let fd = inode.fd()?;
+        let stx = sys::statx_fd(fd.as_fd())?;
+        let kill = suidgid_to_kill(u32::from(stx.stx_mode), stx.stx_gid, ctx.gid);
+        if kill == 0 {
+            return Ok(());
+        }
+        self.writable()?;
+        let mode = u32::from(stx.stx_mode) & 0o7777 & !kill;
+        permitted(sys::fchmodat(
+            self.proc_self_fd.as_fd(),
+            &Self::proc_name(fd.as_fd()),
+            mode,
+        ))
+    }
+
+    /// The host file `name` in `parent` names, as [`FileSystem::file_identity`] gives it,
+    /// when it is a regular file with a set-id bit: what a CREATE that may truncate an
+    /// existing file (FUSE_OPEN_KILL_SUIDGID) notes before opening, so that the bits go only
+    /// when the file it opened is that one (a file the CREATE made keeps the mode asked for).
+    pub fn set_id_file(&self, parent: u64, name: &CStr) -> Option<(u64, u64)> {
+        check_new_name(name).ok()?;
+        let p = self.dir_inode(parent).ok()?;
+        let st = sys::stat_at(p.fd().ok()?.as_fd(), name).ok()?;
+        let mode = st.st_mode;
+        (mode & libc::S_IFMT == libc::S_IFREG && mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+            .then_some((st.st_dev, st.st_ino))
     }
 
     /// FUSE_FLUSH: closes a duplicate of the handle's descriptor, so POSIX locks go and
@@ -240,5 +308,30 @@ impl FileSystem {
         let h_in = self.handle(fh_in)?;
         let h_out = self.handle(fh_out)?;
         sys::copy_file_range(h_in.fd(), off_in, h_out.fd(), off_out, len, flags)
+    }
+}
+
+/// The set-id bits of a file of `mode` and group `file_gid` that a write or truncate by a
+/// caller of group `caller_gid` without CAP_FSETID clears on the host
+/// (setattr_should_drop_suidgid): set-user-id always, set-group-id when the group may execute
+/// or the caller is not in the group; only on regular files.
+pub(crate) fn suidgid_to_kill(mode: u32, file_gid: u32, caller_gid: u32) -> u32 {
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return 0;
+    }
+    let mut kill = mode & libc::S_ISUID;
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || file_gid != caller_gid) {
+        kill |= libc::S_ISGID;
+    }
+    kill
+}
+
+/// A chmod the host refused for want of privilege (an unprivileged daemon on a file it does
+/// not own) is no failure: lacking CAP_FSETID, the daemon's own write or truncate makes the
+/// host clear the bits.
+fn permitted(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        r => r,
     }
 }

@@ -925,3 +925,66 @@ fn a_preferred_node_without_a_handle_takes_a_descriptor_and_keeps_its_id() {
     fs.forget(b.node, 1);
     assert_eq!(fs.node_count(), 1);
 }
+
+/// The set-id bits a write or truncate by a caller without CAP_FSETID clears, as the host
+/// kernel's setattr_should_drop_suidgid: set-user-id always, set-group-id with group execute
+/// or for a caller outside the group; nothing on anything but a regular file.
+#[test]
+fn suidgid_to_kill_follows_the_host_rule() {
+    use super::file::suidgid_to_kill;
+    let reg = libc::S_IFREG;
+    let both = libc::S_ISUID | libc::S_ISGID;
+    // (mode, the file's group, the caller's group) → bits cleared.
+    let cases = [
+        (reg | 0o4777, 0, 0, libc::S_ISUID),
+        (reg | 0o2666, 0, 65534, libc::S_ISGID),
+        (reg | 0o2666, 7, 7, 0),
+        (reg | 0o2676, 7, 7, libc::S_ISGID),
+        (reg | 0o6777, 7, 7, both),
+        (reg | 0o0777, 0, 65534, 0),
+        (libc::S_IFDIR | 0o6777, 0, 65534, 0),
+    ];
+    for (mode, file_gid, caller_gid, kill) in cases {
+        assert_eq!(
+            suidgid_to_kill(mode, file_gid, caller_gid),
+            kill,
+            "{mode:o}, group {file_gid}, caller {caller_gid}"
+        );
+    }
+}
+
+/// `kill_suidgid` (a handle) and `kill_suidgid_node` clear what the rule says, leave the
+/// rest of the mode alone, and do nothing to a file without the bits.
+#[test]
+fn kill_suidgid_clears_the_bits_of_a_handle_or_a_node() {
+    let t = Tmp::new();
+    let fs = core(&t, false);
+    let nobody = Context {
+        uid: 65534,
+        gid: 65534,
+        pid: 0,
+        umask: 0,
+    };
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(t.share().join(name))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    for (name, m) in [("h", 0o6755), ("n", 0o2676), ("plain", 0o644)] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(t.share().join(name), b"x").expect("seed");
+        std::fs::set_permissions(t.share().join(name), std::fs::Permissions::from_mode(m))
+            .expect("chmod");
+    }
+    let h = fs.lookup(&ctx(), ROOT_NODE, &c("h")).expect("h");
+    let open = fs.open(&ctx(), h.node, libc::O_RDONLY).expect("open");
+    fs.kill_suidgid(&nobody, open.fh).expect("kill");
+    let n = fs.lookup(&ctx(), ROOT_NODE, &c("n")).expect("n");
+    fs.kill_suidgid_node(&nobody, n.node).expect("kill");
+    let p = fs.lookup(&ctx(), ROOT_NODE, &c("plain")).expect("plain");
+    fs.kill_suidgid_node(&nobody, p.node).expect("kill");
+    assert_eq!((mode("h"), mode("n"), mode("plain")), (0o755, 0o676, 0o644));
+}

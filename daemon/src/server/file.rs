@@ -17,6 +17,11 @@ impl Server {
     pub(super) fn open(&self, chain: &mut dyn Chain, c: &Call<'_>, o: &FuseOpenIn) -> Outcome {
         let node = c.node;
         let trunc = o.flags as i32 & libc::O_TRUNC != 0;
+        // A truncating open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the set-id
+        // bits go first, as the host's own O_TRUNC clears them before the size changes.
+        if trunc && o.open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
+            self.fs.kill_suidgid_node(&c.ctx, node).map_err(errno)?;
+        }
         if trunc {
             self.will_shrink(node, 0);
         }
@@ -36,6 +41,15 @@ impl Server {
         arg: &FuseCreateIn,
         name: &CStr,
     ) -> Outcome {
+        // CREATE of a file that may exist, truncating, by a caller without CAP_FSETID
+        // (HANDLE_KILLPRIV_V2): the set-id bits of the file that was there go, not those of
+        // a file this CREATE makes. The open truncates before they can go.
+        let flags = arg.flags as i32;
+        let existing = (arg.open_flags & FUSE_OPEN_KILL_SUIDGID != 0
+            && flags & libc::O_TRUNC != 0
+            && flags & libc::O_EXCL == 0)
+            .then(|| self.fs.set_id_file(c.node, name))
+            .flatten();
         let (e, open) = self
             .fs
             .create(
@@ -51,6 +65,13 @@ impl Server {
         // is only known now).
         if arg.flags as i32 & libc::O_TRUNC != 0 {
             self.file_changed(|| Some(e.node));
+        }
+        if existing.is_some() && existing == self.fs.file_identity(e.node) {
+            if let Err(error) = self.fs.kill_suidgid(&c.ctx, open.fh) {
+                let _ = self.fs.release(open.fh);
+                self.fs.forget(e.node, 1);
+                return Err(errno(error));
+            }
         }
         self.created(chain, c, &e, &open)
     }
@@ -101,7 +122,15 @@ impl Server {
             backing,
             open.backing.as_deref(),
         ) {
-            match backing.open(node, open.fh, handle.fd()) {
+            // A file with a set-id bit under HANDLE_KILLPRIV_V2 is served by the daemon: the
+            // kernel's passthrough write clears nothing then (its file_remove_privs leaves it
+            // to the server, which a passthrough write never reaches) and writes to the
+            // backing file with the daemon's credentials, CAP_FSETID among them.
+            let by_daemon = self.killpriv_v2.load(Ordering::Relaxed)
+                && fs::sys::statx_fd(handle.fd()).is_ok_and(|stx| {
+                    u32::from(stx.stx_mode) & (libc::S_ISUID | libc::S_ISGID) != 0
+                });
+            match backing.open(node, open.fh, handle.fd(), by_daemon) {
                 Ok(Some(id)) => {
                     out.open_flags |= FOPEN_PASSTHROUGH;
                     out.backing_id = id;
@@ -127,6 +156,9 @@ impl Server {
         data: &[u8],
     ) -> Outcome {
         let fs = &*self.fs;
+        if arg.write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
+            fs.kill_suidgid(&c.ctx, arg.fh).map_err(errno)?;
+        }
         let n = fs.write(&c.ctx, arg.fh, arg.offset, data).map_err(errno)?;
         self.file_changed(|| fs.handle_node(arg.fh));
         sent(reply::reply_write(
@@ -138,6 +170,10 @@ impl Server {
 
     /// WRITE with its data handed from the chain to the file (pwritev from the request
     /// buffers), for a request whose header and fixed argument `parse_write_prefix` checked.
+    ///
+    /// FUSE_WRITE_KILL_SUIDGID is honoured whether or not HANDLE_KILLPRIV_V2 was agreed: the
+    /// client kernel also sets it on a direct-I/O write (FOPEN_DIRECT_IO, `--cache never`)
+    /// by a caller without CAP_FSETID, a path where it clears nothing itself.
     pub(super) fn write_direct(
         &self,
         chain: &mut dyn Chain,
@@ -146,6 +182,9 @@ impl Server {
     ) -> Outcome {
         if self.fs.config().read_only {
             return Err(libc::EROFS);
+        }
+        if w.write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
+            self.fs.kill_suidgid(&self.caller(h), w.fh).map_err(errno)?;
         }
         let handle = self.fs.handle(w.fh).map_err(errno)?;
         let off = FuseInHeader::SIZE + FuseWriteIn::SIZE;
@@ -186,6 +225,7 @@ impl Server {
         f: &FuseFallocateIn,
     ) -> Outcome {
         let fs = &*self.fs;
+        self.kill_unmarked(c, f.fh)?;
         let r = fs.fallocate(f.fh, f.mode as i32, f.offset, f.length);
         if r.is_ok() {
             self.file_changed(|| fs.handle_node(f.fh));
@@ -213,6 +253,7 @@ impl Server {
     ) -> Outcome {
         let fs = &*self.fs;
         let flags = u32::try_from(r.flags).map_err(|_| libc::EINVAL)?;
+        self.kill_unmarked(c, r.fh_out)?;
         let n = fs
             .copy_file_range(r.fh_in, r.off_in, r.fh_out, r.off_out, r.len, flags)
             .map_err(errno)?;
@@ -230,6 +271,19 @@ impl Server {
                 n as u64,
             ))
         }
+    }
+
+    /// FALLOCATE and COPY_FILE_RANGE under HANDLE_KILLPRIV_V2: the client kernel's
+    /// file_modified() leaves the set-id bits to the server there too, but these requests
+    /// carry no flag saying whether the caller has CAP_FSETID. A caller other than the
+    /// client's root (its own uid 0, before any `--translate-uid`) is taken to lack it (the
+    /// usual case), root to have it, and the bits go as for a write. Without
+    /// HANDLE_KILLPRIV_V2 the client clears them itself (a SETATTR of the mode).
+    fn kill_unmarked(&self, c: &Call<'_>, fh: u64) -> Result<(), i32> {
+        if self.killpriv_v2.load(Ordering::Relaxed) && c.req.header.uid != 0 {
+            self.fs.kill_suidgid(&c.ctx, fh).map_err(errno)?;
+        }
+        Ok(())
     }
 
     /// A client's open flags as the host open needs them. With a writeback cache the client

@@ -67,6 +67,13 @@ impl Server {
             FUSE_SECURITY_CTX,
             "--security-label",
         )?;
+        if self.opts.killpriv_v2 {
+            if offered & FUSE_HANDLE_KILLPRIV_V2 != 0 {
+                wanted |= FUSE_HANDLE_KILLPRIV_V2;
+            } else {
+                tracing::warn!("--killpriv-v2: the client cannot do it; serving without");
+            }
+        }
         if let Some(backing) = &self.opts.backing {
             if backing.negotiate(offered & FUSE_PASSTHROUGH != 0)? {
                 wanted |= FUSE_PASSTHROUGH;
@@ -111,6 +118,8 @@ impl Server {
                 .store(accepted & FUSE_WRITEBACK_CACHE != 0, Ordering::Relaxed);
             self.security_ctx
                 .store(accepted & FUSE_SECURITY_CTX != 0, Ordering::Relaxed);
+            self.killpriv_v2
+                .store(accepted & FUSE_HANDLE_KILLPRIV_V2 != 0, Ordering::Relaxed);
             let inode_dax = out.flags64() & FUSE_HAS_INODE_DAX != 0
                 && dax.is_some_and(|d| d.config().inodes == DaxInodes::All);
             self.inode_dax.store(inode_dax, Ordering::Relaxed);

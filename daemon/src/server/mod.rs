@@ -88,6 +88,8 @@ pub struct Server {
     security_ctx: AtomicBool,
     /// INIT accepted PASSTHROUGH ([`ServerOptions::backing`]).
     passthrough: AtomicBool,
+    /// INIT accepted HANDLE_KILLPRIV_V2 ([`ServerOptions::killpriv_v2`]).
+    killpriv_v2: AtomicBool,
 }
 
 impl std::fmt::Debug for Server {
@@ -143,6 +145,7 @@ impl Server {
             ids,
             security_ctx: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
+            killpriv_v2: AtomicBool::new(false),
         }
     }
 
@@ -281,6 +284,17 @@ impl Server {
         self.dispatch(chain, &req)
     }
 
+    /// The caller of a request as the host knows it: a forbidden guest id becomes -1, which
+    /// no credential switch accepts, so whatever would act as the caller fails with EPERM.
+    fn caller(&self, h: &FuseInHeader) -> Context {
+        Context {
+            uid: self.ids.0.to_host(h.uid).unwrap_or(u32::MAX),
+            gid: self.ids.1.to_host(h.gid).unwrap_or(u32::MAX),
+            pid: h.pid,
+            umask: 0,
+        }
+    }
+
     /// Serves one parsed request: the caller and the session's flags fixed once ([`Call`]),
     /// the labels a create carries checked (`node.rs`), the DAX window settled for the
     /// files it reads or changes (`mapping.rs`), then one handler per operation.
@@ -291,12 +305,7 @@ impl Server {
             req,
             unique: h.unique,
             node: h.nodeid,
-            ctx: Context {
-                uid: self.ids.0.to_host(h.uid).unwrap_or(u32::MAX),
-                gid: self.ids.1.to_host(h.gid).unwrap_or(u32::MAX),
-                pid: h.pid,
-                umask: 0,
-            },
+            ctx: self.caller(h),
             dax: self.inode_dax.load(Ordering::Relaxed),
             submounts: self.submounts.load(Ordering::Relaxed),
         };

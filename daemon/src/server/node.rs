@@ -48,6 +48,11 @@ impl Server {
         s: &FuseSetattrIn,
     ) -> Outcome {
         let node = c.node;
+        // A truncate by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the set-id bits go
+        // before the size changes, as on the host.
+        if s.valid & (FATTR_SIZE | FATTR_KILL_SUIDGID) == FATTR_SIZE | FATTR_KILL_SUIDGID {
+            self.fs.kill_suidgid_node(&c.ctx, node).map_err(errno)?;
+        }
         if s.valid & FATTR_SIZE != 0 {
             self.will_shrink(node, s.size);
         }

@@ -94,6 +94,10 @@ pub struct ServerOptions {
     pub security_label: AclMode,
     /// Kernel FUSE passthrough, when the transport has it (/dev/fuse, not virtio-fs).
     pub backing: Option<Arc<dyn BackingFiles>>,
+    /// `--killpriv-v2`: negotiate FUSE_HANDLE_KILLPRIV_V2 when the client offers it; the
+    /// server then clears set-id bits on the writes, truncates and opens the client marks,
+    /// and on a fallocate or copy_file_range by a caller other than root.
+    pub killpriv_v2: bool,
 }
 
 /// Kernel FUSE passthrough, for a transport whose kernel can do a regular file's I/O itself
@@ -105,8 +109,16 @@ pub trait BackingFiles: Send + Sync + std::fmt::Debug {
     /// `Err(errno)` fails INIT (passthrough required but not offered).
     fn negotiate(&self, offered: bool) -> Result<bool, i32>;
     /// The backing id for the new handle `fh` of `node`, whose host file is `fd`;
-    /// `Ok(None)`: the daemon serves this handle's I/O. An error fails the open.
-    fn open(&self, node: u64, fh: u64, fd: BorrowedFd<'_>) -> io::Result<Option<i32>>;
+    /// `Ok(None)`: the daemon serves this handle's I/O. An error fails the open. `by_daemon`
+    /// asks that the daemon serve it, which it does unless `node` has handles the kernel
+    /// serves already (the kernel wants all of a file's handles served one way).
+    fn open(
+        &self,
+        node: u64,
+        fh: u64,
+        fd: BorrowedFd<'_>,
+        by_daemon: bool,
+    ) -> io::Result<Option<i32>>;
     /// The handle `fh` was released.
     fn release(&self, fh: u64);
 }
@@ -139,6 +151,7 @@ impl Default for ServerOptions {
             gid_map: IdMap::default(),
             security_label: AclMode::Never,
             backing: None,
+            killpriv_v2: false,
         }
     }
 }
