@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use protocol::abi::{FuseInHeader, FuseOutHeader, FuseWriteIn};
-use protocol::Wire;
+use protocol::{reply, Wire};
 use rustix::io::Errno;
 
 use crate::chain::ByteChain;
-use crate::server::{BackingFiles, Server, MAX_COPIED_REQUEST, MAX_PAGES};
+use crate::server::{BackingFiles, Notifier, Server, MAX_COPIED_REQUEST, MAX_PAGES};
 
 /// `--passthrough`: kernel FUSE passthrough of reads, writes and mmap to the backing file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,6 +304,34 @@ impl BackingFiles for DeviceBacking {
         if let Some(id) = last {
             t.by_node.remove(&node);
             self.unregister(id);
+        }
+    }
+}
+
+/// Notifications over a /dev/fuse connection: a message written to the device with unique 0.
+#[derive(Debug)]
+pub struct DeviceNotifier {
+    dev: OwnedFd,
+}
+
+impl DeviceNotifier {
+    /// Notifications written to `dev` (any descriptor of the connection).
+    pub fn new(dev: OwnedFd) -> Self {
+        DeviceNotifier { dev }
+    }
+}
+
+impl Notifier for DeviceNotifier {
+    fn attrs_changed(&self, node: u64) {
+        let mut msg = Vec::with_capacity(64);
+        let written = reply::notify_inval_attrs(&mut msg, node)
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|_| Ok(rustix::io::write(&self.dev, &msg)?));
+        // ENOENT: the kernel holds no inode for the node (nothing cached to drop).
+        match written {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => tracing::debug!(node, "attribute invalidation refused by /dev/fuse: {e}"),
         }
     }
 }

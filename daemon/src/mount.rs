@@ -450,6 +450,10 @@ fn serve(args: &MountArgs) -> Result<(), MountError> {
             // SETATTR of the mode sent as the writer, and by the old rule (set-group-id only
             // with group execute); with it the daemon clears them by the host's rule.
             killpriv_v2: true,
+            // ... and tells the kernel, whose cached mode would otherwise outlive them.
+            notifier: Some(Arc::new(fuse_dev::DeviceNotifier::new(
+                fuse_dev::dup(dev.as_fd()).map_err(fail)?,
+            ))),
             ..ServerOptions::default()
         },
     ));

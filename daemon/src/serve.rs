@@ -713,6 +713,8 @@ fn serve(args: &ServeArgs) -> Result<(), ServeError> {
             security_label: args.security_label.into(),
             // Virtio-fs has no kernel passthrough: the guest kernel cannot reach host files.
             backing: None,
+            // Linux guests read no virtio-fs notification queue.
+            notifier: None,
             killpriv_v2: args.killpriv_v2,
             dax: (args.cache_size > 0).then_some(DaxConfig {
                 window_len: args.cache_size,

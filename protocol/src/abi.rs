@@ -206,6 +206,10 @@ pub const FUSE_IOCTL_COMPAT_X32: u32 = 1 << 5;
 pub const FUSE_IOCTL_MAX_IOV: u32 = 256;
 /// poll_in.flags: request a poll notification.
 pub const FUSE_POLL_SCHEDULE_NOTIFY: u32 = 1 << 0;
+
+/// Notification code (in `fuse_out_header.error`, with unique 0): drop an inode's cached
+/// attributes and data ([`FuseNotifyInvalInodeOut`]).
+pub const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
 /// fsync_in.fsync_flags: data only.
 pub const FUSE_FSYNC_FDATASYNC: u32 = 1 << 0;
 /// fuse_attr.flags: the inode is a submount root.
@@ -1276,6 +1280,19 @@ abi_struct!(
 );
 
 abi_struct!(
+    /// `fuse_notify_inval_inode_out`: the node whose cached attributes (and, for `off` ≥ 0,
+    /// cached data from `off` for `len` bytes, 0 meaning to the end) the client must drop.
+    FuseNotifyInvalInodeOut {
+        /// Node id.
+        ino: u64,
+        /// First byte of cached data to drop; negative: attributes only.
+        off: i64,
+        /// Bytes of cached data to drop.
+        len: i64,
+    }
+);
+
+abi_struct!(
     /// `fuse_notify_prune_out` (7.45).
     FuseNotifyPruneOut {
         /// Node ids that follow.
@@ -1431,6 +1448,7 @@ mod tests {
             FuseSecctx => 8,
             FuseSecctxHeader => 8,
             FuseNotifyPruneOut => 16,
+            FuseNotifyInvalInodeOut => 24,
         }
         // FUSE_COMPAT_* sizes the kernel defines.
         assert_eq!(FUSE_COMPAT_SETXATTR_IN_SIZE, 8);

@@ -65,6 +65,24 @@ impl ReplySink for SliceSink<'_> {
     }
 }
 
+/// FUSE_NOTIFY_INVAL_INODE for `node`'s attributes only (not its cached data): a message
+/// the server sends unasked, as unique 0 with the code where a reply's error goes.
+pub fn notify_inval_attrs<W: ReplySink + ?Sized>(
+    sink: &mut W,
+    node: u64,
+) -> Result<usize, ReplyError> {
+    let body = FuseNotifyInvalInodeOut {
+        ino: node,
+        off: -1,
+        len: 0,
+    }
+    .to_vec();
+    let header = header_bytes(0, FUSE_NOTIFY_INVAL_INODE, body.len())?;
+    let total = header.len() + body.len();
+    sink.write_parts(total, &[&header, &body])?;
+    Ok(total)
+}
+
 /// The 16-byte `fuse_out_header` for a successful reply with `body_len` bytes of body.
 ///
 /// For transports that send the header and a data buffer with one `writev` (READ replies
@@ -400,6 +418,28 @@ mod tests {
 
     fn header_of(bytes: &[u8]) -> FuseOutHeader {
         FuseOutHeader::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn inval_attrs_notification_is_unique_0_with_the_code_and_a_negative_offset() {
+        let mut v = Vec::new();
+        assert_eq!(notify_inval_attrs(&mut v, 42).unwrap(), 40);
+        assert_eq!(
+            header_of(&v),
+            FuseOutHeader {
+                len: 40,
+                error: 2,
+                unique: 0
+            }
+        );
+        assert_eq!(
+            FuseNotifyInvalInodeOut::decode(&v[16..]).unwrap(),
+            FuseNotifyInvalInodeOut {
+                ino: 42,
+                off: -1,
+                len: 0
+            }
+        );
     }
 
     #[test]

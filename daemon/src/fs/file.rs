@@ -176,12 +176,15 @@ impl FileSystem {
     /// kernel then clears the bits itself on the write, the daemon lacking CAP_FSETID.
     /// `security.capability` needs nothing here: the host kernel removes it on every write
     /// and truncate, whoever writes.
-    pub fn kill_suidgid(&self, ctx: &Context, fh: u64) -> io::Result<()> {
+    ///
+    /// Returns whether the bits go (now, or with the host's own clearing on the write): the
+    /// client's cached mode is stale then.
+    pub fn kill_suidgid(&self, ctx: &Context, fh: u64) -> io::Result<bool> {
         let h = self.handle(fh)?;
         let stx = sys::statx_fd(h.fd())?;
         let kill = suidgid_to_kill(u32::from(stx.stx_mode), stx.stx_gid, ctx.gid);
         if kill == 0 {
-            return Ok(());
+            return Ok(false);
         }
         self.writable()?;
         let mode = u32::from(stx.stx_mode) & 0o7777 & !kill;
@@ -190,16 +193,16 @@ impl FileSystem {
 
     /// [`FileSystem::kill_suidgid`] for `node` (a truncate without a handle, an open that
     /// truncates).
-    pub fn kill_suidgid_node(&self, ctx: &Context, node: u64) -> io::Result<()> {
+    pub fn kill_suidgid_node(&self, ctx: &Context, node: u64) -> io::Result<bool> {
         let inode = self.inode(node)?;
         if !inode.is_reg() {
-            return Ok(());
+            return Ok(false);
         }
         let fd = inode.fd()?;
         let stx = sys::statx_fd(fd.as_fd())?;
         let kill = suidgid_to_kill(u32::from(stx.stx_mode), stx.stx_gid, ctx.gid);
         if kill == 0 {
-            return Ok(());
+            return Ok(false);
         }
         self.writable()?;
         let mode = u32::from(stx.stx_mode) & 0o7777 & !kill;
@@ -329,9 +332,10 @@ pub(crate) fn suidgid_to_kill(mode: u32, file_gid: u32, caller_gid: u32) -> u32 
 /// A chmod the host refused for want of privilege (an unprivileged daemon on a file it does
 /// not own) is no failure: lacking CAP_FSETID, the daemon's own write or truncate makes the
 /// host clear the bits.
-fn permitted(r: io::Result<()>) -> io::Result<()> {
+fn permitted(r: io::Result<()>) -> io::Result<bool> {
     match r {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        r => r,
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(true),
+        Err(e) => Err(e),
     }
 }

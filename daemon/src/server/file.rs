@@ -11,7 +11,7 @@ use protocol::Opcode;
 use super::answer::{empty, entry_out, errno, sent, sink, Answer, Outcome};
 use super::{Call, Server};
 use crate::chain::Chain;
-use crate::fs;
+use crate::fs::{self, Context};
 
 impl Server {
     pub(super) fn open(&self, chain: &mut dyn Chain, c: &Call<'_>, o: &FuseOpenIn) -> Outcome {
@@ -20,7 +20,7 @@ impl Server {
         // A truncating open by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the set-id
         // bits go first, as the host's own O_TRUNC clears them before the size changes.
         if trunc && o.open_flags & FUSE_OPEN_KILL_SUIDGID != 0 {
-            self.fs.kill_suidgid_node(&c.ctx, node).map_err(errno)?;
+            self.kill_suidgid_node(&c.ctx, node)?;
         }
         if trunc {
             self.will_shrink(node, 0);
@@ -67,10 +67,10 @@ impl Server {
             self.file_changed(|| Some(e.node));
         }
         if existing.is_some() && existing == self.fs.file_identity(e.node) {
-            if let Err(error) = self.fs.kill_suidgid(&c.ctx, open.fh) {
+            if let Err(error) = self.kill_suidgid(&c.ctx, open.fh) {
                 let _ = self.fs.release(open.fh);
                 self.fs.forget(e.node, 1);
-                return Err(errno(error));
+                return Err(error);
             }
         }
         self.created(chain, c, &e, &open)
@@ -157,7 +157,7 @@ impl Server {
     ) -> Outcome {
         let fs = &*self.fs;
         if arg.write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
-            fs.kill_suidgid(&c.ctx, arg.fh).map_err(errno)?;
+            self.kill_suidgid(&c.ctx, arg.fh)?;
         }
         let n = fs.write(&c.ctx, arg.fh, arg.offset, data).map_err(errno)?;
         self.file_changed(|| fs.handle_node(arg.fh));
@@ -184,7 +184,7 @@ impl Server {
             return Err(libc::EROFS);
         }
         if w.write_flags & FUSE_WRITE_KILL_SUIDGID != 0 {
-            self.fs.kill_suidgid(&self.caller(h), w.fh).map_err(errno)?;
+            self.kill_suidgid(&self.caller(h), w.fh)?;
         }
         let handle = self.fs.handle(w.fh).map_err(errno)?;
         let off = FuseInHeader::SIZE + FuseWriteIn::SIZE;
@@ -273,6 +273,32 @@ impl Server {
         }
     }
 
+    /// [`FileSystem::kill_suidgid`](crate::fs::FileSystem::kill_suidgid), and the client told
+    /// its cached mode is stale when the bits went.
+    pub(super) fn kill_suidgid(&self, ctx: &Context, fh: u64) -> Result<(), i32> {
+        if self.fs.kill_suidgid(ctx, fh).map_err(errno)? {
+            if let Some(node) = self.fs.handle_node(fh) {
+                self.attrs_changed(node);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`FileSystem::kill_suidgid_node`](crate::fs::FileSystem::kill_suidgid_node), and the
+    /// client told its cached mode is stale when the bits went.
+    pub(super) fn kill_suidgid_node(&self, ctx: &Context, node: u64) -> Result<(), i32> {
+        if self.fs.kill_suidgid_node(ctx, node).map_err(errno)? {
+            self.attrs_changed(node);
+        }
+        Ok(())
+    }
+
+    fn attrs_changed(&self, node: u64) {
+        if let Some(n) = &self.opts.notifier {
+            n.attrs_changed(node);
+        }
+    }
+
     /// FALLOCATE and COPY_FILE_RANGE under HANDLE_KILLPRIV_V2: the client kernel's
     /// file_modified() leaves the set-id bits to the server there too, but these requests
     /// carry no flag saying whether the caller has CAP_FSETID. A caller other than the
@@ -281,7 +307,7 @@ impl Server {
     /// HANDLE_KILLPRIV_V2 the client clears them itself (a SETATTR of the mode).
     fn kill_unmarked(&self, c: &Call<'_>, fh: u64) -> Result<(), i32> {
         if self.killpriv_v2.load(Ordering::Relaxed) && c.req.header.uid != 0 {
-            self.fs.kill_suidgid(&c.ctx, fh).map_err(errno)?;
+            self.kill_suidgid(&c.ctx, fh)?;
         }
         Ok(())
     }

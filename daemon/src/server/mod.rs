@@ -38,7 +38,7 @@ use protocol::request::parse_write_prefix;
 use protocol::{check_header, Opcode, Operation, ParseOptions, Request};
 
 use self::answer::{empty, errno, parse_errno, sink, Answer, Outcome};
-pub use self::options::{AclMode, BackingFiles, CachePolicy, ServerOptions};
+pub use self::options::{AclMode, BackingFiles, CachePolicy, Notifier, ServerOptions};
 use crate::chain::Chain;
 use crate::dax::Dax;
 use crate::fs::{Context, FileSystem};

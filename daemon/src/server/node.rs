@@ -51,7 +51,7 @@ impl Server {
         // A truncate by a caller without CAP_FSETID (HANDLE_KILLPRIV_V2): the set-id bits go
         // before the size changes, as on the host.
         if s.valid & (FATTR_SIZE | FATTR_KILL_SUIDGID) == FATTR_SIZE | FATTR_KILL_SUIDGID {
-            self.fs.kill_suidgid_node(&c.ctx, node).map_err(errno)?;
+            self.kill_suidgid_node(&c.ctx, node)?;
         }
         if s.valid & FATTR_SIZE != 0 {
             self.will_shrink(node, s.size);

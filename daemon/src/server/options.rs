@@ -98,6 +98,18 @@ pub struct ServerOptions {
     /// server then clears set-id bits on the writes, truncates and opens the client marks,
     /// and on a fallocate or copy_file_range by a caller other than root.
     pub killpriv_v2: bool,
+    /// Notifications to the client, when the transport has a way to send them (/dev/fuse;
+    /// Linux virtio-fs guests read no notification queue).
+    pub notifier: Option<Arc<dyn Notifier>>,
+}
+
+/// FUSE notifications: messages the server sends its client unasked.
+pub trait Notifier: Send + Sync + std::fmt::Debug {
+    /// The attributes of `node` changed behind the client's cache, in a way no reply tells
+    /// it (set-id bits cleared by the server under HANDLE_KILLPRIV_V2: the client kernel
+    /// then drops only size and times after a write, and would keep showing the old mode
+    /// until its attribute timeout).
+    fn attrs_changed(&self, node: u64);
 }
 
 /// Kernel FUSE passthrough, for a transport whose kernel can do a regular file's I/O itself
@@ -151,6 +163,7 @@ impl Default for ServerOptions {
             gid_map: IdMap::default(),
             security_label: AclMode::Never,
             backing: None,
+            notifier: None,
             killpriv_v2: false,
         }
     }
