@@ -44,10 +44,11 @@ impl FileSystem {
             // Never block opening a FIFO that a hostile client names here.
             | libc::O_NONBLOCK;
         let umask = self.umask_in(&p, ctx);
+        let pfd = p.fd()?;
         let file = {
             let _creds = self.creds(ctx)?;
             sys::openat2(
-                p.fd()?.as_fd(),
+                pfd.as_fd(),
                 name,
                 oflags,
                 mode & 0o7777 & !umask,
@@ -78,9 +79,10 @@ impl FileSystem {
         let oflags =
             (self.client_flags(flags) & kept) | access | libc::O_TMPFILE | libc::O_NONBLOCK;
         let umask = self.umask_in(&p, ctx);
+        let pfd = p.fd()?;
         let file = {
             let _creds = self.creds(ctx)?;
-            sys::openat_mode(p.fd()?.as_fd(), c".", oflags, mode & 0o7777 & !umask)
+            sys::openat_mode(pfd.as_fd(), c".", oflags, mode & 0o7777 & !umask)
                 .map_err(|e| self.fd_error(e))?
         };
         self.opened_new(file, flags)

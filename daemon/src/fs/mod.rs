@@ -751,6 +751,10 @@ impl FileSystem {
         }
     }
 
+    /// Acts as the caller (fsuid/fsgid) until the guard drops. Take every descriptor the
+    /// operation needs before: a node held by file handle is opened with open_by_handle_at,
+    /// which wants CAP_DAC_READ_SEARCH, and setfsuid to a non-zero id drops that capability
+    /// (and every other filesystem one) from the thread's effective set.
     fn creds(&self, ctx: &Context) -> io::Result<Option<Credentials>> {
         if self.switch_creds {
             Credentials::switch(ctx.uid, ctx.gid).map(Some)

@@ -123,9 +123,10 @@ impl FileSystem {
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
         let umask = self.umask_in(&p, ctx);
+        let pfd = p.fd()?;
         {
             let _creds = self.creds(ctx)?;
-            sys::mknodat(p.fd()?.as_fd(), name, mode & !umask, rdev)?;
+            sys::mknodat(pfd.as_fd(), name, mode & !umask, rdev)?;
         }
         self.lookup_in(&p, name)
     }
@@ -136,9 +137,10 @@ impl FileSystem {
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
         let umask = self.umask_in(&p, ctx);
+        let pfd = p.fd()?;
         {
             let _creds = self.creds(ctx)?;
-            sys::mkdirat(p.fd()?.as_fd(), name, mode & 0o7777 & !umask)?;
+            sys::mkdirat(pfd.as_fd(), name, mode & 0o7777 & !umask)?;
         }
         self.lookup_in(&p, name)
     }
@@ -154,9 +156,10 @@ impl FileSystem {
         self.writable()?;
         let p = self.dir_inode(parent)?;
         check_new_name(name)?;
+        let pfd = p.fd()?;
         {
             let _creds = self.creds(ctx)?;
-            sys::symlinkat(target, p.fd()?.as_fd(), name)?;
+            sys::symlinkat(target, pfd.as_fd(), name)?;
         }
         self.lookup_in(&p, name)
     }
@@ -246,10 +249,8 @@ impl FileSystem {
         if mask & libc::W_OK != 0 && self.cfg.read_only {
             return Err(err(libc::EROFS));
         }
+        let fd = inode.fd()?;
         let _creds = self.creds(ctx)?;
-        sys::faccessat_fd(
-            inode.fd()?.as_fd(),
-            mask & (libc::R_OK | libc::W_OK | libc::X_OK),
-        )
+        sys::faccessat_fd(fd.as_fd(), mask & (libc::R_OK | libc::W_OK | libc::X_OK))
     }
 }

@@ -988,3 +988,44 @@ fn kill_suidgid_clears_the_bits_of_a_handle_or_a_node() {
     fs.kill_suidgid_node(&nobody, p.node).expect("kill");
     assert_eq!((mode("h"), mode("n"), mode("plain")), (0o755, 0o676, 0o644));
 }
+
+/// With nodes held by file handle, a caller other than root creates, links and checks access
+/// in a directory it may write (pjdfstest's `*::uid_gid_eq_euid_egid` in a real guest found
+/// EPERM): the parent's descriptor is opened from its handle before the switch to the
+/// caller's fsuid, which drops CAP_DAC_READ_SEARCH, the capability open_by_handle_at needs.
+#[test]
+fn file_handle_nodes_take_creates_by_other_users() {
+    for mode in [FileHandles::Mandatory, FileHandles::Prefer] {
+        let t = Tmp::new();
+        let share = t.share();
+        std::fs::create_dir(share.join("w")).expect("w");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(share.join("w"), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let fs = core_with(&t, mode);
+        let w = fs.lookup(&ctx(), ROOT_NODE, &c("w")).expect("w");
+        assert!(by_handle(&fs, w.node), "{mode:?}");
+        let user = Context {
+            uid: 65534,
+            gid: 65534,
+            pid: 0,
+            umask: 0o022,
+        };
+        let dir = fs.mkdir(&user, w.node, &c("dir"), 0o755).expect("mkdir");
+        let fifo = fs
+            .mknod(&user, w.node, &c("fifo"), libc::S_IFIFO | 0o644, 0)
+            .expect("mknod");
+        let link = fs
+            .symlink(&user, w.node, &c("sl"), &c("dir"))
+            .expect("symlink");
+        let (file, open) = fs
+            .create(&user, w.node, &c("file"), 0o644, libc::O_RDWR)
+            .expect("create");
+        fs.release(open.fh).expect("release");
+        for e in [&dir, &fifo, &link, &file] {
+            assert_eq!((e.attr.uid, e.attr.gid), (65534, 65534), "{mode:?}");
+        }
+        fs.access(&user, file.node, libc::R_OK | libc::W_OK)
+            .expect("access as the owner");
+    }
+}
