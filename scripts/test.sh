@@ -36,6 +36,9 @@ suite pjdfstest tests/pjdfstest/run.sh off on
 suite fsx tests/fsx/run.sh off on
 # A real Linux guest mounting `zerodax serve`, against the C virtiofsd as the reference.
 suite guest tests/guest/compare.sh --no-prepare --modes auto,always zerodax c-virtiofsd
+# The same with inodes by file handle, KILLPRIV_V2 and xattrs (one cache mode).
+suite guest-handles tests/guest/compare.sh --no-prepare --modes auto \
+    --out /tmp/zdg-guest-handles zerodax-handles c-virtiofsd
 # The DAX window behind a real VMM (QEMU 11.1) and a real guest, both hole modes.
 suite guest-dax tests/guest/dax-suite.sh
 

@@ -13,6 +13,12 @@ backend_template() {
             printf '%s\n' "${ZERODAX:-$repo_dir/target/release/zerodax}" serve \
                 --socket-path '{sock}' --shared-dir '{dir}' --cache '{cache}'
             ;;
+        zerodax-handles)
+            # zerodax with the flags that change how nodes, set-id bits and xattrs are
+            # served: inodes by file handle, FUSE_HANDLE_KILLPRIV_V2, xattrs on.
+            backend_template zerodax
+            printf '%s\n' --inode-file-handles=mandatory --killpriv-v2 --xattr
+            ;;
         c-virtiofsd)
             # QEMU 7.2's C daemon spells the cache modes none|auto|always (run.sh maps never).
             printf '%s\n' "${C_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}" '--socket-path={sock}' \
@@ -26,4 +32,4 @@ backend_template() {
     esac
 }
 
-backend_names() { echo "zerodax c-virtiofsd rust-virtiofsd"; }
+backend_names() { echo "zerodax zerodax-handles c-virtiofsd rust-virtiofsd"; }

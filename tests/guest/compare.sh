@@ -3,7 +3,7 @@
 # per-case diff: every case the reference passes, the candidate must pass too.
 #
 # Usage: tests/guest/compare.sh [OPTIONS] CANDIDATE REFERENCE
-#   CANDIDATE, REFERENCE: a backend name (zerodax, c-virtiofsd, rust-virtiofsd) or a command
+#   CANDIDATE, REFERENCE: a backend name (zerodax, zerodax-handles, c-virtiofsd, rust-virtiofsd) or a command
 #                         template with {sock} {dir} {cache}, split on spaces
 # Options:
 #   --modes LIST     cache modes, comma separated (default auto,always)

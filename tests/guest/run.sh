@@ -4,7 +4,7 @@
 # the share by tag and running pjdfstest, fsx and the sparse scenario; then the host checks the
 # sparse file in the backing directory and writes per-case results.
 #
-# Usage: tests/guest/run.sh [OPTIONS] --backend NAME        (zerodax, c-virtiofsd, rust-virtiofsd)
+# Usage: tests/guest/run.sh [OPTIONS] --backend NAME        (zerodax, zerodax-handles, c-virtiofsd, rust-virtiofsd)
 #        tests/guest/run.sh [OPTIONS] -- CMD...              (words may hold {sock} {dir} {cache})
 # Options:
 #   --cache MODE        substituted for {cache} (default auto)
