@@ -769,10 +769,9 @@ fn a_deleted_file_handle_node_is_stale() {
     // Nothing of the daemon's holds the inode: it is gone from the host, and the node says so.
     let stale = [libc::ESTALE, libc::ENOENT];
     assert!(stale.contains(&errno(fs.getattr(&ctx(), e.node, None))));
-    // An open fails too. ESTALE or ENOENT as a rule; once (of many CI runs) it failed with
-    // another errno, which the host kernel chose while other tests were reusing inode
-    // numbers on the same filesystem: any error is the node saying "gone", and it is shown
-    // here so that a next occurrence names it.
+    // An open fails too: ESTALE or ENOENT as a rule, but one CI run, with other tests
+    // creating and deleting files on the same filesystem, saw another errno (not recorded
+    // then). Any error says "gone"; an unexpected one is printed so the next run names it.
     let open_errno = errno(fs.open(&ctx(), e.node, libc::O_RDONLY));
     if !stale.contains(&open_errno) {
         eprintln!("open of a deleted file-handle node: errno {open_errno}");
