@@ -37,11 +37,13 @@ pub trait Chain {
     /// Copies request bytes `[off, off + buf.len())` into `buf`.
     fn read_request(&self, off: usize, buf: &mut [u8]) -> io::Result<()>;
     /// Writes request bytes `[off, request_len)` to `fd` at `file_off` (pwritev, looping);
-    /// returns bytes written (short only if the file refused more).
+    /// returns bytes written (short only if the file refused more). `direct`: `fd` was
+    /// opened O_DIRECT, so buffers of the daemon's own go through an aligned copy.
     fn write_request_to_file(
         &self,
         off: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize>;
     /// Bytes the reply may take (all writable buffers).
@@ -49,12 +51,14 @@ pub trait Chain {
     /// Writes `data` into the reply area at `at`.
     fn write_reply(&mut self, at: usize, data: &[u8]) -> io::Result<()>;
     /// Reads up to `len` bytes of `fd` at `file_off` into the reply area at `at` (preadv,
-    /// looping until `len` or end of file); returns bytes read.
+    /// looping until `len` or end of file); returns bytes read. `direct` as for
+    /// [`Chain::write_request_to_file`].
     fn read_file_to_reply(
         &mut self,
         at: usize,
         len: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize>;
 }
@@ -140,10 +144,10 @@ fn bytes_to_file(
     request: &[u8],
     off: usize,
     fd: BorrowedFd<'_>,
+    direct: bool,
     file_off: u64,
 ) -> io::Result<usize> {
     let data = request.get(off..).ok_or_else(efault)?;
-    let direct = aligned::is_direct(fd);
     transfer(data.len(), |done| {
         // An offset past i64::MAX reaches the kernel as the negative loff_t it always did
         // (EINVAL).
@@ -163,11 +167,11 @@ fn file_to_bytes(
     at: usize,
     len: usize,
     fd: BorrowedFd<'_>,
+    direct: bool,
     file_off: u64,
 ) -> io::Result<usize> {
     let r = range(at, len, reply.len())?;
     let buf = &mut reply[r];
-    let direct = aligned::is_direct(fd);
     transfer(buf.len(), |done| {
         let pos = file_off.saturating_add(done as u64);
         aligned::pread(fd, &mut buf[done..], pos, direct)
@@ -187,9 +191,10 @@ impl Chain for ByteChain<'_> {
         &self,
         off: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
-        bytes_to_file(self.request, off, fd, file_off)
+        bytes_to_file(self.request, off, fd, direct, file_off)
     }
 
     fn reply_room(&self) -> usize {
@@ -205,9 +210,10 @@ impl Chain for ByteChain<'_> {
         at: usize,
         len: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
-        file_to_bytes(self.reply, at, len, fd, file_off)
+        file_to_bytes(self.reply, at, len, fd, direct, file_off)
     }
 }
 
@@ -224,9 +230,10 @@ impl Chain for BufChain {
         &self,
         off: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
-        bytes_to_file(&self.request, off, fd, file_off)
+        bytes_to_file(&self.request, off, fd, direct, file_off)
     }
 
     fn reply_room(&self) -> usize {
@@ -242,9 +249,10 @@ impl Chain for BufChain {
         at: usize,
         len: usize,
         fd: BorrowedFd<'_>,
+        direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
-        file_to_bytes(&mut self.reply, at, len, fd, file_off)
+        file_to_bytes(&mut self.reply, at, len, fd, direct, file_off)
     }
 }
 
@@ -390,6 +398,8 @@ impl Chain for GuestChain<'_> {
         &self,
         off: usize,
         fd: BorrowedFd<'_>,
+        // The guest's own buffers: aligned for O_DIRECT or not as the guest laid them out.
+        _direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
         let len = self.readable_len.checked_sub(off).ok_or_else(efault)?;
@@ -427,6 +437,7 @@ impl Chain for GuestChain<'_> {
         at: usize,
         len: usize,
         fd: BorrowedFd<'_>,
+        _direct: bool,
         file_off: u64,
     ) -> io::Result<usize> {
         transfer(len, |done| {

@@ -160,6 +160,11 @@ impl Handle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
+
+    /// Opened O_DIRECT: a transport moving its data through buffers of its own aligns them.
+    pub fn direct(&self) -> bool {
+        self.direct
+    }
 }
 
 /// Result of open/create.

@@ -189,7 +189,7 @@ impl Server {
         let handle = self.fs.handle(w.fh).map_err(errno)?;
         let off = FuseInHeader::SIZE + FuseWriteIn::SIZE;
         let n = chain
-            .write_request_to_file(off, handle.fd(), w.offset)
+            .write_request_to_file(off, handle.fd(), handle.direct(), w.offset)
             .map_err(errno)?;
         self.file_changed(|| Some(handle.node));
         sent(reply::reply_write(
@@ -211,7 +211,13 @@ impl Server {
             .min(room - FuseOutHeader::SIZE)
             .min(fs::MAX_IO as usize);
         let n = chain
-            .read_file_to_reply(FuseOutHeader::SIZE, want, handle.fd(), r.offset)
+            .read_file_to_reply(
+                FuseOutHeader::SIZE,
+                want,
+                handle.fd(),
+                handle.direct(),
+                r.offset,
+            )
             .map_err(errno)?;
         let header = reply::out_header(unique, n).map_err(|_| libc::EIO)?;
         chain.write_reply(0, &header).map_err(errno)?;
