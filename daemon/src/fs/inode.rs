@@ -226,10 +226,12 @@ impl InodeTable {
     }
 
     /// For nodes referenced by file handle, where nothing pins the host inode: as
-    /// [`InodeTable::acquire`], but an existing node of `key` that `current` rejects (its inode
-    /// was deleted and the host gave its number to a new one) takes `host` and `file_type`
-    /// instead, keeping its node id and lookup count: the number now names the new inode, as
-    /// the host's st_ino does.
+    /// [`InodeTable::acquire`], but when the node of `key` is one `current` rejects (its inode
+    /// was deleted and the host gave its number to a new one), the new inode gets a node id
+    /// of its own, counted ([`COUNTED`]), and `key` names it from now on. The old id is not
+    /// handed on: the client may still hold it, and would take the new inode for the old one
+    /// it has cached (a directory it removed stays dead in a Linux client's cache, so creating
+    /// in the new one would fail with ENOENT). The old node stays, ESTALE, until forgotten.
     pub fn acquire_current(
         &self,
         key: InodeKey,
@@ -241,16 +243,27 @@ impl InodeTable {
             let mut t = self.lock();
             if let Some(&node) = t.by_key.get(&key) {
                 if let Some(slot) = t.by_node.get_mut(&node) {
-                    slot.lookups = slot.lookups.saturating_add(1);
-                    if !current(&slot.inode) {
-                        slot.inode = Arc::new(Inode {
-                            node,
-                            key,
-                            file_type,
-                            host,
-                        });
+                    if current(&slot.inode) {
+                        slot.lookups = slot.lookups.saturating_add(1);
+                        return slot.inode.clone();
                     }
-                    return slot.inode.clone();
+                    t.next_node += 1;
+                    let node = t.next_node - 1;
+                    let inode = Arc::new(Inode {
+                        node,
+                        key,
+                        file_type,
+                        host,
+                    });
+                    t.by_node.insert(
+                        node,
+                        Slot {
+                            inode: inode.clone(),
+                            lookups: 1,
+                        },
+                    );
+                    t.by_key.insert(key, node);
+                    return inode;
                 }
             }
         }

@@ -805,7 +805,7 @@ fn file_handles_need_a_filesystem_that_makes_them() {
 }
 
 #[test]
-fn a_file_handle_node_follows_its_number_to_the_inode_that_reused_it() {
+fn a_reused_inode_number_gets_a_new_node_under_file_handles() {
     let t = Tmp::new();
     let share = t.share();
     std::fs::write(share.join("old"), b"old").expect("old");
@@ -823,17 +823,26 @@ fn a_file_handle_node_follows_its_number_to_the_inode_that_reused_it() {
         eprintln!("skipped: the host filesystem reused no inode number");
         return;
     };
-    // The node id is the host's number, which now names the new file: the node must reach
-    // the new inode, not the deleted one's handle.
+    // The host's number now names the new file, but the client may still hold the old node
+    // under it: the new file gets a node id of its own, and the old node stays stale.
     let new = fs.lookup(&ctx(), ROOT_NODE, &c(&name)).expect("new");
-    assert_eq!(new.node, old.node);
+    assert_ne!(new.node, old.node);
     assert_eq!(fs.getattr(&ctx(), new.node, None).expect("getattr").size, 4);
     let open = fs.open(&ctx(), new.node, libc::O_RDONLY).expect("open");
     let mut buf = [0u8; 8];
     assert_eq!(fs.read(open.fh, 0, &mut buf).expect("read"), 4);
     assert_eq!(&buf[..4], b"new!");
     fs.release(open.fh).expect("release");
-    // Both lookups' references are on the one node.
+    assert!(
+        fs.getattr(&ctx(), old.node, None).is_err(),
+        "the old node reached a new file"
+    );
+    // A second lookup finds the new node again; each node goes with its own forgets.
+    assert_eq!(
+        fs.lookup(&ctx(), ROOT_NODE, &c(&name)).expect("again").node,
+        new.node
+    );
+    fs.forget(old.node, 1);
     fs.forget(new.node, 1);
     assert!(fs.getattr(&ctx(), new.node, None).is_ok());
     fs.forget(new.node, 1);
