@@ -48,6 +48,18 @@ pub enum HostRef {
     Handle(HandleRef),
 }
 
+/// How an existing node of a key relates to the inode a lookup found under it
+/// ([`InodeTable::acquire_current`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// It is that inode, referenced as wanted.
+    Current,
+    /// It is that inode, but takes the lookup's reference to it instead of its own.
+    SameInode,
+    /// It is a deleted inode whose number the host gave to this one.
+    OtherInode,
+}
+
 /// One node: its reference to the host inode, and its file type bits.
 #[derive(Debug)]
 pub struct Inode {
@@ -226,8 +238,10 @@ impl InodeTable {
     }
 
     /// For nodes referenced by file handle, where nothing pins the host inode: as
-    /// [`InodeTable::acquire`], but when the node of `key` is one `current` rejects (its inode
-    /// was deleted and the host gave its number to a new one), the new inode gets a node id
+    /// [`InodeTable::acquire`], with `fit` saying what the node `key` has is. [`Fit::SameInode`]:
+    /// it takes `host` (a descriptor for a handle, say), keeping its id and lookups.
+    /// [`Fit::OtherInode`] (its inode was deleted and the host gave its number to a new one):
+    /// the new inode gets a node id
     /// of its own, counted ([`COUNTED`]), and `key` names it from now on. The old id is not
     /// handed on: the client may still hold it, and would take the new inode for the old one
     /// it has cached (a directory it removed stays dead in a Linux client's cache, so creating
@@ -237,15 +251,28 @@ impl InodeTable {
         key: InodeKey,
         file_type: u32,
         host: HostRef,
-        current: impl Fn(&Inode) -> bool,
+        fit: impl Fn(&Inode) -> Fit,
     ) -> Arc<Inode> {
         {
             let mut t = self.lock();
             if let Some(&node) = t.by_key.get(&key) {
                 if let Some(slot) = t.by_node.get_mut(&node) {
-                    if current(&slot.inode) {
-                        slot.lookups = slot.lookups.saturating_add(1);
-                        return slot.inode.clone();
+                    match fit(&slot.inode) {
+                        Fit::Current => {
+                            slot.lookups = slot.lookups.saturating_add(1);
+                            return slot.inode.clone();
+                        }
+                        Fit::SameInode => {
+                            slot.lookups = slot.lookups.saturating_add(1);
+                            slot.inode = Arc::new(Inode {
+                                node,
+                                key,
+                                file_type,
+                                host,
+                            });
+                            return slot.inode.clone();
+                        }
+                        Fit::OtherInode => {}
                     }
                     t.next_node += 1;
                     let node = t.next_node - 1;

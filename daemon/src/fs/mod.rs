@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use creds::Credentials;
 use handle::{HandleRef, InodeFd, MountFds};
-use inode::{HostRef, InodeTable};
+use inode::{Fit, HostRef, InodeTable};
 pub use inode::{Inode, InodeKey, ROOT_NODE};
 use xattrmap::Refusal;
 pub use xattrmap::XattrMap;
@@ -913,19 +913,32 @@ impl FileSystem {
                 }
             })?;
         }
+        // A node by descriptor pins its inode: it is this one. One by another handle names a
+        // deleted inode.
+        let fit = |inode: &Inode| match current(inode) {
+            true => Fit::Current,
+            false => Fit::OtherInode,
+        };
         Ok(self
             .inodes
-            .acquire_current(key, file_type, HostRef::Handle(host), current))
+            .acquire_current(key, file_type, HostRef::Handle(host), fit))
     }
 
     /// `prefer`: the node of `key` for a lookup that made no usable file handle, by the
     /// descriptor `fd`, which pins the inode. An existing node of `key` by descriptor is this
-    /// inode; one by file handle may name a deleted inode whose number this one reused, so it
-    /// takes `fd` (keeping its node id and lookup count).
+    /// inode; one by file handle is this inode if its handle still opens (it then takes `fd`,
+    /// keeping its node id and lookup count), else a deleted one whose number this inode
+    /// reused (this inode then gets a node id of its own).
     fn acquire_by_fd(&self, fd: OwnedFd, key: InodeKey, file_type: u32) -> Arc<Inode> {
         self.inodes
             .acquire_current(key, file_type, HostRef::Fd(fd), |inode| {
-                inode.handle().is_none()
+                match inode.handle() {
+                    None => Fit::Current,
+                    // A handle that still opens names a live inode, and a live inode's number
+                    // is this one's: the same inode, now by descriptor.
+                    Some(h) if h.open(libc::O_PATH).is_ok() => Fit::SameInode,
+                    Some(_) => Fit::OtherInode,
+                }
             })
     }
 
