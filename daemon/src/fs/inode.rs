@@ -125,6 +125,33 @@ const COUNTED: u64 = 1 << 62;
 /// Numbers of inodes on other mounts than the share's: this bit, the mount id, the inode.
 const OTHER_MOUNT: u64 = 1 << 63;
 
+impl Tables {
+    /// The next counted node id.
+    fn counted(&mut self) -> u64 {
+        self.next_node += 1;
+        self.next_node - 1
+    }
+
+    /// A new node `node` for `key`, with one lookup reference; `key` names it from now on.
+    fn insert(&mut self, node: u64, key: InodeKey, file_type: u32, host: HostRef) -> Arc<Inode> {
+        let inode = Arc::new(Inode {
+            node,
+            key,
+            file_type,
+            host,
+        });
+        self.by_node.insert(
+            node,
+            Slot {
+                inode: inode.clone(),
+                lookups: 1,
+            },
+        );
+        self.by_key.insert(key, node);
+        inode
+    }
+}
+
 /// The node id of host inode `key` in a share whose root is `root`, which is also the inode
 /// number clients see (st_ino and d_ino alike): one number per inode, known without a
 /// lookup, so READDIR can report what a later LOOKUP or GETATTR will.
@@ -213,28 +240,8 @@ impl InodeTable {
                 return slot.inode.clone();
             }
         }
-        let node = match node_number(self.root_key, key) {
-            Some(n) => n,
-            None => {
-                t.next_node += 1;
-                t.next_node - 1
-            }
-        };
-        let inode = Arc::new(Inode {
-            node,
-            key,
-            file_type,
-            host,
-        });
-        t.by_node.insert(
-            node,
-            Slot {
-                inode: inode.clone(),
-                lookups: 1,
-            },
-        );
-        t.by_key.insert(key, node);
-        inode
+        let node = node_number(self.root_key, key).unwrap_or_else(|| t.counted());
+        t.insert(node, key, file_type, host)
     }
 
     /// For nodes referenced by file handle, where nothing pins the host inode: as
@@ -272,25 +279,11 @@ impl InodeTable {
                             });
                             return slot.inode.clone();
                         }
-                        Fit::OtherInode => {}
+                        Fit::OtherInode => {
+                            let node = t.counted();
+                            return t.insert(node, key, file_type, host);
+                        }
                     }
-                    t.next_node += 1;
-                    let node = t.next_node - 1;
-                    let inode = Arc::new(Inode {
-                        node,
-                        key,
-                        file_type,
-                        host,
-                    });
-                    t.by_node.insert(
-                        node,
-                        Slot {
-                            inode: inode.clone(),
-                            lookups: 1,
-                        },
-                    );
-                    t.by_key.insert(key, node);
-                    return inode;
                 }
             }
         }
@@ -312,6 +305,13 @@ impl InodeTable {
         }
         slot.lookups = slot.lookups.saturating_add(1);
         Some(slot.inode.clone())
+    }
+
+    /// The node of `key`, if any, without a lookup reference (it may be forgotten meanwhile).
+    pub fn peek(&self, key: InodeKey) -> Option<Arc<Inode>> {
+        let t = self.lock();
+        let node = t.by_key.get(&key)?;
+        Some(t.by_node.get(node)?.inode.clone())
     }
 
     /// Add one lookup reference to the node of `key` only if the table already has it.

@@ -930,13 +930,19 @@ impl FileSystem {
     /// keeping its node id and lookup count), else a deleted one whose number this inode
     /// reused (this inode then gets a node id of its own).
     fn acquire_by_fd(&self, fd: OwnedFd, key: InodeKey, file_type: u32) -> Arc<Inode> {
+        // A handle that still opens names a live inode, and a live inode with this one's
+        // number is this one. Asked before the table's lock: it is a system call.
+        let live = self
+            .inodes
+            .peek(key)
+            .filter(|i| i.handle().is_some_and(|h| h.open(libc::O_PATH).is_ok()));
         self.inodes
             .acquire_current(key, file_type, HostRef::Fd(fd), |inode| {
                 match inode.handle() {
                     None => Fit::Current,
-                    // A handle that still opens names a live inode, and a live inode's number
-                    // is this one's: the same inode, now by descriptor.
-                    Some(h) if h.open(libc::O_PATH).is_ok() => Fit::SameInode,
+                    Some(_) if live.as_deref().is_some_and(|l| std::ptr::eq(l, inode)) => {
+                        Fit::SameInode
+                    }
                     Some(_) => Fit::OtherInode,
                 }
             })
